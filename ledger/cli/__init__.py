@@ -1,0 +1,82 @@
+"""The `pixelgov` command line.
+
+Commands live in modules per group and are imported only when invoked, so
+`pixelgov price` never imports SQLAlchemy or httpx.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from pricing.errors import PixelgovError
+
+from .common import report_error
+
+_COMMANDS = {
+    "models": "ledger.cli.pricing_cmds:models",
+    "price": "ledger.cli.pricing_cmds:price",
+    "check": "ledger.cli.ledger_cmds:check",
+    "authorize": "ledger.cli.ledger_cmds:authorize",
+    "run": "ledger.cli.run_cmd:run",
+    "tx": "ledger.cli.ledger_cmds:tx",
+    "agents": "ledger.cli.admin_cmds:agents",
+    "rules": "ledger.cli.admin_cmds:rules",
+    "alerts": "ledger.cli.admin_cmds:alerts",
+    "db": "ledger.cli.admin_cmds:db",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use, and the one place errors become exit codes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _COMMANDS:
+            module, attr = _COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PixelgovError as error:
+            report_error(ctx, error)
+        except Exception as error:  # noqa: BLE001 - database driver errors become one clear line
+            translated = _translate(error)
+            if translated is None:
+                raise
+            report_error(ctx, translated)
+
+
+def _translate(error: Exception) -> PixelgovError | None:
+    if "sqlalchemy" in sys.modules:
+        from ..db import translate_db_error
+
+        return translate_db_error(error)
+    return None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", "db_url", envvar="PIXELGOV_DATABASE_URL", metavar="URL",
+              help="Database URL (env PIXELGOV_DATABASE_URL; default: a SQLite file in the user data dir).")
+@click.version_option("0.1.0", prog_name="pixelgov")
+@click.pass_context
+def cli(ctx: click.Context, db_url: str | None) -> None:
+    """pixelgov: price, govern and account for AI image generation on FAL.
+
+    \b
+    pixelgov price fal-ai/flux/dev --image-size square_hd --num-images 2
+    pixelgov run fal-ai/flux/dev --agent bot --prompt "a red fox" --dry-run
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["db_url"] = db_url
+
+
+def main() -> None:
+    cli(prog_name="pixelgov")

@@ -1,0 +1,77 @@
+"""Errors of the ledger layer, and the one table mapping every error code to an exit code
+and an HTTP status. No heavy imports: the pricing-only CLI path uses it too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pricing.errors import ImageTooLarge, InvalidRequest, ModelNotFound, PixelgovError, PriceBookError
+
+__all__ = [
+    "Conflict", "DatabaseUnavailable", "Denied", "ImageTooLarge", "InvalidRequest", "ModelNotFound",
+    "NotFound", "PixelgovError", "PriceBookError", "RateLimited", "SchemaBehind", "UpstreamError",
+    "EXIT_CODES", "HTTP_STATUS", "exit_code",
+]
+
+
+class NotFound(PixelgovError):
+    """An unknown agent, rule or transaction."""
+
+    code = "not_found"
+
+
+class Conflict(InvalidRequest):
+    """A state transition that is not allowed (completing a voided transaction, a duplicate name)."""
+
+    code = "invalid_request"
+
+
+class Denied(PixelgovError):
+    """A spending rule (or a paused agent) refused the request."""
+
+    code = "denied"
+
+    def __init__(self, message: str, *, denials: list[dict[str, Any]], transaction: dict[str, Any] | None = None,
+                 **details: Any) -> None:
+        super().__init__(message, denials=denials, transaction=transaction, **details)
+        self.denials = denials
+
+
+class RateLimited(Denied):
+    """Denied by rate-limit rules only."""
+
+    code = "rate_limited"
+
+
+class UpstreamError(PixelgovError):
+    """The upstream refused or failed; the transaction is `failed` (or `unknown`)."""
+
+    code = "upstream_error"
+
+
+class DatabaseUnavailable(PixelgovError):
+    """The database cannot be reached or stayed locked past the bounded wait."""
+
+    code = "database_unavailable"
+
+
+class SchemaBehind(PixelgovError):
+    """The database's schema is older than this pixelgov."""
+
+    code = "schema_behind"
+
+
+EXIT_CODES = {
+    "invalid_request": 2, "model_not_found": 2, "image_too_large": 2, "not_found": 2,
+    "invalid_price_book": 2, "denied": 3, "rate_limited": 3, "upstream_error": 1,
+    "database_unavailable": 1, "schema_behind": 1,
+}
+HTTP_STATUS = {
+    "invalid_request": 400, "model_not_found": 404, "image_too_large": 413, "not_found": 404,
+    "invalid_price_book": 500, "denied": 402, "rate_limited": 429, "upstream_error": 502,
+    "database_unavailable": 503, "schema_behind": 503, "unauthorized": 401,
+}
+
+
+def exit_code(error: PixelgovError) -> int:
+    return EXIT_CODES.get(error.code, 1)

@@ -1,0 +1,71 @@
+"""Money: exact decimal USD in Python, integer nano-USD in storage.
+
+Never use floating point for money. Every amount enters through `D()` or
+`parse_usd()` and leaves as a decimal string (`usd_str`) or a display price
+(`display_price`).
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+ZERO = Decimal(0)
+NANO_PER_USD = 1_000_000_000
+#: The smallest amount the ledger can hold: one nano-USD.
+NANO = Decimal("0.000000001")
+#: Display prices are rounded half-up to a tenth of a cent.
+DISPLAY_STEP = Decimal("0.001")
+
+
+def D(value: str | int | Decimal) -> Decimal:
+    """A Decimal from a string, an int or a Decimal; floats are refused."""
+    if isinstance(value, float):  # pragma: no cover - a programming error
+        raise TypeError("money must not be a float")
+    return value if isinstance(value, Decimal) else Decimal(value)
+
+
+def parse_usd(text: str | int | Decimal, *, allow_zero: bool = True, allow_negative: bool = False) -> Decimal:
+    """Parse a user-supplied USD amount; raise ValueError with a clear reason."""
+    if isinstance(text, bool) or isinstance(text, float):
+        raise ValueError("amounts must be decimal strings, not floats")
+    raw = str(text).strip().removeprefix("$")
+    try:
+        amount = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not a decimal amount") from None
+    if not amount.is_finite():
+        raise ValueError(f"{text!r} is not a finite amount")
+    if amount != amount.quantize(NANO, rounding=ROUND_HALF_UP):
+        raise ValueError(f"{text!r} has more precision than one nano-USD (9 decimals)")
+    if amount < 0 and not allow_negative:
+        raise ValueError(f"{text!r} must not be negative")
+    if amount == 0 and not allow_zero:
+        raise ValueError(f"{text!r} must be greater than zero")
+    return amount
+
+
+def to_nano(amount: Decimal) -> int:
+    """USD → integer nano-USD. Amounts finer than a nano-USD are rounded up (never under-charge)."""
+    nano = amount * NANO_PER_USD
+    whole = int(nano)
+    return whole + 1 if nano > whole else whole
+
+
+def from_nano(nano: int) -> Decimal:
+    """Integer nano-USD → USD."""
+    return Decimal(nano).scaleb(-9)
+
+
+def usd_str(amount: Decimal | None) -> str | None:
+    """The canonical decimal string of an amount: no exponent, no trailing zeros ("0.01185")."""
+    if amount is None:
+        return None
+    text = format(amount, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def display_price(amount: Decimal) -> str:
+    """A display price: half-up to three decimals, e.g. "$0.012"."""
+    return f"${amount.quantize(DISPLAY_STEP, rounding=ROUND_HALF_UP)}"
