@@ -64,7 +64,7 @@ def _from_url(url: str, max_bytes: int, timeout: float, max_redirects: int) -> t
         ) as client, client.stream("GET", url, headers={"Range": f"bytes=0-{max_bytes - 1}"}) as resp:
             if resp.status_code >= 400:
                 raise _refuse(f"{url} answered HTTP {resp.status_code}")
-            for chunk in resp.iter_bytes(16384):
+            for chunk in resp.iter_bytes():  # as received: a chunk size would buffer past the deadline
                 data += chunk
                 size = size_from_header(data[:max_bytes])
                 if size is not None:

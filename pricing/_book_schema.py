@@ -5,11 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 
 from .errors import PriceBookError
 
 PositiveRate = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+_STEP = TypeAdapter(PositiveRate)
 
 
 class _Strict(BaseModel):
@@ -37,13 +38,25 @@ class _Limits(_Strict):
 class _Book(_Strict):
     version: str = Field(min_length=1)
     currency: Literal["USD"] = "USD"
-    megapixel_step: Literal["exact"] | Annotated[Decimal, Field(gt=0, allow_inf_nan=False)] = Decimal("0.01")
+    megapixel_step: Any = Decimal("0.01")  #: "exact" or a positive decimal (checked below, so errors name the field)
     pixels_per_megapixel: int = Field(1_000_000, gt=0)
-    default_image_size: str = "landscape_4_3"
     limits: _Limits = _Limits()
     presets: dict[str, tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]]
+    #: declared after `presets`, which its validator reads
+    default_image_size: str = "landscape_4_3"
     endpoints: dict[str, _Entry] = Field(min_length=1)
     transform: _Transform | None = None
+
+    @field_validator("megapixel_step")
+    @classmethod
+    def _step(cls, value: Any) -> Any:
+        if value == "exact":
+            return value
+        try:
+            step = _STEP.validate_python(value)
+        except ValidationError:
+            raise ValueError(f"must be \"exact\" or a positive number, not {value!r}") from None
+        return step
 
     @field_validator("endpoints")
     @classmethod
@@ -58,11 +71,13 @@ class _Book(_Strict):
                 seen.add(path)
         return value
 
-    @model_validator(mode="after")
-    def _default_preset(self) -> "_Book":
-        if self.default_image_size not in self.presets:
-            raise ValueError(f"default_image_size {self.default_image_size!r} is not one of the presets")
-        return self
+    @field_validator("default_image_size")
+    @classmethod
+    def _default_preset(cls, value: str, info: ValidationInfo) -> str:
+        presets = info.data.get("presets")
+        if presets is not None and value not in presets:
+            raise ValueError(f"{value!r} is not one of the presets")
+        return value
 
 
 def validate_book(data: Any, source: str) -> None:

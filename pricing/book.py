@@ -22,6 +22,9 @@ from .errors import ModelNotFound, PriceBookError
 
 OPERATIONS = ("generate", "transform", "upscale")
 _EXACT_CONTEXT = Context(prec=40, rounding=ROUND_CEILING)
+#: Products of megapixels, counts and rates: exact for any realistic book, and should a
+#: product ever need more digits, rounded up (never under-charge). Not the thread's context.
+PRODUCT_CONTEXT = Context(prec=100, rounding=ROUND_CEILING)
 
 
 class Endpoint(NamedTuple):
@@ -87,7 +90,7 @@ def _area(book: PriceBook, width: int, height: int) -> ImageArea:
         billable = megapixels
     else:
         units = math.ceil(exact / Fraction(book.megapixel_step))
-        billable = units * book.megapixel_step
+        billable = PRODUCT_CONTEXT.multiply(units, book.megapixel_step)
     too_large = None
     if width > book.max_side or height > book.max_side:
         too_large = f"{width}x{height} has a side above {book.max_side} pixels"
@@ -133,7 +136,8 @@ def parse_book(text: str, source: str = "<string>") -> PriceBook:
     try:
         data = json.loads(text, parse_float=Decimal)
     except json.JSONDecodeError as exc:
-        raise PriceBookError(f"price book {source}: not valid JSON ({exc})") from None
+        raise PriceBookError(f"price book {source}: not valid JSON ({exc})", field="(top level)",
+                             line=exc.lineno, column=exc.colno) from None
     from ._book_schema import validate_book
 
     validate_book(data, source)
@@ -145,7 +149,8 @@ def load_book(path: str | os.PathLike[str]) -> PriceBook:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
-        raise PriceBookError(f"price book {os.fspath(path)}: cannot be read ({exc.strerror})") from None
+        raise PriceBookError(f"price book {os.fspath(path)}: cannot be read ({exc.strerror})", field="(file)",
+                             path=os.fspath(path)) from None
     return parse_book(text, os.fspath(path))
 
 

@@ -25,6 +25,8 @@ def size_from_header(data: bytes, *, final: bool = False) -> tuple[int, int] | N
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         if len(data) < 24:
             return _need(final)
+        if data[12:16] != b"IHDR":
+            raise NotAnImage("corrupt PNG: the first chunk is not IHDR")
         return struct.unpack(">II", data[16:24])
     if data[:6] in (b"GIF87a", b"GIF89a"):
         if len(data) < 10:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Mapping, NamedTuple
 
-from .book import PriceBook, active_book
+from .book import PRODUCT_CONTEXT, PriceBook, active_book
 from .errors import ImageTooLarge, InvalidRequest
 from .money import display_price, usd_str
 from .schemas import validate_request
@@ -36,7 +36,7 @@ class Quote(NamedTuple):
 
     @property
     def billable_megapixels(self) -> Decimal:
-        return self.billable_megapixels_per_image * self.images
+        return PRODUCT_CONTEXT.multiply(self.billable_megapixels_per_image, self.images)
 
     @property
     def price(self) -> str:
@@ -83,7 +83,7 @@ def quote(
     """Price a request exactly. Raises ModelNotFound, InvalidRequest or ImageTooLarge."""
     book = book or active_book()
     entry = book.endpoint(endpoint)
-    req = validate_request(entry.operation, request or {})
+    req = validate_request(entry.operation, {} if request is None else request)
     if entry.operation == "upscale":
         w_in, h_in = _upscale_input(req, input_size, book)
         scale = req["scale"]
@@ -91,13 +91,17 @@ def quote(
     else:
         width, height = _output_size(req["image_size"], book)
         images, w_in, h_in, scale = req["num_images"], None, None, None
+        if images > book.max_images:
+            raise InvalidRequest(f"num_images: the price book allows at most {book.max_images} (got {images})",
+                                 field="num_images", reason="less_than_equal")
     area = book.area(width, height)
     if area.too_large:
         raise ImageTooLarge(f"{'image_size' if scale is None else 'scale'}: {area.too_large}",
                             field="image_size" if scale is None else "scale")
     return Quote(
         entry.endpoint, entry.model, entry.operation, images, width, height,
-        area.megapixels, area.billable, entry.rate, area.billable * images * entry.rate,
+        area.megapixels, area.billable, entry.rate,
+        PRODUCT_CONTEXT.multiply(PRODUCT_CONTEXT.multiply(area.billable, images), entry.rate),
         book.currency, book.version, w_in, h_in, scale,
     )
 
@@ -115,8 +119,10 @@ def actual_cost(estimate: Quote, response: Mapping[str, Any], *, book: PriceBook
         sizes.append((w, h))
     if not sizes:
         return ActualCost(estimate.amount, (), False)
-    total = sum((book.area(w, h).billable for w, h in sizes), Decimal(0))
-    return ActualCost(total * estimate.rate_per_megapixel, tuple(sizes), True)
+    total = Decimal(0)
+    for w, h in sizes:
+        total = PRODUCT_CONTEXT.add(total, book.area(w, h).billable)
+    return ActualCost(PRODUCT_CONTEXT.multiply(total, estimate.rate_per_megapixel), tuple(sizes), True)
 
 
 def _output_size(size: str | dict[str, int] | None, book: PriceBook) -> tuple[int, int]:

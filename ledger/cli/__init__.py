@@ -27,6 +27,7 @@ _COMMANDS = {
     "rules": "ledger.cli.admin_cmds:rules",
     "alerts": "ledger.cli.admin_cmds:alerts",
     "db": "ledger.cli.admin_cmds:db",
+    "audit": "ledger.cli.admin_cmds:audit",
 }
 
 

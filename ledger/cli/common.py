@@ -200,3 +200,52 @@ def stderr_lines(lines: Iterable[str]) -> None:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+# --- the ledger ------------------------------------------------------------------------------
+
+def ledger_engine(ctx: click.Context) -> Any:
+    """The database engine for this invocation, its schema checked (default SQLite: migrated)."""
+    from ..db import open_ledger
+
+    root = ctx.find_root()
+    return open_ledger((root.obj or {}).get("db_url"))
+
+
+def governor(ctx: click.Context) -> Any:
+    from ..governor import Governor
+
+    return Governor(ledger_engine(ctx))
+
+
+def parse_time(value: str | None, field: str) -> Any:
+    """ISO date/time (UTC when no zone is given) or a span back from now: 30m, 24h, 7d."""
+    if value is None:
+        return None
+    from datetime import UTC, datetime, timedelta
+
+    from ..periods import parse_window
+
+    text = value.strip()
+    if text and text[-1] in "mhdw" and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=parse_window(text))
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{field}: {value!r} is not an ISO date/time (2026-11-25, 2026-11-25T10:00Z) "
+                             "or a span like 24h or 7d", field=field) from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+TX_COLUMNS = ["id", "agent", "endpoint", "status", "estimated_cost", "actual_cost", "created_at"]
+
+
+def emit_transaction(tx: Mapping[str, Any], fmt: str) -> None:
+    if fmt == "table":
+        emit_record({k: v for k, v in tx.items() if k not in ("request", "cost_lines", "facts", "result")}, fmt)
+        for section in ("cost_lines", "facts"):
+            if tx.get(section):
+                click.echo(f"\n{section.replace('_', ' ')}:")
+                emit_rows(tx[section], list(tx[section][0]), fmt)
+    else:
+        emit_record(tx, fmt)

@@ -1,0 +1,226 @@
+"""`pixelgov check`, `authorize` and `tx …`: decisions and the transaction ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pricing.money import display_price
+
+from ..errors import Denied, RateLimited
+from ..quoting import quote_body
+from .common import (
+    TX_COLUMNS, emit_json, emit_record, emit_rows, emit_transaction, governor, output_options, parse_time,
+    pop_request_options, request_options, stderr_lines,
+)
+
+
+def print_alerts(alerts: list[dict[str, Any]]) -> None:
+    stderr_lines(f"alert: {a['rule']}: {a['reason']}" for a in alerts)
+
+
+def denial_error(tx: dict[str, Any] | None, denials: list[dict[str, Any]], agent: str) -> Denied:
+    names = ", ".join(f"{d['rule'] or d['type']} ({d['reason']})" for d in denials)
+    cls = RateLimited if denials and all(d["type"] == "rate-limit" for d in denials) else Denied
+    return cls(f"denied for agent {agent!r}: {names}", denials=denials, transaction=tx)
+
+
+@click.command()
+@click.argument("endpoint")
+@click.option("--agent", required=True, help="The agent that would spend.")
+@request_options
+@output_options("table", "json")
+@click.pass_context
+def check(ctx: click.Context, endpoint: str, agent: str, fmt: str, **options: Any) -> None:
+    """Pre-flight: the quote and the rule decision. Writes nothing. Exit 3 when denied.
+
+    \b
+    pixelgov check fal-ai/flux/dev --agent bot --image-size square_hd
+    """
+    body = pop_request_options(options)
+    quote = quote_body(endpoint, body)
+    decision = governor(ctx).check(agent, quote)
+    if fmt == "json":
+        emit_json(decision.to_json())
+    else:
+        verdict = "allowed" if decision.allowed else "denied"
+        click.echo(f"{verdict}: {quote.price} ({quote.amount}) for {quote.endpoint}, agent {agent}")
+        for d in decision.denials:
+            click.echo(f"  denied by {d['rule'] or d['type']} ({d['type']}): {d['reason']}")
+    print_alerts(decision.alerts)
+    if not decision.allowed:
+        ctx.exit(3)
+
+
+@click.command()
+@click.argument("endpoint")
+@click.option("--agent", required=True, help="The agent that spends.")
+@request_options
+@click.option("--idempotency-key", default=None, help="A retry with the same key returns the same transaction.")
+@output_options("table", "json")
+@click.pass_context
+def authorize(ctx: click.Context, endpoint: str, agent: str, idempotency_key: str | None, fmt: str,
+              **options: Any) -> None:
+    """Create a pending transaction (a hold) for a caller that forwards the request itself.
+
+    \b
+    pixelgov authorize fal-ai/flux/dev --agent bot --prompt "a fox" --idempotency-key job-42
+    pixelgov tx complete 17 --response fal-response.json
+    """
+    body = pop_request_options(options)
+    quote = quote_body(endpoint, body)
+    result = governor(ctx).authorize(agent, quote, body, idempotency_key=idempotency_key)
+    if result.decision:
+        print_alerts(result.decision.alerts)
+    if not result.allowed:
+        denials = result.transaction["denial"]["denials"] if result.transaction["denial"] else []
+        raise denial_error(result.transaction, denials, agent)
+    emit_transaction(result.transaction, fmt)
+
+
+@click.group()
+def tx() -> None:
+    """Transactions: list, show, complete, void, expire, add-cost, add-fact."""
+
+
+@tx.command("list")
+@click.option("--agent", default=None)
+@click.option("--status", default=None, help="pending, completed, failed, voided, expired, unknown, denied")
+@click.option("--since", default=None, help="ISO date/time or a span back from now (24h, 7d).")
+@click.option("--until", default=None)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@output_options("table", "json", "csv")
+@click.pass_context
+def tx_list(ctx: click.Context, agent: str | None, status: str | None, since: str | None, until: str | None,
+            limit: int, fmt: str) -> None:
+    """Transactions, newest first.
+
+    \b
+    pixelgov tx list --agent bot --status pending --since 24h
+    """
+    rows = governor(ctx).transactions(agent=agent, status=status, since=parse_time(since, "since"),
+                                      until=parse_time(until, "until"), limit=limit)
+    emit_rows(rows, TX_COLUMNS, fmt)
+
+
+@tx.command("show")
+@click.argument("tx_id", type=int)
+@output_options("table", "json")
+@click.pass_context
+def tx_show(ctx: click.Context, tx_id: int, fmt: str) -> None:
+    """One transaction with its cost lines and facts.
+
+    \b
+    pixelgov tx show 17
+    """
+    emit_transaction(governor(ctx).transaction(tx_id, detail=True), fmt)
+
+
+@tx.command("complete")
+@click.argument("tx_id", type=int)
+@click.option("--actual", default=None, metavar="USD", help="The actual cost.")
+@click.option("--response", "response_file", default=None, type=click.Path(dir_okay=False),
+              help="The upstream's JSON response: the actual cost is priced from its image sizes.")
+@output_options("table", "json")
+@click.pass_context
+def tx_complete(ctx: click.Context, tx_id: int, actual: str | None, response_file: str | None, fmt: str) -> None:
+    """Settle a pending (or unknown) transaction at its actual cost; the hold is released.
+
+    Without --actual or --response the estimate is taken as the actual cost.
+
+    \b
+    pixelgov tx complete 17 --actual 0.0118
+    pixelgov tx complete 17 --response fal-response.json
+    """
+    from ..governor import parse_amount
+    from ..settlement import actual_from_response, load_response
+
+    gov = governor(ctx)
+    if actual is not None and response_file is not None:
+        raise click.UsageError("give --actual or --response, not both")
+    tx = gov.transaction(tx_id, detail=True)
+    facts: dict[str, Any] = {}
+    if actual is not None:
+        amount = parse_amount(actual, "actual")
+        facts["actual_source"] = "given"
+    elif response_file is not None:
+        amount, facts = actual_from_response(tx, load_response(response_file))
+    else:
+        from pricing.money import parse_usd
+
+        amount = parse_usd(tx["estimated_cost"])
+        facts["actual_source"] = "estimate (no actual given)"
+    emit_transaction(gov.settle(tx_id, amount, facts_=facts), fmt)
+
+
+@tx.command("void")
+@click.argument("tx_id", type=int)
+@click.option("--reason", default=None)
+@output_options("table", "json")
+@click.pass_context
+def tx_void(ctx: click.Context, tx_id: int, reason: str | None, fmt: str) -> None:
+    """Release a pending hold (or an unknown outcome) by hand.
+
+    \b
+    pixelgov tx void 17 --reason "request never sent"
+    """
+    emit_transaction(governor(ctx).void(tx_id, reason), fmt)
+
+
+@tx.command("expire")
+@click.option("--older-than", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Default: PIXELGOV_HOLD_TTL (900 s).")
+@output_options("table", "json")
+@click.pass_context
+def tx_expire(ctx: click.Context, older_than: float | None, fmt: str) -> None:
+    """Release pending holds older than the hold TTL.
+
+    \b
+    pixelgov tx expire
+    pixelgov tx expire --older-than 60
+    """
+    ids = governor(ctx).expire(older_than)
+    if fmt == "json":
+        emit_json({"expired": ids})
+    else:
+        click.echo(f"expired {len(ids)} hold(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
+
+
+@tx.command("add-cost")
+@click.argument("tx_id", type=int)
+@click.argument("amount", metavar="USD")
+@click.option("--kind", type=click.Choice(["adjustment"]), default="adjustment", show_default=True)
+@click.option("--note", default=None)
+@output_options("table", "json")
+@click.pass_context
+def tx_add_cost(ctx: click.Context, tx_id: int, amount: str, kind: str, note: str | None, fmt: str) -> None:
+    """Add a correcting cost line (positive or negative) to a completed transaction.
+
+    \b
+    pixelgov tx add-cost 17 -0.002 --note "FAL credit"
+    """
+    from ..governor import parse_amount
+
+    emit_transaction(governor(ctx).add_cost(tx_id, parse_amount(amount, "amount", allow_negative=True),
+                                            kind=kind, note=note), fmt)
+
+
+@tx.command("add-fact")
+@click.argument("tx_id", type=int)
+@click.argument("fact", metavar="KEY=VALUE")
+@output_options("table", "json")
+@click.pass_context
+def tx_add_fact(ctx: click.Context, tx_id: int, fact: str, fmt: str) -> None:
+    """Attach a key/value note to a transaction.
+
+    \b
+    pixelgov tx add-fact 17 reviewer=alice
+    """
+    key, sep, value = fact.partition("=")
+    if not sep or not key.strip():
+        raise click.UsageError(f"expected KEY=VALUE, got {fact!r}")
+    emit_transaction(governor(ctx).add_fact(tx_id, key.strip(), value), fmt)
+
+
+__all__ = ["authorize", "check", "denial_error", "display_price", "emit_record", "tx"]

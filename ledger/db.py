@@ -1,0 +1,158 @@
+"""The one way to reach the database: engines, transactions, schema version, error translation.
+
+SQLite runs in WAL mode and every write transaction takes the write lock up front
+(`BEGIN IMMEDIATE`), so a read-then-write can never fail with SQLITE_BUSY_SNAPSHOT;
+waits for the lock are bounded by `PIXELGOV_DB_TIMEOUT`. PostgreSQL runs at READ
+COMMITTED with bounded connect and lock timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
+
+from .errors import DatabaseUnavailable, PixelgovError, SchemaBehind
+
+#: The newest migration; `tests/test_migrations.py` checks it equals Alembic's head.
+SCHEMA_HEAD = "0001_ledger"
+READONLY = "pixelgov_readonly"
+
+
+def db_timeout() -> float:
+    return float(os.environ.get("PIXELGOV_DB_TIMEOUT", "10"))
+
+
+def default_url() -> str:
+    from platformdirs import user_data_dir
+
+    return f"sqlite:///{Path(user_data_dir('pixelgov', appauthor=False)) / 'pixelgov.db'}"
+
+
+def resolve_url(url: str | None) -> str:
+    return url or os.environ.get("PIXELGOV_DATABASE_URL") or default_url()
+
+
+@lru_cache(maxsize=16)
+def engine_for(url: str) -> Engine:
+    """One engine per URL per process."""
+    timeout = db_timeout()
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": timeout, "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READONLY) else "BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql"):
+        url = url.replace("postgresql://", "postgresql+psycopg://", 1) if "+" not in url.split("://")[0] else url
+        return create_engine(
+            url, pool_pre_ping=False, pool_size=5, max_overflow=10,
+            connect_args={"connect_timeout": max(1, int(timeout)),
+                          "options": f"-c lock_timeout={int(timeout * 1000)}"},
+        )
+    return create_engine(url)
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction (SQLite: BEGIN IMMEDIATE)."""
+    with engine.begin() as conn:
+        yield conn
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction (SQLite: a deferred BEGIN that never takes the write lock)."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{READONLY: True})
+        with conn.begin():
+            yield conn
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        try:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except exc.DBAPIError:
+            return None
+
+
+def open_ledger(url: str | None = None, *, migrate_default: bool = True) -> Engine:
+    """The engine for `url`, its schema checked: the default SQLite file is created and migrated
+    on first use; any other database behind head is an error naming `pixelgov db upgrade`."""
+    is_default = not url and not os.environ.get("PIXELGOV_DATABASE_URL")
+    resolved = resolve_url(url)
+    engine = engine_for(resolved)
+    if resolved in _checked:
+        return engine
+    revision = current_revision(engine)
+    if revision != SCHEMA_HEAD:
+        if is_default and migrate_default:
+            upgrade(resolved)
+        else:
+            where = engine.url.render_as_string(hide_password=True)
+            state = f"is at revision {revision}" if revision else "has no pixelgov schema"
+            raise SchemaBehind(f"the database {where} {state}; run `pixelgov db upgrade` "
+                               f"(needs {SCHEMA_HEAD})")
+    _checked.add(resolved)
+    return engine
+
+
+_checked: set[str] = set()
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    import migrations
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(list(migrations.__path__)[0])))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
+    engine_for(url)  # creates the SQLite file's directory
+    command.upgrade(alembic_config(url), revision)
+    _checked.discard(url)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+    _checked.discard(url)
+
+
+def translate_db_error(error: BaseException) -> PixelgovError | None:
+    """A driver error as one clear line (exit 1), or None if it is not a database problem."""
+    if isinstance(error, exc.OperationalError):
+        msg = str(error.orig) if error.orig is not None else str(error)
+        first = msg.strip().splitlines()[0] if msg.strip() else type(error).__name__
+        if "locked" in first or "lock timeout" in first:
+            return DatabaseUnavailable(f"database is busy: {first} (waited up to {db_timeout():g}s)")
+        return DatabaseUnavailable(f"database unavailable: {first}")
+    if isinstance(error, exc.InterfaceError | exc.ArgumentError | exc.NoSuchModuleError):
+        return DatabaseUnavailable(f"database unavailable: {error}")
+    return None
