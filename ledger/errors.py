@@ -10,7 +10,7 @@ from pricing.errors import ImageTooLarge, InvalidRequest, ModelNotFound, Pixelgo
 __all__ = [
     "Conflict", "DatabaseUnavailable", "Denied", "ImageTooLarge", "InvalidRequest", "ModelNotFound",
     "NotFound", "PixelgovError", "PriceBookError", "RateLimited", "SchemaBehind", "UpstreamError",
-    "EXIT_CODES", "HTTP_STATUS", "exit_code",
+    "EXIT_CODES", "HTTP_STATUS", "denial_error", "exit_code",
 ]
 
 
@@ -71,6 +71,13 @@ HTTP_STATUS = {
     "invalid_price_book": 500, "denied": 402, "rate_limited": 429, "upstream_error": 502,
     "database_unavailable": 503, "schema_behind": 503, "unauthorized": 401,
 }
+
+
+def denial_error(tx: dict[str, Any] | None, denials: list[dict[str, Any]], agent: str) -> Denied:
+    """The error for a denied request, naming every failing rule (rate-limited if only rate limits failed)."""
+    names = ", ".join(f"{d['rule'] or d['type']} ({d['reason']})" for d in denials)
+    cls = RateLimited if denials and all(d["type"] == "rate-limit" for d in denials) else Denied
+    return cls(f"denied for agent {agent!r}: {names}", denials=denials, transaction=dict(tx) if tx else None)
 
 
 def exit_code(error: PixelgovError) -> int:

@@ -6,24 +6,16 @@ from typing import Any
 
 import click
 
-from pricing.money import display_price
-
-from ..errors import Denied, RateLimited
+from ..errors import denial_error
 from ..quoting import quote_body
 from .common import (
-    TX_COLUMNS, emit_json, emit_record, emit_rows, emit_transaction, governor, output_options, parse_time,
+    TX_COLUMNS, emit_json, emit_rows, emit_transaction, governor, output_options, parse_time,
     pop_request_options, request_options, stderr_lines,
 )
 
 
 def print_alerts(alerts: list[dict[str, Any]]) -> None:
     stderr_lines(f"alert: {a['rule']}: {a['reason']}" for a in alerts)
-
-
-def denial_error(tx: dict[str, Any] | None, denials: list[dict[str, Any]], agent: str) -> Denied:
-    names = ", ".join(f"{d['rule'] or d['type']} ({d['reason']})" for d in denials)
-    cls = RateLimited if denials and all(d["type"] == "rate-limit" for d in denials) else Denied
-    return cls(f"denied for agent {agent!r}: {names}", denials=denials, transaction=tx)
 
 
 @click.command()
@@ -39,13 +31,17 @@ def check(ctx: click.Context, endpoint: str, agent: str, fmt: str, **options: An
     pixelgov check fal-ai/flux/dev --agent bot --image-size square_hd
     """
     body = pop_request_options(options)
-    quote = quote_body(endpoint, body)
-    decision = governor(ctx).check(agent, quote)
+    check_output(ctx, governor(ctx).check(agent, quote_body(endpoint, body)), fmt)
+
+
+def check_output(ctx: click.Context, decision: Any, fmt: str) -> None:
+    """Print a decision (check, run --dry-run); exit 3 when denied."""
+    quote = decision.quote
     if fmt == "json":
         emit_json(decision.to_json())
     else:
         verdict = "allowed" if decision.allowed else "denied"
-        click.echo(f"{verdict}: {quote.price} ({quote.amount}) for {quote.endpoint}, agent {agent}")
+        click.echo(f"{verdict}: {quote.price} ({quote.amount}) for {quote.endpoint}, agent {decision.agent.name}")
         for d in decision.denials:
             click.echo(f"  denied by {d['rule'] or d['type']} ({d['type']}): {d['reason']}")
     print_alerts(decision.alerts)
@@ -222,5 +218,3 @@ def tx_add_fact(ctx: click.Context, tx_id: int, fact: str, fmt: str) -> None:
         raise click.UsageError(f"expected KEY=VALUE, got {fact!r}")
     emit_transaction(governor(ctx).add_fact(tx_id, key.strip(), value), fmt)
 
-
-__all__ = ["authorize", "check", "denial_error", "display_price", "emit_record", "tx"]
