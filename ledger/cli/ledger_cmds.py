@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from pricing.money import usd_str
+
 from ..errors import denial_error
 from ..quoting import quote_body
 from .common import (
@@ -41,9 +43,21 @@ def check_output(ctx: click.Context, decision: Any, fmt: str) -> None:
         emit_json(decision.to_json())
     else:
         verdict = "allowed" if decision.allowed else "denied"
-        click.echo(f"{verdict}: {quote.price} ({quote.amount}) for {quote.endpoint}, agent {decision.agent.name}")
+        click.echo(f"{verdict}: {quote.endpoint} for agent {decision.agent.name}")
+        click.echo(f"  quote   {quote.price} ({usd_str(quote.amount)} USD): {quote.images} × {quote.width}x{quote.height}"
+                   f", {usd_str(quote.billable_megapixels)} billable MP × {usd_str(quote.rate_per_megapixel)} USD/MP"
+                   f" (price book {quote.price_book})")
+        if not decision.verdicts:
+            click.echo("  rules   none apply (add some: pixelgov rules create --help)")
+        for v in decision.verdicts:
+            state = "ok" if v.ok else ("DENIED" if v.rule.action == "deny" else "ALERT")
+            detail = v.reason or v.rule.describe_limit()
+            if v.ok and v.usage_after is not None:
+                detail = f"{usd_str(v.usage_after)} of {detail} with this request"
+            click.echo(f"  rule    {v.rule.name} ({v.rule.type}, {v.rule.action}): {state}: {detail}")
         for d in decision.denials:
-            click.echo(f"  denied by {d['rule'] or d['type']} ({d['type']}): {d['reason']}")
+            if d["rule"] is None:
+                click.echo(f"  agent   DENIED: {d['reason']}")
     print_alerts(decision.alerts)
     if not decision.allowed:
         ctx.exit(3)
