@@ -18,23 +18,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, tuple_, update
+from sqlalchemy import Boolean, Connection, Engine, Enum, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pricing import Quote
-from pricing.money import ZERO, display_price, parse_usd, usd_str
+from pricing.money import ZERO, display_price, from_nano, parse_usd, to_nano, usd_str
 
 from .clock import Clock, iso, utcnow
-from .db import reading, writing
+from .db import Driver, db_datetime, reading, writing
 from .errors import Conflict, InvalidRequest, NotFound
 from .models import (
-    AgentStatus, RuleAction, TxStatus, agents, alerts, audit_log, cost_lines, facts, holds, rule_counters,
+    AgentStatus, Money, RuleAction, TxStatus, UTCDateTime, agents, alerts, cost_lines, facts, holds,
     spending_rules, transactions,
 )
 from .periods import buckets
@@ -120,6 +121,140 @@ def stored_request(body: Mapping[str, Any], quote: Quote) -> dict[str, Any]:
     return kept
 
 
+# --- the hot path's SQL ---------------------------------------------------------------------------
+#
+# authorize and settle run on every request, so their statements skip SQLAlchemy's per-call
+# machinery (see `db.Driver`): plain SQL written once per dialect and sent to the DBAPI cursor.
+# Everything else (admin, reports, expiry, alerts, replays) stays SQLAlchemy Core.
+
+_TX_FIELDS = ("id", "agent_id", "endpoint", "model", "operation", "status", "estimated_cost", "actual_cost",
+              "price_book", "created_at", "completed_at", "idempotency_key", "denial_json",
+              "upstream_request_id", "upstream_status", "outcome")
+_TxRow = namedtuple("_TxRow", (*_TX_FIELDS, "agent_name"))  # type: ignore[misc]
+_KeyRow = namedtuple("_KeyRow", ("id", "request_hash"))
+
+
+def _decoder(columns: Sequence[Any]) -> list[Callable[[Any], Any] | None]:
+    """Per column, what SQLAlchemy's result processing would do to a raw driver value."""
+    out: list[Callable[[Any], Any] | None] = []
+    for col in columns:
+        kind = col.type
+        if isinstance(kind, Money):
+            out.append(lambda v: None if v is None else from_nano(int(v)))
+        elif isinstance(kind, UTCDateTime):
+            out.append(db_datetime)
+        elif isinstance(kind, Enum) and kind.enum_class is not None:
+            out.append(lambda v, cls=kind.enum_class: None if v is None else cls(v))
+        elif isinstance(kind, Boolean):
+            out.append(lambda v: None if v is None else bool(v))
+        else:
+            out.append(None)
+    return out
+
+
+def _decode(row: Sequence[Any], decoders: Sequence[Callable[[Any], Any] | None]) -> list[Any]:
+    return [v if f is None else f(v) for v, f in zip(row, decoders)]
+
+
+#: Every rule column but the timestamps (a rule check never reads them; decoding them costs).
+_RULE_COLUMNS = tuple(c for c in spending_rules.c if not isinstance(c.type, UTCDateTime))
+_RuleRow = namedtuple("_RuleRow", [c.name for c in _RULE_COLUMNS])  # type: ignore[misc]
+_RULE_DECODERS = _decoder(_RULE_COLUMNS)
+_TX_DECODERS = _decoder([transactions.c[name] for name in _TX_FIELDS]) + [None]
+_INSERT_TX_COLUMNS = ("agent_id", "endpoint", "model", "operation", "request_json", "request_hash", "price_book",
+                      "estimated_cost", "status", "idempotency_key", "denial_json", "created_at")
+
+
+class _Sql:
+    """The hot path's statements for one dialect (SQLite: `?`; PostgreSQL: `%s`)."""
+
+    def __init__(self, pg: bool) -> None:
+        self.pg = pg
+        p = "%s" if pg else "?"
+        rule_cols = ", ".join(f"r.{c.name}" for c in _RULE_COLUMNS)
+        self.agent_and_rules = (
+            f"SELECT a.id, a.status, {rule_cols} FROM agents a LEFT JOIN spending_rules r "
+            f"ON r.enabled = {'TRUE' if pg else '1'} AND (r.agent_id IS NULL OR r.agent_id = a.id) "
+            f"WHERE a.name = {p} ORDER BY r.id")
+        self.by_key = f"SELECT id, request_hash FROM transactions WHERE agent_id = {p} AND idempotency_key = {p}"
+        self.lock_rules = "SELECT id FROM spending_rules WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+        self.lock_rules_of_tx = ("SELECT id FROM spending_rules WHERE id IN "
+                                 "(SELECT rule_id FROM holds WHERE transaction_id = %s) ORDER BY id FOR NO KEY UPDATE")
+        values = ", ".join([p] * len(_INSERT_TX_COLUMNS))
+        self.insert_tx = f"INSERT INTO transactions ({', '.join(_INSERT_TX_COLUMNS)}) VALUES ({values})"
+        if pg:
+            self.insert_tx += " RETURNING id"
+            # PostgreSQL: the transaction, its estimate line, its holds and the counter increments in
+            # one round trip. Every sub-statement of a WITH runs exactly once, referenced or not.
+            self.insert_held_tx = (
+                f"WITH t AS ({self.insert_tx}), "
+                "l AS (INSERT INTO cost_lines (transaction_id, kind, amount, note, created_at) "
+                "SELECT t.id, 'estimate', %s, NULL, %s FROM t), "
+                "h AS (INSERT INTO holds (transaction_id, rule_id, bucket) SELECT t.id, x.rule_id, x.bucket "
+                "FROM t CROSS JOIN unnest(%s::int[], %s::bigint[]) AS x(rule_id, bucket)), "
+                "c AS (INSERT INTO rule_counters (rule_id, bucket, spent, held, requests) "
+                "SELECT x.rule_id, x.bucket, 0, %s, 1 FROM unnest(%s::int[], %s::bigint[]) AS x(rule_id, bucket) "
+                "ORDER BY x.rule_id ON CONFLICT (rule_id, bucket) DO UPDATE SET "
+                "held = rule_counters.held + excluded.held, requests = rule_counters.requests + excluded.requests) "
+                "SELECT id FROM t")
+        self.insert_line = (f"INSERT INTO cost_lines (transaction_id, kind, amount, note, created_at) "
+                            f"VALUES ({p}, {p}, {p}, {p}, {p})")
+        self.insert_fact = f'INSERT INTO facts (transaction_id, "key", value, created_at) VALUES ({p}, {p}, {p}, {p})'
+        tx_cols = ", ".join(f"t.{c}" for c in _TX_FIELDS)
+        self.tx_row = (f"SELECT {tx_cols}, a.name FROM transactions t JOIN agents a ON a.id = t.agent_id "
+                       f"WHERE t.id = {p}")
+        self.lock_tx = self.tx_row + (" FOR UPDATE OF t" if pg else "")
+        self.move_counters = (f"UPDATE rule_counters SET held = held + {p}, spent = spent + {p} "
+                              f"WHERE (rule_id, bucket) IN (SELECT rule_id, bucket FROM holds WHERE transaction_id = {p})")
+        self._p = p
+        self._cache: dict[Any, str] = {}
+
+    def usage(self, n: int) -> str:
+        key = ("usage", n)
+        if key not in self._cache:
+            p = self._p
+            where = " OR ".join([f"(rule_id = {p} AND bucket BETWEEN {p} AND {p})"] * n)
+            self._cache[key] = (f"SELECT rule_id, SUM(spent), SUM(held), SUM(requests) FROM rule_counters "
+                                f"WHERE {where} GROUP BY rule_id")
+        return self._cache[key]
+
+    def hold_counters(self, n: int) -> tuple[str, str]:
+        """SQLite: upsert n counters, insert n holds."""
+        key = ("hold", n)
+        if key not in self._cache:
+            self._cache[key] = (
+                "INSERT INTO rule_counters (rule_id, bucket, spent, held, requests) VALUES "
+                + ", ".join(["(?, ?, 0, ?, 1)"] * n)
+                + " ON CONFLICT (rule_id, bucket) DO UPDATE SET held = rule_counters.held + excluded.held, "
+                  "requests = rule_counters.requests + excluded.requests",
+                "INSERT INTO holds (transaction_id, rule_id, bucket) VALUES " + ", ".join(["(?, ?, ?)"] * n))
+        return self._cache[key]  # type: ignore[return-value]
+
+    def set_status(self, columns: tuple[str, ...], *, line: bool = False, notes: bool = False) -> str:
+        """UPDATE of a transaction's status (and `columns`) from the status it was read with.
+        PostgreSQL, with `line`/`notes`: its cost line and facts in the same statement."""
+        key = ("status", columns, line, notes)
+        if key not in self._cache:
+            p = self._p
+            sets = ", ".join(f"{c} = {p}" for c in ("status", *columns))
+            update_sql = f"UPDATE transactions SET {sets} WHERE id = {p} AND status = {p}"
+            if line or notes:
+                parts = [f"u AS ({update_sql} RETURNING id)"]
+                if line:
+                    parts.append("l AS (INSERT INTO cost_lines (transaction_id, kind, amount, note, created_at) "
+                                 "SELECT u.id, %s, %s, NULL, %s FROM u)")
+                if notes:
+                    parts.append('f AS (INSERT INTO facts (transaction_id, "key", value, created_at) '
+                                 "SELECT u.id, x.k, x.v, %s FROM u CROSS JOIN "
+                                 "unnest(%s::text[], %s::text[]) WITH ORDINALITY AS x(k, v, n) ORDER BY x.n)")
+                update_sql = f"WITH {', '.join(parts)} SELECT id FROM u"
+            self._cache[key] = update_sql
+        return self._cache[key]
+
+
+_SQL = {False: _Sql(False), True: _Sql(True)}
+
+
 class Governor:
     def __init__(self, engine: Engine, *, clock: Clock = utcnow, hold_ttl: float | None = None,
                  auto_create: bool | None = None) -> None:
@@ -128,6 +263,7 @@ class Governor:
         self.hold_ttl = hold_ttl if hold_ttl is not None else hold_ttl_from_env()
         self.auto_create = auto_create if auto_create is not None else auto_create_from_env()
         self._pg = engine.dialect.name == "postgresql"
+        self._sql = _SQL[self._pg]
         if self._pg:
             from sqlalchemy.dialects.postgresql import insert as upsert
         else:
@@ -140,12 +276,14 @@ class Governor:
         """The rule decision for a request, writing nothing."""
         now = self.clock()
         with reading(self.engine) as conn:
-            agent = self._find_agent(conn, agent_name)
+            d = Driver(conn)
+            agent, rules = self._agent_and_rules(d, agent_name)
             if agent is None:
                 if not self.auto_create:
                     raise _unknown_agent(agent_name)
                 agent = AgentRef(None, agent_name, AgentStatus.active.value)
-            return self._decide(conn, agent, quote, now)
+                rules = self._rules_in_scope(conn, None)
+            return self._decide(d, agent, rules, quote, now)
 
     def authorize(self, agent_name: str, quote: Quote, body: Mapping[str, Any], *,
                   idempotency_key: str | None = None) -> Authorization:
@@ -172,47 +310,71 @@ class Governor:
     def _authorize(self, agent_name: str, quote: Quote, body: Mapping[str, Any], key: str | None,
                    digest: str, *, may_expire: bool) -> Authorization:
         now = self.clock()
+        sql = self._sql
         with writing(self.engine) as conn:
-            agent = self._find_agent(conn, agent_name) or self._create_agent_on_first_use(conn, agent_name, now)
-            assert agent.id is not None
+            d = Driver(conn)
+            agent, rules = self._agent_and_rules(d, agent_name)  # the agent and its rules: one round trip
+            if agent is None:
+                self._create_agent_on_first_use(conn, agent_name, now)
+                agent, rules = self._agent_and_rules(d, agent_name)
+            assert agent is not None and agent.id is not None
             if key is not None:
-                existing = self._by_key(conn, agent.id, key)
-                if existing is not None:
-                    return self._replay(conn, existing, digest, key)
-            decision = self._decide(conn, agent, quote, now, lock=True)
+                found = d.one(sql.by_key, (agent.id, key))
+                if found is not None:
+                    return self._replay(conn, _KeyRow(*found), digest, key)
+            decision = self._decide(d, agent, rules, quote, now, lock=True)
             if not decision.allowed and may_expire and self._has_stale_holds(conn, now):
                 raise _StaleHolds
             status = TxStatus.pending if decision.allowed else TxStatus.denied
-            denial = None
+            denial_json = None
             if not decision.allowed:
                 first = decision.denials[0]
-                denial = {"rule": first["rule"], "type": first["type"], "reason": first["reason"],
-                          "denials": decision.denials}
-            tx_id = conn.execute(insert(transactions).values(
-                agent_id=agent.id, endpoint=quote.endpoint, model=quote.model, operation=quote.operation,
-                request_json=json.dumps(stored_request(body, quote), default=str), request_hash=digest,
-                price_book=quote.price_book, estimated_cost=quote.amount, status=status,
-                idempotency_key=key, denial_json=json.dumps(denial) if denial else None, created_at=now,
-            ).returning(transactions.c.id)).scalar_one()
+                denial_json = json.dumps({"rule": first["rule"], "type": first["type"], "reason": first["reason"],
+                                          "denials": decision.denials})
+            est = to_nano(quote.amount)
+            ts = d.ts(now)
+            tx_values = [agent.id, quote.endpoint, quote.model, quote.operation,
+                         json.dumps(stored_request(body, quote), default=str), digest, quote.price_book, est,
+                         status.value, key, denial_json, ts]
             if decision.allowed:
-                conn.execute(insert(cost_lines).values(
-                    transaction_id=tx_id, kind="estimate", amount=quote.amount, note=None, created_at=now))
-                self._hold(conn, tx_id, quote, decision.verdicts, now)
-                self._record_alerts(conn, tx_id, agent, decision, now)
-            tx = self._tx_json_from(conn, tx_id)
+                tx_id = self._insert_held(d, tx_values, est, ts, self._hold_rows(decision.verdicts, now))
+                if decision.alerts:
+                    self._record_alerts(conn, tx_id, agent, decision, now)
+            elif self._pg:
+                tx_id = d.one(sql.insert_tx, tx_values)[0]  # type: ignore[index]
+            else:
+                d.execute(sql.insert_tx, tx_values)
+                tx_id = d.lastrowid
+            # The JSON from the values just written (they are what a re-select would read back).
+            row = _TxRow(tx_id, agent.id, quote.endpoint, quote.model, quote.operation, status, from_nano(est), None,
+                         quote.price_book, now, None, key, denial_json, None, None, None, agent.name)
+            tx = tx_json(row, agent.name)
         return Authorization(tx, decision)
 
-    def _decide(self, conn: Connection, agent: AgentRef, quote: Quote, now: datetime, *,
+    def _agent_and_rules(self, d: Driver, name: str) -> tuple[AgentRef | None, list[Rule]]:
+        """The agent and every enabled rule in its scope (its own and the global ones), by rule id."""
+        rows = d.all(self._sql.agent_and_rules, (name,))
+        if not rows:
+            return None, []
+        agent_id, status = rows[0][0], rows[0][1]
+        agent = AgentRef(agent_id, name, status.value if hasattr(status, "value") else str(status))
+        rules = [Rule.from_row(_RuleRow(*_decode(r[2:], _RULE_DECODERS))) for r in rows if r[2] is not None]
+        return agent, rules
+
+    def _decide(self, d: Driver, agent: AgentRef, rules: Sequence[Rule], quote: Quote, now: datetime, *,
                 lock: bool = False) -> Decision:
         decision = Decision(quote, agent)
         if agent.status == AgentStatus.paused:
             decision.denials.append({"rule": None, "type": "agent-paused",
                                      "reason": f"agent {agent.name!r} is paused"})
-        rules = [r for r in self._rules_in_scope(conn, agent.id) if r.applies_to(agent.id, quote)]
+        rules = [r for r in rules if r.applies_to(agent.id, quote)]
         counted = [r for r in rules if r.counted]
-        if lock:
-            self._lock_rules(conn, [r.id for r in counted])
-        usage = self._usage(conn, counted, now)
+        if lock and self._pg and counted:
+            # Lock the counted rules in id order before reading their counters: the counter read
+            # below is a new statement, so at READ COMMITTED it sees every commit made before the
+            # locks were granted. (SQLite: BEGIN IMMEDIATE already holds the write lock.)
+            d.execute(self._sql.lock_rules, ([r.id for r in counted],))
+        usage = self._usage(d, counted, now)
         for rule in rules:
             verdict = evaluate(rule, quote, usage.get(rule.id))
             decision.verdicts.append(verdict)
@@ -234,38 +396,43 @@ class Governor:
                             .order_by(spending_rules.c.id))
         return [Rule.from_row(r) for r in rows]
 
-    def _usage(self, conn: Connection, rules: Sequence[Rule], now: datetime) -> dict[int, Usage]:
+    def _usage(self, d: Driver, rules: Sequence[Rule], now: datetime) -> dict[int, Usage]:
         if not rules:
             return {}
-        conds = []
+        params: list[int] = []
         for rule in rules:
             current, low = buckets(rule.period, rule.window_seconds, now)
-            conds.append(and_(rule_counters.c.rule_id == rule.id,
-                              rule_counters.c.bucket.between(low, current)))
-        c = rule_counters.c
-        rows = conn.execute(select(c.rule_id, func.sum(c.spent), func.sum(c.held), func.sum(c.requests))
-                            .where(or_(*conds)).group_by(c.rule_id))
-        # SUM keeps the Money type: the sums arrive as Decimal USD.
-        return {r[0]: Usage(r[1] or ZERO, r[2] or ZERO, int(r[3] or 0)) for r in rows}
+            params += (rule.id, low, current)
+        rows = d.all(self._sql.usage(len(rules)), params)
+        # Sums of nano-USD (PostgreSQL: NUMERIC) back to Decimal USD.
+        return {r[0]: Usage(from_nano(int(r[1] or 0)), from_nano(int(r[2] or 0)), int(r[3] or 0)) for r in rows}
 
-    def _hold(self, conn: Connection, tx_id: int, quote: Quote, verdicts: Iterable[Verdict], now: datetime) -> None:
+    def _hold_rows(self, verdicts: Iterable[Verdict], now: datetime) -> list[tuple[int, int]]:
+        """(rule id, bucket) of every counted rule, in rule id order: one lock order for every writer."""
         rows = []
         for verdict in verdicts:
             rule = verdict.rule
             if rule.counted:
-                current, _ = buckets(rule.period, rule.window_seconds, now)
-                rows.append({"rule_id": rule.id, "bucket": current})
-        if not rows:
-            return
-        rows.sort(key=lambda r: r["rule_id"])  # one lock order for every writer
-        held = quote.amount
-        ins = self._upsert(rule_counters).values(
-            [{**r, "spent": ZERO, "held": held, "requests": 1} for r in rows])
-        conn.execute(ins.on_conflict_do_update(
-            index_elements=[rule_counters.c.rule_id, rule_counters.c.bucket],
-            set_={"held": rule_counters.c.held + ins.excluded.held,
-                  "requests": rule_counters.c.requests + ins.excluded.requests}))
-        conn.execute(insert(holds).values([{**r, "transaction_id": tx_id} for r in rows]))
+                rows.append((rule.id, buckets(rule.period, rule.window_seconds, now)[0]))
+        rows.sort()
+        return rows
+
+    def _insert_held(self, d: Driver, tx_values: list[Any], est: int, ts: Any,
+                     holds_: list[tuple[int, int]]) -> int:
+        """The pending transaction, its estimate line, its holds and the counter increments."""
+        sql = self._sql
+        if self._pg:
+            rule_ids, bucket_keys = [r for r, _ in holds_], [b for _, b in holds_]
+            return d.one(sql.insert_held_tx, [*tx_values, est, ts, rule_ids, bucket_keys,  # type: ignore[index]
+                                              est, rule_ids, bucket_keys])[0]
+        d.execute(sql.insert_tx, tx_values)
+        tx_id = d.lastrowid
+        d.execute(sql.insert_line, (tx_id, "estimate", est, None, ts))
+        if holds_:
+            upsert_sql, holds_sql = sql.hold_counters(len(holds_))
+            d.execute(upsert_sql, [v for rule_id, bucket in holds_ for v in (rule_id, bucket, est)])
+            d.execute(holds_sql, [v for rule_id, bucket in holds_ for v in (tx_id, rule_id, bucket)])
+        return tx_id
 
     def _record_alerts(self, conn: Connection, tx_id: int, agent: AgentRef, decision: Decision, now: datetime) -> None:
         by_name = {v.rule.name: v.rule for v in decision.verdicts}
@@ -292,23 +459,21 @@ class Governor:
         allowed = (TxStatus.pending, TxStatus.unknown, *((TxStatus.expired,) if allow_expired else ()))
         now = self.clock()
         with writing(self.engine) as conn:
-            row = self._lock_tx(conn, tx_id, allowed, "complete")
+            d = Driver(conn)
+            row = self._lock_tx(d, tx_id, allowed, "complete")
             est = row.estimated_cost
             held_delta, spent_delta = {
                 TxStatus.pending: (-est, actual), TxStatus.unknown: (ZERO, actual - est),
                 TxStatus.expired: (ZERO, actual),
             }[TxStatus(row.status)]
-            self._set_status(conn, row, TxStatus.completed, now, actual_cost=actual, completed_at=now,
-                             upstream_request_id=upstream_request_id, upstream_status=upstream_status,
-                             response_json=json.dumps(response) if response is not None else None)
-            conn.execute(insert(cost_lines).values(transaction_id=tx_id, kind="actual", amount=actual,
-                                                   note=None, created_at=now))
-            if actual > est:
-                conn.execute(insert(facts).values(transaction_id=tx_id, key="variance",
-                                                  value=usd_str(actual - est), created_at=now))
-            self._move_counters(conn, tx_id, held_delta, spent_delta)
-            self._add_facts(conn, tx_id, facts_ or {}, now)
-            return self._tx_json_from(conn, tx_id)
+            notes = {"variance": usd_str(actual - est)} if actual > est else {}
+            notes.update(facts_ or {})
+            row = self._set_status(d, row, TxStatus.completed, now, line=("actual", actual), notes=notes,
+                                   actual_cost=actual, completed_at=now, upstream_request_id=upstream_request_id,
+                                   upstream_status=upstream_status,
+                                   response_json=json.dumps(response) if response is not None else None)
+            self._move_counters(d, tx_id, held_delta, spent_delta)
+            return tx_json(row, row.agent_name)
 
     def fail(self, tx_id: int, reason: str, *, upstream_status: int | None = None,
              facts_: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -327,8 +492,9 @@ class Governor:
                  upstream_status: int | None, facts_: Mapping[str, Any] | None) -> dict[str, Any]:
         now = self.clock()
         with writing(self.engine) as conn:
-            row = self._lock_tx(conn, tx_id, allowed, {"failed": "fail", "voided": "void",
-                                                        "unknown": "mark unknown"}[to.value])
+            d = Driver(conn)
+            row = self._lock_tx(d, tx_id, allowed, {"failed": "fail", "voided": "void",
+                                                     "unknown": "mark unknown"}[to.value])
             est = row.estimated_cost
             if to == TxStatus.unknown:
                 deltas = (-est, est)
@@ -336,11 +502,10 @@ class Governor:
                 deltas = (ZERO, -est)
             else:
                 deltas = (-est, ZERO)
-            self._set_status(conn, row, to, now, outcome=reason, upstream_status=upstream_status,
-                             completed_at=now if to != TxStatus.unknown else None)
-            self._move_counters(conn, tx_id, *deltas)
-            self._add_facts(conn, tx_id, facts_ or {}, now)
-            return self._tx_json_from(conn, tx_id)
+            row = self._set_status(d, row, to, now, notes=facts_, outcome=reason, upstream_status=upstream_status,
+                                   completed_at=now if to != TxStatus.unknown else None)
+            self._move_counters(d, tx_id, *deltas)
+            return tx_json(row, row.agent_name)
 
     def expire(self, older_than: float | None = None) -> list[int]:
         """Release every pending hold older than the hold TTL (or `older_than` seconds)."""
@@ -358,8 +523,9 @@ class Governor:
         if rows:
             ids = [r[0] for r in rows]
             self._lock_rules(conn, select(holds.c.rule_id).where(holds.c.transaction_id.in_(ids)))
+            d = Driver(conn)
             for tx_id, est in sorted(rows):
-                self._move_counters(conn, tx_id, -est, ZERO, locked=True)
+                self._move_counters(d, tx_id, -est, ZERO, locked=True)
         return sorted(r[0] for r in rows)
 
     def _has_stale_holds(self, conn: Connection, now: datetime) -> bool:
@@ -375,34 +541,62 @@ class Governor:
             conn.execute(select(spending_rules.c.id).where(spending_rules.c.id.in_(rule_ids))
                          .order_by(spending_rules.c.id).with_for_update(key_share=True))
 
-    def _lock_tx(self, conn: Connection, tx_id: int, allowed: tuple[TxStatus, ...], verb: str) -> Any:
-        row = conn.execute(select(transactions.c.id, transactions.c.status, transactions.c.estimated_cost)
-                           .where(transactions.c.id == tx_id).with_for_update()).first()
-        if row is None:
+    def _lock_tx(self, d: Driver, tx_id: int, allowed: tuple[TxStatus, ...], verb: str) -> Any:
+        """The transaction's row (with its agent's name), locked (PostgreSQL: FOR UPDATE)."""
+        raw = d.one(self._sql.lock_tx, (tx_id,))
+        if raw is None:
             raise NotFound(f"no transaction {tx_id}", id=tx_id)
+        row = _TxRow(*_decode(raw, _TX_DECODERS))
         if row.status not in allowed:
             raise Conflict(f"cannot {verb} transaction {tx_id}: it is {row.status.value}, not "
                            f"{' or '.join(s.value for s in allowed)}", id=tx_id, status=row.status.value)
         return row
 
-    def _set_status(self, conn: Connection, row: Any, to: TxStatus, now: datetime, **values: Any) -> None:
+    def _set_status(self, d: Driver, row: Any, to: TxStatus, now: datetime, *,
+                    line: tuple[str, Decimal] | None = None, notes: Mapping[str, Any] | None = None,
+                    **values: Any) -> Any:
+        """Move the transaction to `to`, setting the values given (None: left as is), and add its
+        cost line and facts (PostgreSQL: all in one statement); returns the row as it now stands."""
         values = {k: v for k, v in values.items() if v is not None}
-        done = conn.execute(update(transactions).where(transactions.c.id == row.id,
-                                                       transactions.c.status == row.status)
-                            .values(status=to, **values)).rowcount
+        bound = []
+        for key, value in values.items():
+            if key in ("actual_cost",):
+                value = to_nano(value)
+            elif key in ("completed_at",):
+                value = d.ts(value)
+            bound.append(value)
+        ts = d.ts(now)
+        facts_ = [(k, v if isinstance(v, str) else json.dumps(v, default=str)) for k, v in (notes or {}).items()]
+        params = [to.value, *bound, row.id, row.status.value]
+        if self._pg:
+            sql = self._sql.set_status(tuple(values), line=line is not None, notes=True)
+            if line is not None:
+                params += [line[0], to_nano(line[1]), ts]
+            params += [ts, [k for k, _ in facts_], [v for _, v in facts_]]
+            done = len(d.all(sql, params))
+        else:
+            d.execute(self._sql.set_status(tuple(values)), params)
+            done = d.rowcount
         if done != 1:  # pragma: no cover - guarded by the row lock; kept as a last line of defence
             raise Conflict(f"transaction {row.id} changed while it was being resolved")
+        if not self._pg:
+            if line is not None:
+                d.execute(self._sql.insert_line, (row.id, line[0], to_nano(line[1]), None, ts))
+            if facts_:
+                d.executemany(self._sql.insert_fact, [(row.id, k, v, ts) for k, v in facts_])
+        shown = {k: v for k, v in values.items() if k in _TxRow._fields}
+        if "actual_cost" in shown:
+            shown["actual_cost"] = from_nano(to_nano(shown["actual_cost"]))  # as stored: whole nano-USD
+        return row._replace(status=to, **shown)
 
-    def _move_counters(self, conn: Connection, tx_id: int, held_delta: Decimal, spent_delta: Decimal, *,
+    def _move_counters(self, d: Driver, tx_id: int, held_delta: Decimal, spent_delta: Decimal, *,
                        locked: bool = False) -> None:
         if held_delta == 0 and spent_delta == 0:
             return
-        c = rule_counters.c
-        if not locked:
-            self._lock_rules(conn, select(holds.c.rule_id).where(holds.c.transaction_id == tx_id))
-        mine = select(holds.c.rule_id, holds.c.bucket).where(holds.c.transaction_id == tx_id)
-        conn.execute(update(rule_counters).where(tuple_(c.rule_id, c.bucket).in_(mine))
-                     .values(held=c.held + held_delta, spent=c.spent + spent_delta))
+        if self._pg and not locked:
+            d.execute(self._sql.lock_rules_of_tx, (tx_id,))
+        d.execute(self._sql.move_counters, (to_nano(held_delta), to_nano(spent_delta), tx_id))
+
 
     # --- notes ----------------------------------------------------------------------------------
 
@@ -412,11 +606,11 @@ class Governor:
             raise InvalidRequest(f"kind: only adjustment cost lines can be added (got {kind!r})", field="kind")
         now = self.clock()
         with writing(self.engine) as conn:
-            self._lock_tx(conn, tx_id, (TxStatus.completed,), "adjust")
-            conn.execute(insert(cost_lines).values(transaction_id=tx_id, kind=kind, amount=amount, note=note,
-                                                   created_at=now))
-            self._move_counters(conn, tx_id, ZERO, amount)
-            return self._tx_json_from(conn, tx_id)
+            d = Driver(conn)
+            row = self._lock_tx(d, tx_id, (TxStatus.completed,), "adjust")
+            d.execute(self._sql.insert_line, (tx_id, kind, to_nano(amount), note, d.ts(now)))
+            self._move_counters(d, tx_id, ZERO, amount)
+            return tx_json(row, row.agent_name)
 
     def add_fact(self, tx_id: int, key: str, value: Any) -> dict[str, Any]:
         if not key or len(key) > 100:
@@ -425,14 +619,14 @@ class Governor:
         with writing(self.engine) as conn:
             if conn.execute(select(transactions.c.id).where(transactions.c.id == tx_id)).first() is None:
                 raise NotFound(f"no transaction {tx_id}", id=tx_id)
-            self._add_facts(conn, tx_id, {key: value}, now)
+            self._add_facts(Driver(conn), tx_id, {key: value}, now)
             return self._tx_json_from(conn, tx_id)
 
-    def _add_facts(self, conn: Connection, tx_id: int, values: Mapping[str, Any], now: datetime) -> None:
+    def _add_facts(self, d: Driver, tx_id: int, values: Mapping[str, Any], now: datetime) -> None:
         if values:
-            conn.execute(insert(facts).values([
-                {"transaction_id": tx_id, "key": k, "value": v if isinstance(v, str) else json.dumps(v, default=str),
-                 "created_at": now} for k, v in values.items()]))
+            ts = d.ts(now)
+            d.executemany(self._sql.insert_fact, [
+                (tx_id, k, v if isinstance(v, str) else json.dumps(v, default=str), ts) for k, v in values.items()])
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -491,12 +685,14 @@ class Governor:
         from .admin import validate_agent_name, write_audit
 
         validate_agent_name(name)
-        conn.execute(self._upsert(agents).values(name=name, status=AgentStatus.active, created_at=now,
-                                                 updated_at=now).on_conflict_do_nothing())
+        created = conn.execute(self._upsert(agents).values(name=name, status=AgentStatus.active, created_at=now,
+                                                           updated_at=now).on_conflict_do_nothing()
+                               .returning(agents.c.id)).first()
         agent = self._find_agent(conn, name)
         assert agent is not None and agent.id is not None
-        write_audit(conn, "agent", agent.id, name, "create", None, {"name": name, "status": "active",
-                                                                   "created": "on first use"}, now)
+        if created is not None:  # not when a concurrent first use created it (PostgreSQL waits for that one)
+            write_audit(conn, "agent", agent.id, name, "create", None, {"name": name, "status": "active",
+                                                                       "created": "on first use"}, now)
         return agent
 
     def _by_key(self, conn: Connection, agent_id: int, key: str) -> Any:

@@ -17,10 +17,15 @@ from pricing.money import ZERO, display_price, parse_usd, usd_str
 from .errors import InvalidRequest
 from .models import RuleType
 from .periods import RATE_PERIODS, SPEND_PERIODS, format_window, parse_window
+from .settlement import storable
 
 RULE_TYPES = tuple(t.value for t in RuleType)
 OPERATIONS = ("generate", "transform", "upscale")
 COUNTED = (RuleType.spend_limit.value, RuleType.rate_limit.value)
+#: A rate-limit's count is an INTEGER column (32 bits on PostgreSQL).
+MAX_COUNT = 2**31 - 1
+#: Rule names and model globs are VARCHAR(200) columns.
+MAX_TEXT = 200
 
 
 class Rule(NamedTuple):
@@ -147,10 +152,15 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
     validated as a whole, so an update cannot produce a rule a create would refuse.
     """
     base = _spec_of(existing) if existing else {}
+    if spec.given & {"period", "window"}:
+        # An update naming a period or a window replaces the span the rule had, whichever kind it was.
+        base = {**base, "period": None, "window": None}
     merged = {**base, **{k: getattr(spec, k) for k in spec.given}}
     name = merged.get("name")
     if not name or not str(name).strip():
         raise InvalidRequest("name: a rule needs a name (--name)", field="name")
+    if len(str(name).strip()) > MAX_TEXT:
+        raise InvalidRequest(f"name: at most {MAX_TEXT} characters", field="name")
     rtype = merged.get("type")
     if rtype not in RULE_TYPES:
         raise InvalidRequest(f"type: unknown rule type {rtype!r}; allowed: {', '.join(RULE_TYPES)}", field="type")
@@ -181,12 +191,16 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
                                      field="limit") from None
             if count <= 0:
                 raise InvalidRequest(f"limit: must be greater than zero (got {raw!r})", field="limit")
+            if count > MAX_COUNT:
+                raise InvalidRequest(f"limit: at most {MAX_COUNT} requests (got {raw!r})", field="limit")
             values["limit_count"] = count
         else:
             try:
-                values["limit_amount"] = parse_usd(str(raw), allow_zero=False)
-            except ValueError as exc:
-                raise InvalidRequest(f"limit: {exc}", field="limit") from None
+                amount = parse_usd(str(raw), allow_zero=False)
+            except (ValueError, ArithmeticError) as exc:  # ArithmeticError: an exponent like 1e40
+                reason = exc if isinstance(exc, ValueError) else f"{raw!r} is not a usable amount"
+                raise InvalidRequest(f"limit: {reason}", field="limit") from None
+            values["limit_amount"] = storable(amount, "limit")
     if rtype in ("spend-limit", "rate-limit"):
         period, window = merged.get("period"), merged.get("window")
         if period and window:
@@ -221,6 +235,8 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
         raise InvalidRequest(f"operation: {operation!r}; allowed: {', '.join(OPERATIONS)}", field="operation")
     values["operation"] = operation or None
     values["model_glob"] = merged.get("model") or None
+    if values["model_glob"] and len(values["model_glob"]) > MAX_TEXT:
+        raise InvalidRequest(f"model: a glob of at most {MAX_TEXT} characters", field="model")
     action = merged.get("action") or "deny"
     if action not in ("deny", "alert"):
         raise InvalidRequest(f"action: {action!r}; allowed: deny, alert", field="action")

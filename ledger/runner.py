@@ -18,7 +18,7 @@ from pricing.money import usd_str
 
 from .errors import UpstreamError, denial_error
 from .governor import Authorization, Governor
-from .upstream import NoAnswer, Refused, Unreachable, Upstream
+from .upstream import NoAnswer, Refused, Unreachable, Upstream, check_fal_key
 
 
 @dataclass
@@ -43,6 +43,7 @@ def run_governed(
 ) -> RunOutcome:
     """Authorize, forward and settle one request. Raises Denied, UpstreamError or InvalidRequest."""
     runnable(quote, body)
+    check_fal_key(fal_key)
     auth = gov.authorize(agent, quote, body, idempotency_key=idempotency_key)
     if after_authorize:
         after_authorize(auth)
@@ -50,6 +51,11 @@ def run_governed(
     if auth.replayed:
         if tx["status"] == "denied":
             raise denial_error(tx, (tx["denial"] or {}).get("denials", []), agent)
+        if tx["status"] != "completed":
+            # The earlier attempt's outcome is replayed, failures included: never a success without a result.
+            raise UpstreamError(f"idempotency key {idempotency_key!r} was already used by transaction {tx['id']}, "
+                                f"which is {tx['status']}" + (f": {tx['outcome']}" if tx.get("outcome") else "")
+                                + "; nothing sent", upstream_status=tx.get("upstream_status"), transaction=tx)
         detail = gov.transaction(tx["id"], detail=True)
         return RunOutcome(tx, detail.get("result"), replayed=True)
     if not auth.allowed:

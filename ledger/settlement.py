@@ -8,10 +8,21 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pricing import actual_cost
-from pricing.money import usd_str
+from pricing.money import from_nano, usd_str
 
 from .errors import InvalidRequest
 from .quoting import quote_body
+
+#: The largest amount a ledger column (BIGINT nano-USD) can hold.
+MAX_USD = from_nano(2**63 - 1)
+
+
+def storable(amount: Decimal, field: str) -> Decimal:
+    """`amount`, or InvalidRequest when the ledger could not store it (rather than a driver overflow)."""
+    if abs(amount) > MAX_USD:
+        raise InvalidRequest(f"{field}: {usd_str(amount)} is above the largest amount the ledger holds "
+                             f"({usd_str(MAX_USD)})", field=field)
+    return amount
 
 
 def load_response(path: str) -> Any:
@@ -36,4 +47,4 @@ def actual_from_response(tx: Mapping[str, Any], response: Any) -> tuple[Decimal,
     if usd_str(estimate.amount) != tx["estimated_cost"]:
         facts["repriced_estimate"] = usd_str(estimate.amount)
     amount = cost.amount if cost.sizes_known else Decimal(tx["estimated_cost"])
-    return amount, facts
+    return storable(amount, "response"), facts

@@ -14,6 +14,7 @@ Failures are classified by what they mean for money:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -50,8 +51,8 @@ class UpstreamConfig:
             except ValueError:
                 raise InvalidRequest(f"timeout: PIXELGOV_UPSTREAM_TIMEOUT={raw!r} is not a number of seconds",
                                      field="timeout") from None
-        if timeout <= 0:
-            raise InvalidRequest("timeout: must be greater than zero", field="timeout")
+        if not math.isfinite(timeout) or timeout <= 0:  # nan and inf too: the wait is always bounded
+            raise InvalidRequest("timeout: must be a finite number of seconds greater than zero", field="timeout")
         return cls(url=url.rstrip("/"), timeout=timeout, connect_timeout=min(CONNECT_TIMEOUT, timeout))
 
 
@@ -92,6 +93,17 @@ def fal_key_from_env() -> str:
     if not key:
         raise InvalidRequest("FAL_KEY is not set: a real run needs your FAL API key in the FAL_KEY environment "
                              "variable (or use --dry-run)", field="FAL_KEY")
+    return check_fal_key(key)
+
+
+def check_fal_key(key: str) -> str:
+    """The key, if it can be sent as an HTTP header; else InvalidRequest (never quoting the key).
+
+    Checked before anything is authorized: an unsendable key would otherwise fail inside
+    the HTTP library, whose error messages quote the header value."""
+    if not key or not all("!" <= ch <= "~" for ch in key):
+        raise InvalidRequest("FAL_KEY: the key must be printable ASCII without spaces or line breaks "
+                             "(it is sent in the Authorization header)", field="FAL_KEY")
     return key
 
 
@@ -129,6 +141,7 @@ class Upstream:
         self.close()
 
     def call(self, endpoint: str, body: Mapping[str, Any], fal_key: str) -> UpstreamResult:
+        check_fal_key(fal_key)
         url = f"{self.config.url}/{endpoint}"
         headers = {"Authorization": f"Key {fal_key}", "Content-Type": "application/json",
                    "Accept": "application/json", "User-Agent": "pixelgov/0.1"}
@@ -143,14 +156,14 @@ class Upstream:
                 attempt += 1
                 if attempt > self.config.retries:
                     raise Unreachable(f"upstream {self.config.url} unreachable after {attempt} attempt(s): "
-                                      f"{_describe(exc)}") from None
+                                      f"{_describe(exc, fal_key)}") from None
                 time.sleep(self.config.backoff * 2 ** (attempt - 1))
             except httpx.TimeoutException as exc:
                 raise NoAnswer(f"no answer from {self.config.url} within {self.config.timeout:g}s after the "
                                f"request was sent ({type(exc).__name__})", latency_ms=_ms(started)) from None
             except httpx.TransportError as exc:
                 raise NoAnswer(f"connection to {self.config.url} lost after the request was sent: "
-                               f"{_describe(exc)}", latency_ms=_ms(started)) from None
+                               f"{_describe(exc, fal_key)}", latency_ms=_ms(started)) from None
         latency = _ms(started)
         text = response.text
         try:
@@ -174,6 +187,7 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip()
+def _describe(exc: Exception, secret: str) -> str:
+    """An exception as one line, the secret (which transport errors may quote) masked."""
+    text = str(exc).strip().replace(secret, "***")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -14,6 +14,8 @@ from .errors import ImageTooLarge, InvalidRequest
 from .money import display_price, usd_str
 from .schemas import validate_request
 
+_multiply = PRODUCT_CONTEXT.multiply  # exact products (bound once: this is the hot path)
+
 
 class Quote(NamedTuple):
     """An immutable, exact quote for one request."""
@@ -101,7 +103,7 @@ def quote(
     return Quote(
         entry.endpoint, entry.model, entry.operation, images, width, height,
         area.megapixels, area.billable, entry.rate,
-        PRODUCT_CONTEXT.multiply(PRODUCT_CONTEXT.multiply(area.billable, images), entry.rate),
+        _multiply(_multiply(area.billable, images), entry.rate),
         book.currency, book.version, w_in, h_in, scale,
     )
 

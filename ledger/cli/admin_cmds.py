@@ -84,7 +84,9 @@ def agents_update(ctx: click.Context, name: str, status: str | None, description
     pixelgov agents update marketing-bot --status paused
     """
     if status is None and description is None:
-        raise click.UsageError("nothing to update: give --status or --description")
+        from ..errors import InvalidRequest
+
+        raise InvalidRequest("nothing to update: give --status or --description")
     emit_record(_admin(ctx).update_agent(name, status=status, description=description), fmt)
 
 

@@ -15,7 +15,7 @@ import click
 from pricing.errors import InvalidRequest, PixelgovError
 from pricing.schemas import parse_size
 
-from ..errors import exit_code
+from ..errors import NotFound, exit_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMAT_KEY = "pixelgov.format"
@@ -75,7 +75,8 @@ def emit_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: st
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
+            # A missing value is an empty cell (not the table's "-"), so a spreadsheet reads a number column.
+            writer.writerow(["" if row.get(c) is None else _cell(row.get(c)) for c in columns])
         click.echo(buf.getvalue(), nl=False)
         return
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
@@ -135,7 +136,7 @@ def _metavar(field: str) -> str:
 
 def build_request(params: str | None, options: Mapping[str, str | None]) -> dict[str, Any]:
     """The request body from `--params` and the request options (options win)."""
-    body = _load_params(params) if params else {}
+    body = _load_params(params) if params is not None else {}
     for _flag, field, _help in _REQUEST_OPTIONS:
         raw = options.get(field)
         if raw is not None:
@@ -151,8 +152,9 @@ def pop_request_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _convert(field: str, raw: str) -> Any:
     flag = "--" + next(f for f, name, _ in _REQUEST_OPTIONS if name == field).lstrip("-")
-    if field in ("image_size",):
-        return parse_size(raw, field=field) if "x" in raw.lower() and raw[:1].isdigit() else raw
+    if field == "image_size":
+        text = raw.strip()
+        return parse_size(text, field=field) if "x" in text.lower() and text[:1].isdigit() else text
     if field == "input_size":
         return parse_size(raw, field=field)
     if field in _INT_FIELDS:
@@ -228,7 +230,10 @@ def parse_time(value: str | None, field: str) -> Any:
 
     text = value.strip()
     if text and text[-1] in "mhdw" and text[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=parse_window(text))
+        try:
+            return datetime.now(UTC) - timedelta(seconds=parse_window(text))
+        except ValueError as exc:
+            raise InvalidRequest(f"{field}: {exc}", field=field) from None
     try:
         ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -238,6 +243,31 @@ def parse_time(value: str | None, field: str) -> Any:
 
 
 TX_COLUMNS = ["id", "agent", "endpoint", "status", "estimated_cost", "actual_cost", "created_at"]
+_MAX_ID = 2**63 - 1
+
+
+def _known_tx_id(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
+    # An id beyond the id column's range is as unknown as any other (not a driver overflow).
+    if value is not None and not 1 <= value <= _MAX_ID:
+        raise NotFound(f"no transaction {value}", id=value)
+    return value
+
+
+def tx_id_argument(fn: F) -> F:
+    """The TX_ID argument of the `tx` commands."""
+    return click.argument("tx_id", type=int, callback=_known_tx_id)(fn)
+
+
+def parse_usd_option(text: str, field: str, *, allow_negative: bool = False) -> Any:
+    """A USD amount given on the command line, checked to fit the ledger."""
+    from ..governor import parse_amount
+    from ..settlement import storable
+
+    try:
+        amount = parse_amount(text, field, allow_negative=allow_negative)
+    except ArithmeticError:  # an exponent beyond decimal's precision, e.g. 1e40
+        raise InvalidRequest(f"{field}: {text!r} is not a usable amount", field=field) from None
+    return storable(amount, field)
 
 
 def emit_transaction(tx: Mapping[str, Any], fmt: str) -> None:

@@ -8,11 +8,11 @@ import click
 
 from pricing.money import usd_str
 
-from ..errors import denial_error
+from ..errors import InvalidRequest, denial_error
 from ..quoting import quote_body
 from .common import (
     TX_COLUMNS, emit_json, emit_rows, emit_transaction, governor, output_options, parse_time,
-    pop_request_options, request_options, stderr_lines,
+    parse_usd_option, pop_request_options, request_options, stderr_lines, tx_id_argument,
 )
 
 
@@ -78,6 +78,8 @@ def authorize(ctx: click.Context, endpoint: str, agent: str, idempotency_key: st
     pixelgov authorize fal-ai/flux/dev --agent bot --prompt "a fox" --idempotency-key job-42
     pixelgov tx complete 17 --response fal-response.json
     """
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+        raise InvalidRequest("idempotency_key: 1–200 characters", field="idempotency_key")
     body = pop_request_options(options)
     quote = quote_body(endpoint, body)
     result = governor(ctx).authorize(agent, quote, body, idempotency_key=idempotency_key)
@@ -115,7 +117,7 @@ def tx_list(ctx: click.Context, agent: str | None, status: str | None, since: st
 
 
 @tx.command("show")
-@click.argument("tx_id", type=int)
+@tx_id_argument
 @output_options("table", "json")
 @click.pass_context
 def tx_show(ctx: click.Context, tx_id: int, fmt: str) -> None:
@@ -128,7 +130,7 @@ def tx_show(ctx: click.Context, tx_id: int, fmt: str) -> None:
 
 
 @tx.command("complete")
-@click.argument("tx_id", type=int)
+@tx_id_argument
 @click.option("--actual", default=None, metavar="USD", help="The actual cost.")
 @click.option("--response", "response_file", default=None, type=click.Path(dir_okay=False),
               help="The upstream's JSON response: the actual cost is priced from its image sizes.")
@@ -143,16 +145,15 @@ def tx_complete(ctx: click.Context, tx_id: int, actual: str | None, response_fil
     pixelgov tx complete 17 --actual 0.0118
     pixelgov tx complete 17 --response fal-response.json
     """
-    from ..governor import parse_amount
     from ..settlement import actual_from_response, load_response
 
     gov = governor(ctx)
     if actual is not None and response_file is not None:
-        raise click.UsageError("give --actual or --response, not both")
+        raise InvalidRequest("actual: give --actual or --response, not both", field="actual")
     tx = gov.transaction(tx_id, detail=True)
     facts: dict[str, Any] = {}
     if actual is not None:
-        amount = parse_amount(actual, "actual")
+        amount = parse_usd_option(actual, "actual")
         facts["actual_source"] = "given"
     elif response_file is not None:
         amount, facts = actual_from_response(tx, load_response(response_file))
@@ -165,7 +166,7 @@ def tx_complete(ctx: click.Context, tx_id: int, actual: str | None, response_fil
 
 
 @tx.command("void")
-@click.argument("tx_id", type=int)
+@tx_id_argument
 @click.option("--reason", default=None)
 @output_options("table", "json")
 @click.pass_context
@@ -197,8 +198,8 @@ def tx_expire(ctx: click.Context, older_than: float | None, fmt: str) -> None:
         click.echo(f"expired {len(ids)} hold(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
 
 
-@tx.command("add-cost")
-@click.argument("tx_id", type=int)
+@tx.command("add-cost", context_settings={"ignore_unknown_options": True})  # so -0.002 is an amount
+@tx_id_argument
 @click.argument("amount", metavar="USD")
 @click.option("--kind", type=click.Choice(["adjustment"]), default="adjustment", show_default=True)
 @click.option("--note", default=None)
@@ -210,14 +211,12 @@ def tx_add_cost(ctx: click.Context, tx_id: int, amount: str, kind: str, note: st
     \b
     pixelgov tx add-cost 17 -0.002 --note "FAL credit"
     """
-    from ..governor import parse_amount
-
-    emit_transaction(governor(ctx).add_cost(tx_id, parse_amount(amount, "amount", allow_negative=True),
+    emit_transaction(governor(ctx).add_cost(tx_id, parse_usd_option(amount, "amount", allow_negative=True),
                                             kind=kind, note=note), fmt)
 
 
 @tx.command("add-fact")
-@click.argument("tx_id", type=int)
+@tx_id_argument
 @click.argument("fact", metavar="KEY=VALUE")
 @output_options("table", "json")
 @click.pass_context
@@ -229,6 +228,6 @@ def tx_add_fact(ctx: click.Context, tx_id: int, fact: str, fmt: str) -> None:
     """
     key, sep, value = fact.partition("=")
     if not sep or not key.strip():
-        raise click.UsageError(f"expected KEY=VALUE, got {fact!r}")
+        raise InvalidRequest(f"fact: expected KEY=VALUE, got {fact!r}", field="fact")
     emit_transaction(governor(ctx).add_fact(tx_id, key.strip(), value), fmt)
 

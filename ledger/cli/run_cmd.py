@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..errors import UpstreamError
+from ..errors import InvalidRequest, UpstreamError
 from ..quoting import quote_body
 from .common import emit_json, governor, output_options, pop_request_options, request_options
 from .ledger_cmds import check_output, print_alerts
@@ -34,6 +34,8 @@ def run(ctx: click.Context, endpoint: str, agent: str, idempotency_key: str | No
     FAL_KEY=... pixelgov run fal-ai/flux/dev --agent bot --prompt "a red fox" --out images/
     """
     body = pop_request_options(options)
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+        raise InvalidRequest("idempotency_key: 1–200 characters", field="idempotency_key")
     quote = quote_body(endpoint, body)
     gov = governor(ctx)
     if dry_run:

@@ -1,0 +1,367 @@
+"""Administration: agents and their API keys, spending rules, the audit log, alerts,
+and agents created on first use (or not). Every test runs on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from ledger.admin import Admin, validate_agent_name
+from ledger.errors import Conflict, InvalidRequest, NotFound
+from ledger.governor import Governor, auto_create_from_env
+from ledger.models import agents, audit_log, holds, rule_counters, spending_rules
+from ledger.rules import RuleSpec
+from pricing import quote
+
+DEV = quote("fal-ai/flux/dev", {})
+EST = Decimal("0.01185")
+
+
+def spec(**fields) -> RuleSpec:  # type: ignore[no-untyped-def]
+    return RuleSpec(**fields, given=set(fields))
+
+
+def rows(engine, table) -> list:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(table))]
+
+
+def count(engine, table) -> int:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def usage(engine, rule_id: int) -> tuple[Decimal, Decimal, int]:  # type: ignore[no-untyped-def]
+    c = rule_counters.c
+    with engine.connect() as conn:
+        row = conn.execute(select(func.sum(c.spent), func.sum(c.held), func.sum(c.requests))
+                           .where(c.rule_id == rule_id)).one()
+    return row[0] or Decimal(0), row[1] or Decimal(0), int(row[2] or 0)
+
+
+# --- agents -----------------------------------------------------------------------------------
+
+def test_a_new_agents_api_key_is_shown_once_and_only_its_sha256_is_stored(admin, engine) -> None:
+    created = admin.create_agent("marketing-bot", "social images")
+    key = created["api_key"]
+    assert key.startswith("pgv_") and len(key) > 40
+    assert created["status"] == "active" and created["has_api_key"] is True
+    assert created["description"] == "social images"
+    # Nowhere in the database: not in the agents table, not in the audit log.
+    for table in (agents, audit_log):
+        for row in rows(engine, table):
+            assert all(key not in str(value) for value in row), table.name
+    with engine.connect() as conn:
+        stored = conn.execute(select(agents.c.api_key_hash).where(agents.c.name == "marketing-bot")).scalar_one()
+    assert stored == hashlib.sha256(key.encode()).hexdigest()
+    # Shown once: reading the agent back never returns it.
+    assert "api_key" not in admin.agent("marketing-bot")
+    assert all("api_key" not in a for a in admin.agents())
+    assert admin.agent_by_api_key(key)["name"] == "marketing-bot"
+    assert admin.agent_by_api_key(key + "x") is None
+
+
+def test_every_agent_gets_a_different_key(admin) -> None:
+    assert admin.create_agent("a")["api_key"] != admin.create_agent("b")["api_key"]
+
+
+def test_an_agent_can_be_created_without_a_key(admin) -> None:
+    created = admin.create_agent("internal", with_key=False)
+    assert "api_key" not in created and created["has_api_key"] is False
+
+
+def test_a_duplicate_agent_name_is_refused(admin, engine) -> None:
+    admin.create_agent("bot")
+    with pytest.raises(Conflict) as error:
+        admin.create_agent("bot")
+    assert error.value.code == "invalid_request"
+    assert "already exists" in error.value.message
+    assert count(engine, agents) == 1
+    assert count(engine, audit_log) == 1
+
+
+@pytest.mark.parametrize("name", ["", " bot", "bot name", "-bot", "bot!", "a" * 201, "ünïcode", "a\nb"])
+def test_an_invalid_agent_name_is_refused(name: str) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        validate_agent_name(name)
+    assert error.value.field == "agent"
+
+
+@pytest.mark.parametrize("name", ["bot", "B0t", "team/bot-1", "bot@corp.example", "ns:bot_2", "a" * 200])
+def test_a_valid_agent_name_is_accepted(name: str) -> None:
+    validate_agent_name(name)
+
+
+def test_an_agent_with_an_invalid_name_is_not_created(admin, engine) -> None:
+    with pytest.raises(InvalidRequest):
+        admin.create_agent("bot name")
+    assert count(engine, agents) == 0
+
+
+def test_rotating_a_key_retires_the_old_one(admin, engine) -> None:
+    old = admin.create_agent("bot")["api_key"]
+    rotated = admin.rotate_key("bot")
+    new = rotated["api_key"]
+    assert new != old and new.startswith("pgv_")
+    assert admin.agent_by_api_key(old) is None
+    assert admin.agent_by_api_key(new)["name"] == "bot"
+    for row in rows(engine, agents) + rows(engine, audit_log):
+        assert all(new not in str(v) and old not in str(v) for v in row)
+    assert [e["action"] for e in admin.audit(entity="agent")] == ["rotate-key", "create"]
+
+
+def test_pausing_and_resuming_an_agent_is_audited(admin) -> None:
+    admin.create_agent("bot")
+    paused = admin.update_agent("bot", status="paused")
+    assert paused["status"] == "paused"
+    resumed = admin.update_agent("bot", status="active", description="back")
+    assert (resumed["status"], resumed["description"]) == ("active", "back")
+    log = admin.audit(entity="agent")
+    assert [e["action"] for e in log] == ["update", "update", "create"]
+    assert (log[1]["before"]["status"], log[1]["after"]["status"]) == ("active", "paused")
+    assert (log[0]["before"]["status"], log[0]["after"]["status"]) == ("paused", "active")
+
+
+def test_an_agent_status_must_be_active_or_paused(admin) -> None:
+    admin.create_agent("bot")
+    with pytest.raises(InvalidRequest) as error:
+        admin.update_agent("bot", status="deleted")
+    assert error.value.field == "status"
+    assert admin.agent("bot")["status"] == "active"
+
+
+def test_an_unknown_agent_is_not_found(admin, engine) -> None:
+    for action in (lambda: admin.agent("ghost"), lambda: admin.update_agent("ghost", status="paused"),
+                   lambda: admin.rotate_key("ghost")):
+        with pytest.raises(NotFound) as error:
+            action()
+        assert error.value.code == "not_found"
+        assert "ghost" in error.value.message
+    assert count(engine, audit_log) == 0
+
+
+def test_agents_are_listed_by_name(admin) -> None:
+    for name in ("zed", "amy", "kim"):
+        admin.create_agent(name)
+    assert [a["name"] for a in admin.agents()] == ["amy", "kim", "zed"]
+
+
+# --- agents on first use ----------------------------------------------------------------------
+
+def test_an_unknown_agent_is_created_on_first_use_and_audited(gov, admin) -> None:
+    assert gov.authorize("newbie", DEV, {}).allowed
+    assert admin.agent("newbie")["status"] == "active"
+    entry = admin.audit(entity="agent")[0]
+    assert (entry["name"], entry["action"], entry["after"]["created"]) == ("newbie", "create", "on first use")
+
+
+def test_without_auto_create_an_unknown_agent_is_refused_and_nothing_is_written(engine, clock, admin) -> None:
+    strict = Governor(engine, clock=clock, hold_ttl=900, auto_create=False)
+    with pytest.raises(NotFound) as error:
+        strict.authorize("stranger", DEV, {})
+    assert "PIXELGOV_AUTO_CREATE_AGENTS=false" in error.value.message
+    with pytest.raises(NotFound):
+        strict.check("stranger", DEV)
+    assert admin.agents() == []
+    assert strict.transactions() == []
+    admin.create_agent("stranger")
+    assert strict.authorize("stranger", DEV, {}).allowed
+
+
+@pytest.mark.parametrize("value, creates", [("false", False), ("FALSE", False), ("0", False), ("no", False),
+                                            ("off", False), ("true", True), ("1", True), ("", True)])
+def test_auto_create_agents_reads_the_environment(monkeypatch, value: str, creates: bool) -> None:
+    monkeypatch.setenv("PIXELGOV_AUTO_CREATE_AGENTS", value)
+    assert auto_create_from_env() is creates
+
+
+@pytest.mark.parametrize("value, creates", [("false", False), ("true", True)])
+def test_auto_create_agents_follows_the_environment(engine, admin, monkeypatch, value, creates) -> None:
+    monkeypatch.setenv("PIXELGOV_AUTO_CREATE_AGENTS", value)
+    gov = Governor(engine)
+    if creates:
+        assert gov.authorize("stranger", DEV, {}).allowed
+    else:
+        with pytest.raises(NotFound):
+            gov.authorize("stranger", DEV, {})
+    assert [a["name"] for a in admin.agents()] == (["stranger"] if creates else [])
+
+
+def test_an_invalid_agent_name_is_not_created_on_first_use(gov, admin) -> None:
+    with pytest.raises(InvalidRequest):
+        gov.authorize("no spaces please", DEV, {})
+    assert admin.agents() == []
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+def test_a_rule_has_the_promised_shape(admin) -> None:
+    admin.create_agent("bot")
+    rule = admin.create_rule(spec(name="bot-daily", type="spend-limit", limit="5", period="day", agent="bot",
+                                  model="fal-ai/flux/*", operation="generate", alert_at="80"))
+    assert {k: rule[k] for k in ("name", "type", "limit", "period", "window", "models", "agent", "model",
+                                 "operation", "action", "enabled", "alert_at")} == {
+        "name": "bot-daily", "type": "spend-limit", "limit": "5", "period": "day", "window": None,
+        "models": None, "agent": "bot", "model": "fal-ai/flux/*", "operation": "generate", "action": "deny",
+        "enabled": True, "alert_at": 80}
+    assert isinstance(rule["id"], int)
+    assert admin.rule("bot-daily") == rule
+    assert admin.rule(str(rule["id"])) == rule
+
+
+def test_rule_limits_keep_their_types(admin) -> None:
+    rate = admin.create_rule(spec(name="rate", type="rate-limit", limit="60", window="1h"))
+    allow = admin.create_rule(spec(name="allow", type="model-allowlist", models=["fal-ai/flux/*", "fal-ai/flux-pro"]))
+    cap = admin.create_rule(spec(name="cap", type="request-cap", limit="0.10", action="alert"))
+    assert (rate["limit"], rate["window"], rate["period"]) == (60, "1h", None)
+    assert (allow["limit"], allow["models"]) == (None, ["fal-ai/flux/*", "fal-ai/flux-pro"])
+    assert (cap["limit"], cap["action"]) == ("0.1", "alert")
+    assert [r["name"] for r in admin.rules()] == ["rate", "allow", "cap"]
+
+
+def test_a_rule_for_an_unknown_agent_is_refused(admin, engine) -> None:
+    with pytest.raises(NotFound):
+        admin.create_rule(spec(name="r", type="request-cap", limit="1", agent="ghost"))
+    assert count(engine, spending_rules) == 0
+
+
+def test_a_duplicate_rule_name_is_refused(admin, engine) -> None:
+    admin.create_rule(spec(name="cap", type="request-cap", limit="1"))
+    with pytest.raises(Conflict) as error:
+        admin.create_rule(spec(name="cap", type="request-cap", limit="2"))
+    assert "already exists" in error.value.message
+    other = admin.create_rule(spec(name="cap2", type="request-cap", limit="2"))
+    with pytest.raises(Conflict):
+        admin.update_rule(str(other["id"]), spec(name="cap"))
+    assert [r["name"] for r in admin.rules()] == ["cap", "cap2"]
+    assert count(engine, audit_log) == 2
+
+
+def test_every_rule_change_is_in_the_audit_log(admin) -> None:
+    created = admin.create_rule(spec(name="cap", type="request-cap", limit="1"))
+    updated = admin.update_rule("cap", spec(limit="2"))
+    assert (updated["limit"], updated["version"]) == ("2", 2)
+    deleted = admin.delete_rule("cap")
+    assert deleted["limit"] == "2"
+    log = admin.audit(entity="rule")
+    assert [e["action"] for e in log] == ["delete", "update", "create"]
+    assert (log[2]["before"], log[2]["after"]) == (None, created)
+    assert (log[1]["before"]["limit"], log[1]["after"]["limit"]) == ("1", "2")
+    assert (log[0]["before"]["name"], log[0]["after"]) == ("cap", None)
+    assert all(e["entity_id"] == created["id"] and e["name"] == "cap" for e in log)
+    with pytest.raises(NotFound):
+        admin.rule("cap")
+
+
+def test_an_unknown_rule_is_not_found(admin, engine) -> None:
+    for action in (lambda: admin.rule("ghost"), lambda: admin.update_rule("ghost", spec(limit="1")),
+                   lambda: admin.delete_rule("ghost"), lambda: admin.rule("999")):
+        with pytest.raises(NotFound) as error:
+            action()
+        assert error.value.code == "not_found"
+    assert count(engine, audit_log) == 0
+
+
+def test_an_update_is_validated_as_a_whole(admin, engine) -> None:
+    admin.create_rule(spec(name="cap", type="request-cap", limit="1"))
+    for bad in (spec(limit="0"), spec(period="day"), spec(type="spend-limit"), spec(models=["x"]),
+                spec(limit="0.0000000001"), spec(action="shout"), spec(name="")):
+        with pytest.raises(InvalidRequest):
+            admin.update_rule("cap", bad)
+    assert admin.rule("cap")["limit"] == "1" and admin.rule("cap")["version"] == 1
+    assert count(engine, audit_log) == 1
+
+
+def test_a_rule_can_move_from_a_period_to_a_rolling_window_and_back(admin) -> None:
+    admin.create_rule(spec(name="budget", type="spend-limit", limit="5", period="day"))
+    rolling = admin.update_rule("budget", spec(window="12h"))
+    assert (rolling["period"], rolling["window"]) == (None, "12h")
+    calendar = admin.update_rule("budget", spec(period="week"))
+    assert (calendar["period"], calendar["window"]) == ("week", None)
+    with pytest.raises(InvalidRequest):
+        admin.update_rule("budget", spec(period="day", window="24h"))
+
+
+def test_changing_a_limit_keeps_the_counted_spend(gov, admin, engine) -> None:
+    rule = admin.create_rule(spec(name="budget", type="spend-limit", limit="0.0237", period="day"))
+    gov.authorize("bot", DEV, {})
+    gov.authorize("bot", DEV, {})
+    admin.update_rule("budget", spec(limit="0.03"))
+    assert usage(engine, rule["id"]) == (0, EST * 2, 2)
+    assert not gov.authorize("bot", DEV, {}).allowed
+    admin.update_rule("budget", spec(limit="0.04"))
+    assert gov.authorize("bot", DEV, {}).allowed
+
+
+@pytest.mark.parametrize("change", [spec(period="week"), spec(window="24h"), spec(agent="bot"),
+                                    spec(model="fal-ai/flux/*"), spec(operation="generate")])
+def test_changing_what_a_rule_counts_starts_its_counting_afresh(gov, admin, engine, change) -> None:
+    admin.create_agent("bot")
+    rule = admin.create_rule(spec(name="budget", type="spend-limit", limit="0.0237", period="day"))
+    pending = gov.authorize("bot", DEV, {"n": 1}).transaction
+    settled = gov.authorize("bot", DEV, {"n": 2}).transaction
+    gov.settle(settled["id"], DEV.amount)
+    assert not gov.authorize("bot", DEV, {"n": 3}).allowed
+    admin.update_rule("budget", change)
+    assert usage(engine, rule["id"]) == (0, 0, 0)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(holds)
+                            .where(holds.c.rule_id == rule["id"])).scalar_one() == 0
+    assert gov.authorize("bot", DEV, {"n": 4}).allowed
+    # Settling a hold taken before the change does not leak into the new counting.
+    gov.settle(pending["id"], DEV.amount)
+    assert usage(engine, rule["id"]) == (0, EST, 1)
+
+
+def test_deleting_a_rule_removes_its_counters_but_keeps_its_alerts(gov, admin, engine) -> None:
+    rule = admin.create_rule(spec(name="watch", type="spend-limit", limit="0.01", period="day", action="alert"))
+    tx = gov.authorize("bot", DEV, {}).transaction
+    admin.delete_rule("watch")
+    assert usage(engine, rule["id"]) == (0, 0, 0)
+    assert [(a["rule"], a["transaction_id"]) for a in admin.alerts()] == [("watch", tx["id"])]
+    gov.settle(tx["id"], DEV.amount)  # its hold on the deleted rule is gone: settlement still works
+    assert gov.transaction(tx["id"])["status"] == "completed"
+
+
+def test_a_rule_is_found_by_name_before_id(admin) -> None:
+    first = admin.create_rule(spec(name="cap", type="request-cap", limit="1"))
+    numbered = admin.create_rule(spec(name=str(first["id"]), type="request-cap", limit="2"))
+    assert admin.rule(str(first["id"]))["id"] == numbered["id"]
+    assert admin.rule(str(numbered["id"]))["id"] == numbered["id"]
+
+
+def test_counts_report_agents_and_rules(admin) -> None:
+    admin.create_agent("a")
+    admin.create_rule(spec(name="cap", type="request-cap", limit="1"))
+    admin.create_rule(spec(name="cap2", type="request-cap", limit="1"))
+    assert admin.counts() == {"agents": 1, "rules": 2}
+
+
+def test_alerts_are_listed_newest_first(gov, admin, clock) -> None:
+    admin.create_rule(spec(name="watch", type="request-cap", limit="0.01", action="alert"))
+    first = gov.authorize("alice", DEV, {}).transaction
+    clock.advance(60)
+    second = gov.authorize("bob", DEV, {}).transaction
+    listed = admin.alerts()
+    assert [(a["agent"], a["transaction_id"], a["kind"]) for a in listed] == [
+        ("bob", second["id"], "rule"), ("alice", first["id"], "rule")]
+    assert listed[0]["created_at"] == "2026-11-25T12:01:00Z"
+    assert admin.alerts(limit=1) == listed[:1]
+
+
+def test_the_audit_log_can_be_filtered_and_limited(admin) -> None:
+    admin.create_agent("bot")
+    admin.create_rule(spec(name="cap", type="request-cap", limit="1"))
+    assert [e["entity"] for e in admin.audit()] == ["rule", "agent"]
+    assert [e["entity"] for e in admin.audit(entity="agent")] == ["agent"]
+    assert len(admin.audit(limit=1)) == 1
+
+
+def test_admin_uses_its_clock(engine, clock) -> None:
+    clock.advance(3600)
+    created = Admin(engine, clock=clock).create_agent("bot")
+    assert created["created_at"] == "2026-11-25T13:00:00Z"
