@@ -36,13 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx  # noqa: E402
 
-import fake_fal  # noqa: E402
 from fake_fal import FakeFal  # noqa: E402
-
-# The fake writes a response's headers and body in two sends; with Nagle on, a kept-alive
-# connection then waits for the client's delayed ACK (~40 ms) on every response. Real
-# servers do not, and a fixed 40 ms would drown the figures measured here.
-fake_fal._Handler.disable_nagle_algorithm = True
 
 ENDPOINT = "fal-ai/flux/dev"
 BODY = {"prompt": "a red fox in the snow", "image_size": "landscape_4_3"}

@@ -17,7 +17,6 @@ from pricing.money import ZERO, display_price, parse_usd, usd_str
 from .errors import InvalidRequest
 from .models import RuleType
 from .periods import RATE_PERIODS, SPEND_PERIODS, format_window, parse_window
-from .settlement import storable
 
 RULE_TYPES = tuple(t.value for t in RuleType)
 OPERATIONS = ("generate", "transform", "upscale")
@@ -196,11 +195,9 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
             values["limit_count"] = count
         else:
             try:
-                amount = parse_usd(str(raw), allow_zero=False)
-            except (ValueError, ArithmeticError) as exc:  # ArithmeticError: an exponent like 1e40
-                reason = exc if isinstance(exc, ValueError) else f"{raw!r} is not a usable amount"
-                raise InvalidRequest(f"limit: {reason}", field="limit") from None
-            values["limit_amount"] = storable(amount, "limit")
+                values["limit_amount"] = parse_usd(str(raw), allow_zero=False)
+            except ValueError as exc:
+                raise InvalidRequest(f"limit: {exc}", field="limit") from None
     if rtype in ("spend-limit", "rate-limit"):
         period, window = merged.get("period"), merged.get("window")
         if period and window:

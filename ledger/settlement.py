@@ -8,14 +8,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pricing import actual_cost
-from pricing.money import from_nano, usd_str
+from pricing.money import MAX_USD, usd_str
 
 from .errors import InvalidRequest
 from .quoting import quote_body
-
-#: The largest amount a ledger column (BIGINT nano-USD) can hold.
-MAX_USD = from_nano(2**63 - 1)
-
 
 def storable(amount: Decimal, field: str) -> Decimal:
     """`amount`, or InvalidRequest when the ledger could not store it (rather than a driver overflow)."""

@@ -13,6 +13,8 @@ ZERO = Decimal(0)
 NANO_PER_USD = 1_000_000_000
 #: The smallest amount the ledger can hold: one nano-USD.
 NANO = Decimal("0.000000001")
+#: The largest amount a ledger column (BIGINT nano-USD) holds.
+MAX_USD = Decimal(2**63 - 1).scaleb(-9)
 #: Display prices are rounded half-up to a tenth of a cent.
 DISPLAY_STEP = Decimal("0.001")
 
@@ -35,6 +37,8 @@ def parse_usd(text: str | int | Decimal, *, allow_zero: bool = True, allow_negat
         raise ValueError(f"{text!r} is not a decimal amount") from None
     if not amount.is_finite():
         raise ValueError(f"{text!r} is not a finite amount")
+    if abs(amount) > MAX_USD:
+        raise ValueError(f"{text!r} is above the largest amount the ledger holds ({MAX_USD})")
     if amount != amount.quantize(NANO, rounding=ROUND_HALF_UP):
         raise ValueError(f"{text!r} has more precision than one nano-USD (9 decimals)")
     if amount < 0 and not allow_negative:

@@ -502,6 +502,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeFal/1.0"
+    disable_nagle_algorithm = True  # headers and body go out at once: no delayed-ACK stall on keep-alive
     timeout = 30
     server: _Server
 

@@ -610,10 +610,6 @@ def test_bad_input_with_json_prints_the_error_shape_on_stdout(db_url, ledger_sta
     assert snapshot(db_url) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ledger/cli/__init__.py: click's own usage errors (a TX_ID that is not a number, a missing --agent, "
-    "--format xml) bypass report_error: four lines of usage text on stderr instead of one `error:` line, "
-    "and no {\"error\": …} document with --format json"))
 @pytest.mark.parametrize("command", ["tx show abc", "authorize fal-ai/flux/dev", "tx list --format xml",
                                      "tx show abc --format json"])
 def test_a_usage_mistake_is_reported_like_any_bad_input(sqlite_url, command: str) -> None:

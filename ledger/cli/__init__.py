@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from pricing.errors import PixelgovError
+from pricing.errors import InvalidRequest, PixelgovError
 
 from .common import report_error
 
@@ -48,6 +48,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except PixelgovError as error:
             report_error(ctx, error)
+        except click.UsageError as error:
+            # click's own parsing mistakes are bad input like any other: one line, or the JSON error.
+            where = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
+            report_error(ctx, InvalidRequest(f"{error.format_message()}{where}", reason="usage"))
         except Exception as error:  # noqa: BLE001 - database driver errors become one clear line
             translated = _translate(error)
             if translated is None:

@@ -258,18 +258,6 @@ def tx_id_argument(fn: F) -> F:
     return click.argument("tx_id", type=int, callback=_known_tx_id)(fn)
 
 
-def parse_usd_option(text: str, field: str, *, allow_negative: bool = False) -> Any:
-    """A USD amount given on the command line, checked to fit the ledger."""
-    from ..governor import parse_amount
-    from ..settlement import storable
-
-    try:
-        amount = parse_amount(text, field, allow_negative=allow_negative)
-    except ArithmeticError:  # an exponent beyond decimal's precision, e.g. 1e40
-        raise InvalidRequest(f"{field}: {text!r} is not a usable amount", field=field) from None
-    return storable(amount, field)
-
-
 def emit_transaction(tx: Mapping[str, Any], fmt: str) -> None:
     if fmt == "table":
         emit_record({k: v for k, v in tx.items() if k not in ("request", "cost_lines", "facts", "result")}, fmt)

@@ -12,7 +12,7 @@ from ..errors import InvalidRequest, denial_error
 from ..quoting import quote_body
 from .common import (
     TX_COLUMNS, emit_json, emit_rows, emit_transaction, governor, output_options, parse_time,
-    parse_usd_option, pop_request_options, request_options, stderr_lines, tx_id_argument,
+    pop_request_options, request_options, stderr_lines, tx_id_argument,
 )
 
 
@@ -145,6 +145,7 @@ def tx_complete(ctx: click.Context, tx_id: int, actual: str | None, response_fil
     pixelgov tx complete 17 --actual 0.0118
     pixelgov tx complete 17 --response fal-response.json
     """
+    from ..governor import parse_amount
     from ..settlement import actual_from_response, load_response
 
     gov = governor(ctx)
@@ -153,14 +154,12 @@ def tx_complete(ctx: click.Context, tx_id: int, actual: str | None, response_fil
     tx = gov.transaction(tx_id, detail=True)
     facts: dict[str, Any] = {}
     if actual is not None:
-        amount = parse_usd_option(actual, "actual")
+        amount = parse_amount(actual, "actual")
         facts["actual_source"] = "given"
     elif response_file is not None:
         amount, facts = actual_from_response(tx, load_response(response_file))
     else:
-        from pricing.money import parse_usd
-
-        amount = parse_usd(tx["estimated_cost"])
+        amount = parse_amount(tx["estimated_cost"], "estimate")
         facts["actual_source"] = "estimate (no actual given)"
     emit_transaction(gov.settle(tx_id, amount, facts_=facts), fmt)
 
@@ -211,7 +210,9 @@ def tx_add_cost(ctx: click.Context, tx_id: int, amount: str, kind: str, note: st
     \b
     pixelgov tx add-cost 17 -0.002 --note "FAL credit"
     """
-    emit_transaction(governor(ctx).add_cost(tx_id, parse_usd_option(amount, "amount", allow_negative=True),
+    from ..governor import parse_amount
+
+    emit_transaction(governor(ctx).add_cost(tx_id, parse_amount(amount, "amount", allow_negative=True),
                                             kind=kind, note=note), fmt)
 
 
