@@ -9,21 +9,26 @@ import hashlib
 import json
 import re
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
+
+from pricing.money import ZERO
 
 from .clock import Clock, iso, utcnow
 from .db import reading, writing
 from .errors import Conflict, InvalidRequest, NotFound
-from .models import AgentStatus, agents, alerts, audit_log, holds, rule_counters, spending_rules
+from .models import (
+    AgentStatus, TxStatus, agents, alerts, audit_log, cost_lines, holds, rule_counters, spending_rules, transactions,
+)
+from .periods import buckets
 from .rules import Rule, RuleSpec, rule_to_json, validate_spec
 
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}$")
 API_KEY_PREFIX = "pgv_"
-#: Changing any of these starts a rule's counting afresh (its old buckets meant something else).
+#: Changing any of these recounts the rule from the ledger (its old buckets meant something else).
 _COUNTING_FIELDS = ("period", "window_seconds", "agent_id", "model_glob", "operation")
 
 
@@ -143,6 +148,7 @@ class Admin:
                 rule_id = conn.execute(insert(spending_rules).values(
                     **values, agent_id=agent_id, version=1, created_at=now, updated_at=now,
                 ).returning(spending_rules.c.id)).scalar_one()
+                self._count_existing(conn, rule_id, now)
                 doc = self._rule_json(conn, rule_id)
                 write_audit(conn, "rule", rule_id, doc["name"], "create", None, doc, now)
                 return doc
@@ -160,8 +166,9 @@ class Admin:
                 before = self._rule_json(conn, row.id)
                 conn.execute(update(spending_rules).where(spending_rules.c.id == row.id).values(
                     **values, version=row.version + 1, updated_at=now))
-                if any(values[f] != getattr(row, f) for f in _COUNTING_FIELDS):
-                    self._reset_counting(conn, row.id)
+                if any(values[f] != getattr(row, f) for f in _COUNTING_FIELDS) or (
+                        values["enabled"] and not row.enabled):
+                    self._count_existing(conn, row.id, now)
                 after = self._rule_json(conn, row.id)
                 write_audit(conn, "rule", row.id, after["name"], "update", before, after, now)
                 return after
@@ -193,6 +200,51 @@ class Admin:
     def _reset_counting(self, conn: Connection, rule_id: int) -> None:
         conn.execute(delete(holds).where(holds.c.rule_id == rule_id))
         conn.execute(delete(rule_counters).where(rule_counters.c.rule_id == rule_id))
+
+    def _count_existing(self, conn: Connection, rule_id: int, now: datetime) -> None:
+        """(Re)build a rule's counters from the ledger: a new or re-scoped budget counts the
+        matching spend and requests already in its current period or window.
+
+        PostgreSQL: `transactions` is share-locked meanwhile, so no authorization or settlement
+        commits between the count and the rule becoming visible. SQLite: the write lock does it.
+        """
+        self._reset_counting(conn, rule_id)
+        rule = Rule.from_row(conn.execute(select(spending_rules).where(spending_rules.c.id == rule_id)).one())
+        if not rule.counted or not rule.enabled:
+            return
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("LOCK TABLE transactions IN SHARE MODE"))
+        _, low = buckets(rule.period, rule.window_seconds, now)
+        t = transactions.c
+        adjustments = (select(cost_lines.c.transaction_id, func.sum(cost_lines.c.amount).label("amount"))
+                       .where(cost_lines.c.kind == "adjustment").group_by(cost_lines.c.transaction_id).subquery())
+        query = (select(t.id, t.agent_id, t.endpoint, t.model, t.operation, t.status, t.estimated_cost,
+                        t.actual_cost, t.created_at, adjustments.c.amount.label("adjusted"))
+                 .outerjoin(adjustments, adjustments.c.transaction_id == t.id)
+                 .where(t.created_at >= datetime.fromtimestamp(low, UTC), t.created_at <= now,
+                        t.status != TxStatus.denied))
+        if rule.agent_id is not None:
+            query = query.where(t.agent_id == rule.agent_id)
+        counters: dict[int, list[Any]] = {}
+        placed = []
+        for tx in conn.execute(query):
+            if not rule.applies_to(tx.agent_id, tx):
+                continue
+            bucket, _ = buckets(rule.period, rule.window_seconds, tx.created_at)
+            spent, held, requests = counters.setdefault(bucket, [ZERO, ZERO, 0])
+            if tx.status == TxStatus.pending:
+                held += tx.estimated_cost
+            elif tx.status == TxStatus.completed:
+                spent += tx.actual_cost + (tx.adjusted or ZERO)
+            elif tx.status == TxStatus.unknown:
+                spent += tx.estimated_cost
+            counters[bucket] = [spent, held, requests + 1]
+            placed.append({"transaction_id": tx.id, "rule_id": rule_id, "bucket": bucket})
+        if counters:
+            conn.execute(insert(rule_counters).values([
+                {"rule_id": rule_id, "bucket": b, "spent": v[0], "held": v[1], "requests": v[2]}
+                for b, v in sorted(counters.items())]))
+            conn.execute(insert(holds).values(placed))
 
     def _scope_agent(self, conn: Connection, name: str | None) -> int | None:
         if not name:

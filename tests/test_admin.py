@@ -299,21 +299,59 @@ def test_changing_a_limit_keeps_the_counted_spend(gov, admin, engine) -> None:
 
 @pytest.mark.parametrize("change", [spec(period="week"), spec(window="24h"), spec(agent="bot"),
                                     spec(model="fal-ai/flux/*"), spec(operation="generate")])
-def test_changing_what_a_rule_counts_starts_its_counting_afresh(gov, admin, engine, change) -> None:
+def test_changing_what_a_rule_counts_recounts_the_ledger_under_the_new_definition(gov, admin, engine,
+                                                                                  change) -> None:
     admin.create_agent("bot")
     rule = admin.create_rule(spec(name="budget", type="spend-limit", limit="0.0237", period="day"))
     pending = gov.authorize("bot", DEV, {"n": 1}).transaction
     settled = gov.authorize("bot", DEV, {"n": 2}).transaction
-    gov.settle(settled["id"], DEV.amount)
-    assert not gov.authorize("bot", DEV, {"n": 3}).allowed
+    gov.settle(settled["id"], DEV.amount - Decimal("0.001"))
+    assert not gov.authorize("bot", DEV, {"n": 3}).allowed  # denied: not counted anywhere
+    admin.update_rule("budget", change)
+    # Every change above still matches both transactions: the recount finds them again.
+    assert usage(engine, rule["id"]) == (DEV.amount - Decimal("0.001"), EST, 2)
+    gov.settle(pending["id"], DEV.amount)
+    assert usage(engine, rule["id"]) == (DEV.amount * 2 - Decimal("0.001"), 0, 2)
+
+
+@pytest.mark.parametrize("change", [spec(agent="other"), spec(model="fal-ai/flux-pro*"), spec(operation="upscale")])
+def test_a_rule_rescoped_away_from_the_spend_counts_none_of_it(gov, admin, engine, change) -> None:
+    admin.create_agent("bot")
+    admin.create_agent("other")
+    rule = admin.create_rule(spec(name="budget", type="spend-limit", limit="0.0237", period="day"))
+    pending = gov.authorize("bot", DEV, {"n": 1}).transaction
     admin.update_rule("budget", change)
     assert usage(engine, rule["id"]) == (0, 0, 0)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(holds)
                             .where(holds.c.rule_id == rule["id"])).scalar_one() == 0
+    gov.settle(pending["id"], DEV.amount)  # a hold taken before the change does not leak into the new counting
+    assert usage(engine, rule["id"]) == (0, 0, 0)
+
+
+def test_a_new_budget_counts_the_spend_already_in_its_period(gov, admin, engine, clock) -> None:
+    yesterday = gov.authorize("bot", DEV, {"n": 0}).transaction
+    gov.settle(yesterday["id"], DEV.amount)
+    clock.advance(hours=24)
+    done = gov.authorize("bot", DEV, {"n": 1}).transaction
+    gov.settle(done["id"], DEV.amount)
+    gov.authorize("bot", DEV, {"n": 2})
+    voided = gov.authorize("bot", DEV, {"n": 3}).transaction
+    gov.void(voided["id"])
+    day = admin.create_rule(spec(name="day", type="spend-limit", limit="0.05", period="day"))
+    rate = admin.create_rule(spec(name="rate", type="rate-limit", limit="4", period="day"))
+    assert usage(engine, day["id"]) == (EST, EST, 3)
+    assert usage(engine, rate["id"]) == (EST, EST, 3)  # voided requests were still authorized
     assert gov.authorize("bot", DEV, {"n": 4}).allowed
-    # Settling a hold taken before the change does not leak into the new counting.
-    gov.settle(pending["id"], DEV.amount)
+    denied = gov.authorize("bot", DEV, {"n": 5})
+    assert [d["rule"] for d in denied.transaction["denial"]["denials"]] == ["rate"]
+
+
+def test_enabling_a_disabled_rule_counts_what_was_spent_meanwhile(gov, admin, engine) -> None:
+    rule = admin.create_rule(spec(name="day", type="spend-limit", limit="1", period="day", enabled=False))
+    gov.authorize("bot", DEV, {})
+    assert usage(engine, rule["id"]) == (0, 0, 0)
+    admin.update_rule("day", spec(enabled=True))
     assert usage(engine, rule["id"]) == (0, EST, 1)
 
 

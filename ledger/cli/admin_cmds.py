@@ -166,7 +166,7 @@ def rules_create(ctx: click.Context, disable: bool, fmt: str, **values: Any) -> 
 @output_options("table", "json")
 @click.pass_context
 def rules_update(ctx: click.Context, name_or_id: str, enabled: bool | None, fmt: str, **values: Any) -> None:
-    """Change a rule. Changing its period, window or scope starts its counting afresh.
+    """Change a rule. Changing its period, window or scope recounts it from the ledger.
 
     \b
     pixelgov rules update bot-daily --limit 10
