@@ -22,7 +22,6 @@ nothing.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing
 import os
@@ -34,7 +33,6 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -475,6 +473,10 @@ def main() -> None:
     sqlite_url = f"sqlite:///{tmp / 'bench.db'}"
     print(f"pixelgov ledger benchmark — python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, "
           f"{os.cpu_count()} cores, {'quick' if args.quick else 'full'} run")
+    test_db = dbname(os.environ.get("PIXELGOV_TEST_POSTGRES_URL", "postgresql://127.0.0.1/test"))
+    if pg and dbname(pg) in (test_db, "test", "postgres"):
+        print(f"refusing to use the database {dbname(pg)!r} (its schema would be dropped): give --pg a dedicated one")
+        pg = None
     if pg:
         try:
             ensure_pg_database(pg)

@@ -107,23 +107,24 @@ class Driver:
     SQLAlchemy's (`writing`/`reading`: BEGIN IMMEDIATE on SQLite, commit, rollback, pooling).
     """
 
-    __slots__ = ("conn", "cur", "pg")
+    __slots__ = ("conn", "cur", "pg", "_error")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.pg = conn.dialect.name == "postgresql"
         self.cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        self._error = conn.dialect.loaded_dbapi.Error
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         try:
             return self.cur.execute(sql, params)
-        except Exception as err:
+        except self._error as err:
             raise self._wrap(err, sql, params) from err
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         try:
             self.cur.executemany(sql, rows)
-        except Exception as err:
+        except self._error as err:
             raise self._wrap(err, sql, rows) from err
 
     def one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> tuple[Any, ...] | None:
@@ -153,15 +154,14 @@ class Driver:
         return naive if self.pg else naive.strftime("%Y-%m-%d %H:%M:%S.%f")
 
     def _wrap(self, err: Exception, sql: str, params: Any) -> BaseException:
+        """The driver's error as SQLAlchemy would raise it; a lost connection is invalidated
+        so the pool does not hand it out again."""
         dialect = self.conn.dialect
-        dbapi = dialect.loaded_dbapi
-        if not isinstance(err, dbapi.Error):
-            return err
         dbapi_conn = self.conn.connection.dbapi_connection  # type: ignore[union-attr]
         gone = dialect.is_disconnect(err, dbapi_conn, self.cur)
         if gone:
             self.conn.invalidate(err)
-        return exc.DBAPIError.instance(sql, params, err, dbapi.Error, connection_invalidated=gone,
+        return exc.DBAPIError.instance(sql, params, err, self._error, connection_invalidated=gone,
                                        dialect=dialect)
 
 

@@ -11,6 +11,16 @@ concurrent processes can overspend a `deny` budget.
 Counters (`rule_counters`) make a rule check independent of ledger size; the
 `holds` rows record which counters a transaction was counted in, so settlement
 moves exactly those, and counters can always be recounted from the rows.
+
+Lock order, everywhere (PostgreSQL): a transaction's own row (settle, fail, void,
+mark unknown, adjust: `SELECT … FOR UPDATE`), then rule rows in id order, then
+counter rows (upserted in rule id order). Authorization takes no transaction row
+lock; expiry marks its transactions first, then locks their rules in id order.
+
+The per-request statements (authorize, settle, fail, void, mark unknown) go
+straight to the DBAPI cursor (`db.Driver`) as SQL written once per dialect: the
+same rows and locks, without SQLAlchemy's per-statement Python cost. The
+transaction's JSON is built from the values written, not re-read.
 """
 
 from __future__ import annotations
@@ -161,6 +171,19 @@ _RULE_COLUMNS = tuple(c for c in spending_rules.c if not isinstance(c.type, UTCD
 _RuleRow = namedtuple("_RuleRow", [c.name for c in _RULE_COLUMNS])  # type: ignore[misc]
 _RULE_DECODERS = _decoder(_RULE_COLUMNS)
 _TX_DECODERS = _decoder([transactions.c[name] for name in _TX_FIELDS]) + [None]
+_RULE_CACHE: dict[tuple[Any, ...], Rule] = {}
+
+
+def _rule_from_raw(raw: Sequence[Any]) -> Rule:
+    """A rule from its stored columns, decoded once per distinct stored version (rows are
+    immutable tuples keyed by every column, so a changed rule is simply a new key)."""
+    key = tuple(raw)
+    rule = _RULE_CACHE.get(key)
+    if rule is None:
+        if len(_RULE_CACHE) >= 4096:
+            _RULE_CACHE.clear()
+        rule = _RULE_CACHE[key] = Rule.from_row(_RuleRow(*_decode(key, _RULE_DECODERS)))
+    return rule
 _INSERT_TX_COLUMNS = ("agent_id", "endpoint", "model", "operation", "request_json", "request_hash", "price_book",
                       "estimated_cost", "status", "idempotency_key", "denial_json", "created_at")
 
@@ -177,7 +200,8 @@ class _Sql:
             f"ON r.enabled = {'TRUE' if pg else '1'} AND (r.agent_id IS NULL OR r.agent_id = a.id) "
             f"WHERE a.name = {p} ORDER BY r.id")
         self.by_key = f"SELECT id, request_hash FROM transactions WHERE agent_id = {p} AND idempotency_key = {p}"
-        self.lock_rules = "SELECT id FROM spending_rules WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+        self.lock_rules = (f"SELECT {', '.join(c.name for c in _RULE_COLUMNS)} FROM spending_rules "
+                           "WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE")
         self.lock_rules_of_tx = ("SELECT id FROM spending_rules WHERE id IN "
                                  "(SELECT rule_id FROM holds WHERE transaction_id = %s) ORDER BY id FOR NO KEY UPDATE")
         values = ", ".join([p] * len(_INSERT_TX_COLUMNS))
@@ -205,7 +229,8 @@ class _Sql:
                        f"WHERE t.id = {p}")
         self.lock_tx = self.tx_row + (" FOR UPDATE OF t" if pg else "")
         self.move_counters = (f"UPDATE rule_counters SET held = held + {p}, spent = spent + {p} "
-                              f"WHERE (rule_id, bucket) IN (SELECT rule_id, bucket FROM holds WHERE transaction_id = {p})")
+                              "WHERE (rule_id, bucket) IN "
+                              f"(SELECT rule_id, bucket FROM holds WHERE transaction_id = {p})")
         self._p = p
         self._cache: dict[Any, str] = {}
 
@@ -230,24 +255,30 @@ class _Sql:
                 "INSERT INTO holds (transaction_id, rule_id, bucket) VALUES " + ", ".join(["(?, ?, ?)"] * n))
         return self._cache[key]  # type: ignore[return-value]
 
-    def set_status(self, columns: tuple[str, ...], *, line: bool = False, notes: bool = False) -> str:
+    def set_status(self, columns: tuple[str, ...], *, line: bool = False) -> str:
         """UPDATE of a transaction's status (and `columns`) from the status it was read with.
-        PostgreSQL, with `line`/`notes`: its cost line and facts in the same statement."""
-        key = ("status", columns, line, notes)
+
+        PostgreSQL: one statement that also adds the cost line (`line`) and the facts, and locks
+        the transaction's rules in id order (`lk`, as `_move_counters` needs them) — the
+        transaction's own row is already locked, so this adds no new lock-order edge. It
+        returns (rows updated, rules locked)."""
+        key = ("status", columns, line)
         if key not in self._cache:
             p = self._p
             sets = ", ".join(f"{c} = {p}" for c in ("status", *columns))
             update_sql = f"UPDATE transactions SET {sets} WHERE id = {p} AND status = {p}"
-            if line or notes:
+            if self.pg:
                 parts = [f"u AS ({update_sql} RETURNING id)"]
                 if line:
                     parts.append("l AS (INSERT INTO cost_lines (transaction_id, kind, amount, note, created_at) "
                                  "SELECT u.id, %s, %s, NULL, %s FROM u)")
-                if notes:
-                    parts.append('f AS (INSERT INTO facts (transaction_id, "key", value, created_at) '
-                                 "SELECT u.id, x.k, x.v, %s FROM u CROSS JOIN "
-                                 "unnest(%s::text[], %s::text[]) WITH ORDINALITY AS x(k, v, n) ORDER BY x.n)")
-                update_sql = f"WITH {', '.join(parts)} SELECT id FROM u"
+                parts.append('f AS (INSERT INTO facts (transaction_id, "key", value, created_at) '
+                             "SELECT u.id, x.k, x.v, %s FROM u CROSS JOIN "
+                             "unnest(%s::text[], %s::text[]) WITH ORDINALITY AS x(k, v, n) ORDER BY x.n)")
+                parts.append("lk AS (SELECT id FROM spending_rules WHERE id IN "
+                             "(SELECT rule_id FROM holds WHERE transaction_id = %s) ORDER BY id FOR NO KEY UPDATE)")
+                update_sql = (f"WITH {', '.join(parts)} "
+                              "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM lk)")
             self._cache[key] = update_sql
         return self._cache[key]
 
@@ -358,7 +389,7 @@ class Governor:
             return None, []
         agent_id, status = rows[0][0], rows[0][1]
         agent = AgentRef(agent_id, name, status.value if hasattr(status, "value") else str(status))
-        rules = [Rule.from_row(_RuleRow(*_decode(r[2:], _RULE_DECODERS))) for r in rows if r[2] is not None]
+        rules = [_rule_from_raw(r[2:]) for r in rows if r[2] is not None]
         return agent, rules
 
     def _decide(self, d: Driver, agent: AgentRef, rules: Sequence[Rule], quote: Quote, now: datetime, *,
@@ -373,7 +404,13 @@ class Governor:
             # Lock the counted rules in id order before reading their counters: the counter read
             # below is a new statement, so at READ COMMITTED it sees every commit made before the
             # locks were granted. (SQLite: BEGIN IMMEDIATE already holds the write lock.)
-            d.execute(self._sql.lock_rules, ([r.id for r in counted],))
+            locked = {row.id: row for row in map(_rule_from_raw, d.all(self._sql.lock_rules,
+                                                                       ([r.id for r in counted],)))}
+            if any(locked.get(r.id) != r for r in counted):
+                # A rule changed (or went) while this waited for its lock: decide with it as it now is.
+                rules = [locked[r.id] if r.counted else r for r in rules if not r.counted or r.id in locked]
+                rules = [r for r in rules if r.enabled and r.applies_to(agent.id, quote)]
+                counted = [r for r in rules if r.counted]
         usage = self._usage(d, counted, now)
         for rule in rules:
             verdict = evaluate(rule, quote, usage.get(rule.id))
@@ -466,13 +503,13 @@ class Governor:
                 TxStatus.pending: (-est, actual), TxStatus.unknown: (ZERO, actual - est),
                 TxStatus.expired: (ZERO, actual),
             }[TxStatus(row.status)]
-            notes = {"variance": usd_str(actual - est)} if actual > est else {}
-            notes.update(facts_ or {})
+            notes = [("variance", usd_str(actual - est))] if actual > est else []
+            notes += (facts_ or {}).items()
             row = self._set_status(d, row, TxStatus.completed, now, line=("actual", actual), notes=notes,
                                    actual_cost=actual, completed_at=now, upstream_request_id=upstream_request_id,
                                    upstream_status=upstream_status,
                                    response_json=json.dumps(response) if response is not None else None)
-            self._move_counters(d, tx_id, held_delta, spent_delta)
+            self._move_counters(d, tx_id, held_delta, spent_delta, locked=self._pg)
             return tx_json(row, row.agent_name)
 
     def fail(self, tx_id: int, reason: str, *, upstream_status: int | None = None,
@@ -502,9 +539,10 @@ class Governor:
                 deltas = (ZERO, -est)
             else:
                 deltas = (-est, ZERO)
-            row = self._set_status(d, row, to, now, notes=facts_, outcome=reason, upstream_status=upstream_status,
+            row = self._set_status(d, row, to, now, notes=(facts_ or {}).items(), outcome=reason,
+                                   upstream_status=upstream_status,
                                    completed_at=now if to != TxStatus.unknown else None)
-            self._move_counters(d, tx_id, *deltas)
+            self._move_counters(d, tx_id, *deltas, locked=self._pg)
             return tx_json(row, row.agent_name)
 
     def expire(self, older_than: float | None = None) -> list[int]:
@@ -553,10 +591,11 @@ class Governor:
         return row
 
     def _set_status(self, d: Driver, row: Any, to: TxStatus, now: datetime, *,
-                    line: tuple[str, Decimal] | None = None, notes: Mapping[str, Any] | None = None,
+                    line: tuple[str, Decimal] | None = None, notes: Iterable[tuple[str, Any]] = (),
                     **values: Any) -> Any:
         """Move the transaction to `to`, setting the values given (None: left as is), and add its
-        cost line and facts (PostgreSQL: all in one statement); returns the row as it now stands."""
+        cost line and facts; returns the row as it now stands. PostgreSQL: one statement, which
+        also locks the transaction's rules for the `_move_counters(locked=True)` that follows."""
         values = {k: v for k, v in values.items() if v is not None}
         bound = []
         for key, value in values.items():
@@ -566,14 +605,14 @@ class Governor:
                 value = d.ts(value)
             bound.append(value)
         ts = d.ts(now)
-        facts_ = [(k, v if isinstance(v, str) else json.dumps(v, default=str)) for k, v in (notes or {}).items()]
+        facts_ = [(k, v if isinstance(v, str) else json.dumps(v, default=str)) for k, v in notes]
         params = [to.value, *bound, row.id, row.status.value]
         if self._pg:
-            sql = self._sql.set_status(tuple(values), line=line is not None, notes=True)
+            sql = self._sql.set_status(tuple(values), line=line is not None)
             if line is not None:
                 params += [line[0], to_nano(line[1]), ts]
-            params += [ts, [k for k, _ in facts_], [v for _, v in facts_]]
-            done = len(d.all(sql, params))
+            params += [ts, [k for k, _ in facts_], [v for _, v in facts_], row.id]
+            done = d.one(sql, params)[0]  # type: ignore[index]
         else:
             d.execute(self._sql.set_status(tuple(values)), params)
             done = d.rowcount
@@ -596,7 +635,6 @@ class Governor:
         if self._pg and not locked:
             d.execute(self._sql.lock_rules_of_tx, (tx_id,))
         d.execute(self._sql.move_counters, (to_nano(held_delta), to_nano(spent_delta), tx_id))
-
 
     # --- notes ----------------------------------------------------------------------------------
 

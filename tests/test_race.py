@@ -1,4 +1,5 @@
-"""Real multi-process races against one ledger: the budget invariant and idempotency.
+"""Real multi-process races against one ledger: the budget invariant, idempotency, and a mixed
+workload (authorize, settle at/above/below the estimate, void, fail, mark unknown, expire).
 
 Eight OS processes (multiprocessing, "spawn": fresh interpreters, their own engines and
 connections) are released together by a barrier and hammer one `deny` spend-limit whose
@@ -12,8 +13,11 @@ from __future__ import annotations
 
 import multiprocessing
 import queue as queue_module
+import random
+import time
 import traceback
-from datetime import UTC, datetime
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -178,3 +182,203 @@ def test_idempotency_race_sqlite(sqlite_url: str) -> None:
 @pytest.mark.postgres
 def test_idempotency_race_postgres(pg_url: str) -> None:
     _idempotency_race(pg_url)
+
+
+# --- a mixed workload: every writer path at once --------------------------------------------
+
+MIXED_PER_WORKER = 15
+MIXED_ACTIONS = ("at", "above", "below", "void", "fail", "unknown-then-settle", "keep", "expire")
+
+
+def _mixed_worker(url: str, agent: str, seed: int, barrier: Any, results: Any) -> None:
+    """Authorize, then resolve each transaction at random; one action expires every pending hold."""
+    outcomes: list[str] = []
+    try:
+        from ledger.db import engine_for
+        from ledger.errors import Conflict
+        from ledger.governor import Governor
+        from pricing import quote
+
+        start = time.monotonic()
+        engine = engine_for(url)
+        gov = Governor(engine, clock=lambda: NOW + timedelta(seconds=time.monotonic() - start), hold_ttl=900,
+                       auto_create=True)
+        q = quote(ENDPOINT, {})
+        rng = random.Random(seed)
+        with engine.connect():
+            pass
+        barrier.wait(timeout=60)
+        for i in range(MIXED_PER_WORKER):
+            auth = gov.authorize(agent, q, {"prompt": f"{agent} {i}"})
+            if not auth.allowed:
+                outcomes.append("denied")
+                continue
+            tx_id, action = auth.transaction["id"], rng.choice(MIXED_ACTIONS)
+            try:
+                if action in ("at", "above", "below"):
+                    actual = {"at": q.amount, "above": q.amount * Decimal("1.5"), "below": q.amount / 2}[action]
+                    gov.settle(tx_id, actual, facts_={"worker": agent})
+                elif action == "void":
+                    gov.void(tx_id, "race")
+                elif action == "fail":
+                    gov.fail(tx_id, "race", upstream_status=500)
+                elif action == "unknown-then-settle":
+                    gov.mark_unknown(tx_id, "race")
+                    gov.settle(tx_id, q.amount)
+                elif action == "expire":
+                    gov.expire(older_than=0)
+                outcomes.append(action)
+            except Conflict:
+                outcomes.append("conflict")  # another worker's expire released it first: refused, as it must be
+        engine.dispose()
+        results.put(("ok", outcomes))
+    except BaseException:  # noqa: BLE001 - every failure is reported to the parent
+        results.put(("error", traceback.format_exc()))
+
+
+def _run_mixed(url: str) -> list[str]:
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
+    procs = [ctx.Process(target=_mixed_worker, args=(url, f"mixed-{i % 4}", 1000 + i, barrier, results))
+             for i in range(WORKERS)]  # two processes per agent
+    for p in procs:
+        p.start()
+    collected, errors = [], []
+    try:
+        for _ in procs:
+            kind, payload = results.get(timeout=JOIN_TIMEOUT)
+            (collected.extend if kind == "ok" else errors.append)(payload)
+    except queue_module.Empty:
+        errors.append("a worker did not report within the timeout")
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert not errors, "worker errors (a deadlock, a lock timeout, a constraint…):\n" + "\n".join(errors)
+    return collected
+
+
+def _mixed_race(url: str) -> None:
+    from ledger.admin import Admin
+    from ledger.db import open_ledger
+    from ledger.periods import buckets
+    from ledger.rules import RuleSpec
+
+    engine = open_ledger(url)
+    admin = Admin(engine, clock=_fixed_clock)
+    shared = [
+        admin.create_rule(RuleSpec(name="shared-daily", type="spend-limit", limit="0.5", period="day",
+                                   given={"name", "type", "limit", "period"})),
+        admin.create_rule(RuleSpec(name="shared-rolling", type="spend-limit", limit="0.4", window="1h",
+                                   given={"name", "type", "limit", "window"})),
+        admin.create_rule(RuleSpec(name="shared-rate", type="rate-limit", limit="100", period="hour",
+                                   given={"name", "type", "limit", "period"})),
+    ]
+    outcomes = _run_mixed(url)
+    assert len(outcomes) == WORKERS * MIXED_PER_WORKER
+    assert "denied" in outcomes and any(o not in ("denied", "conflict") for o in outcomes)
+
+    with engine.connect() as conn:
+        txs = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(text(
+            "SELECT id, status, estimated_cost, actual_cost FROM transactions"))}
+        holds = conn.execute(text("SELECT transaction_id, rule_id, bucket FROM holds")).all()
+        counters = {(r[0], r[1]): [r[2], r[3], r[4]] for r in conn.execute(text(
+            "SELECT rule_id, bucket, spent, held, requests FROM rule_counters"))}
+    assert len(txs) == WORKERS * MIXED_PER_WORKER
+    # Every counter equals its recount from the rows.
+    expected: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for tx_id, rule_id, bucket in holds:
+        status, est, actual = txs[tx_id]
+        row = expected[(rule_id, bucket)]
+        row[2] += 1
+        if status == "pending":
+            row[1] += est
+        elif status == "completed":
+            row[0] += actual
+        elif status == "unknown":
+            row[0] += est
+    assert counters == dict(expected)
+    # The budget invariant, with the variances recorded as the only excess.
+    now = NOW + timedelta(minutes=5)
+    for r in shared:
+        window = 3600 if r["window"] else None
+        current, low = buckets(r["period"], window, now)
+        mine = [(tx, b) for tx, rule_id, b in holds if rule_id == r["id"] and low <= b <= current]
+        rows = [v for (rule_id, b), v in counters.items() if rule_id == r["id"] and low <= b <= current]
+        if r["type"] == "rate-limit":
+            assert sum(v[2] for v in rows) <= r["limit"]
+            continue
+        excess = sum(max(0, txs[tx][2] - txs[tx][1]) for tx, _ in mine if txs[tx][0] == "completed")
+        limit_nano = int(Decimal(r["limit"]) * 10**9)
+        assert sum(v[0] + v[1] for v in rows) <= limit_nano + excess, r["name"]
+
+
+def test_mixed_race_sqlite(sqlite_url: str) -> None:
+    _mixed_race(sqlite_url)
+
+
+@pytest.mark.postgres
+def test_mixed_race_postgres(pg_url: str) -> None:
+    _mixed_race(pg_url)
+
+
+# --- a rule changed while an authorization waits for its lock --------------------------------
+
+@pytest.mark.postgres
+def test_an_authorization_waiting_for_a_rule_lock_decides_with_the_rule_as_changed(pg_url: str) -> None:
+    """PostgreSQL reads the rules before locking them: an authorization that waits for a rule's
+    lock while an update lowers its limit must decide with the new limit, not the one it read."""
+    import threading
+
+    import psycopg
+
+    from ledger.admin import Admin
+    from ledger.db import open_ledger
+    from ledger.governor import Governor
+    from ledger.rules import RuleSpec
+    from pricing import quote
+    from pricing.money import to_nano
+
+    engine = open_ledger(pg_url)
+    admin = Admin(engine, clock=_fixed_clock)
+    admin.create_agent("bot")
+    admin.create_rule(RuleSpec(name="daily", type="spend-limit", limit="1", period="day", agent="bot",
+                               given={"name", "type", "limit", "period", "agent"}))
+    gov = Governor(engine, clock=_fixed_clock, hold_ttl=900, auto_create=False)
+    q = quote(ENDPOINT, {})
+    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    outcome: dict[str, Any] = {}
+
+    def authorize() -> None:
+        try:
+            outcome["auth"] = gov.authorize("bot", q, {})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    with psycopg.connect(dsn) as editor, psycopg.connect(dsn, autocommit=True) as watcher:
+        # What `rules update daily --limit 0.01` does, held open: the rule row stays locked.
+        editor.execute("UPDATE spending_rules SET limit_amount = %s, version = version + 1 WHERE name = 'daily'",
+                       (to_nano(Decimal("0.01")),))
+        worker = threading.Thread(target=authorize)
+        worker.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the authorization waits for the rule's lock
+            waiting = watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                      "AND wait_event_type = 'Lock'").fetchone()
+            if waiting and waiting[0] >= 1:
+                break
+            time.sleep(0.02)
+        else:
+            editor.rollback()
+            worker.join(10)
+            pytest.fail(f"the authorization never waited for the rule lock: {outcome}")
+        editor.commit()
+        worker.join(20)
+    assert "error" not in outcome, outcome.get("error")
+    auth = outcome["auth"]
+    assert not auth.allowed, "decided with the limit read before the lock (1 USD), not the committed 0.01"
+    assert auth.transaction["denial"]["rule"] == "daily"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM holds")).scalar_one() == 0
