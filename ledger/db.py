@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 
-from .errors import DatabaseUnavailable, PixelgovError, SchemaBehind
+from .errors import DatabaseUnavailable, InvalidRequest, PixelgovError, SchemaBehind
 
 #: The newest migration; `tests/test_migrations.py` checks it equals Alembic's head.
 SCHEMA_HEAD = "0001_ledger"
@@ -220,9 +220,14 @@ def alembic_config(url: str) -> Any:
 def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
-    engine_for(url)  # creates the SQLite file's directory
+    engine = engine_for(url)  # creates the SQLite file's directory
     command.upgrade(alembic_config(url), revision)
     _checked.discard(url)
+    if engine.dialect.name == "sqlite":
+        # Alembic's own engine leaves a new file in rollback-journal mode; switching to WAL needs an
+        # exclusive lock, so do it now rather than on the first (possibly contended) use.
+        with engine.connect():
+            pass
 
 
 def downgrade(url: str, revision: str) -> None:
@@ -242,4 +247,13 @@ def translate_db_error(error: BaseException) -> PixelgovError | None:
         return DatabaseUnavailable(f"database unavailable: {first}")
     if isinstance(error, exc.InterfaceError | exc.ArgumentError | exc.NoSuchModuleError):
         return DatabaseUnavailable(f"database unavailable: {error}")
+    if isinstance(error, exc.DataError):
+        return InvalidRequest(f"the database refused a value: {_first_line(error)}")
+    if isinstance(error, exc.DBAPIError):
+        return DatabaseUnavailable(f"database error: {_first_line(error)}")
     return None
+
+
+def _first_line(error: exc.DBAPIError) -> str:
+    text = str(error.orig if error.orig is not None else error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

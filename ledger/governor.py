@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, Engine, Enum, or_, select, update
+from sqlalchemy import Boolean, Connection, Engine, Enum, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pricing import Quote
@@ -52,6 +52,7 @@ from .periods import buckets
 from .rules import Rule, Usage, Verdict, evaluate
 
 DEFAULT_HOLD_TTL = 900.0
+MAX_KEY_LENGTH = 200  #: the idempotency_key column's width
 _SECRET_HINTS = ("key", "token", "secret", "password", "authorization", "credential")
 
 
@@ -119,16 +120,22 @@ def request_hash(endpoint: str, body: Mapping[str, Any]) -> str:
 def stored_request(body: Mapping[str, Any], quote: Quote) -> dict[str, Any]:
     """Request parameters as the ledger keeps them: secrets dropped, data: URIs summarized,
     and an upscale's input size (as priced) recorded so the request can be re-priced."""
-    kept: dict[str, Any] = {}
-    for key, value in body.items():
-        if any(h in key.lower() for h in _SECRET_HINTS):
-            continue
-        if isinstance(value, str) and value.startswith("data:") and len(value) > 200:
-            value = f"{value[:value.find(',') + 1]}…({len(value)} chars)"
-        kept[key] = value
+    kept = _without_secrets(body)
     if quote.operation == "upscale":
         kept["input_size"] = f"{quote.input_width}x{quote.input_height}"
     return kept
+
+
+def _without_secrets(value: Any) -> Any:
+    """`value` with secret-like keys dropped at every depth and long data: URIs summarized."""
+    if isinstance(value, Mapping):
+        return {k: _without_secrets(v) for k, v in value.items()
+                if not any(h in str(k).lower() for h in _SECRET_HINTS)}
+    if isinstance(value, list | tuple):
+        return [_without_secrets(v) for v in value]
+    if isinstance(value, str) and value.startswith("data:") and len(value) > 200:
+        return f"{value[:value.find(',') + 1]}…({len(value)} chars)"
+    return value
 
 
 # --- the hot path's SQL ---------------------------------------------------------------------------
@@ -314,11 +321,28 @@ class Governor:
                     raise _unknown_agent(agent_name)
                 agent = AgentRef(None, agent_name, AgentStatus.active.value)
                 rules = self._rules_in_scope(conn, None)
-            return self._decide(d, agent, rules, quote, now)
+            decision = self._decide(d, agent, rules, quote, now)
+            if not decision.allowed and self._has_stale_holds(conn, now):
+                # authorize would expire those holds first: predict what it will decide.
+                decision = self._decide(d, agent, rules, quote, now, released=self._stale_held(conn, now))
+            return decision
+
+    def _stale_held(self, conn: Connection, now: datetime) -> dict[tuple[int, int], Decimal]:
+        """The estimates of stale pending holds, per (rule, bucket): what an expiry would release."""
+        cutoff = now - timedelta(seconds=self.hold_ttl)
+        t = transactions.c
+        rows = conn.execute(select(holds.c.rule_id, holds.c.bucket, func.sum(t.estimated_cost))
+                            .join(transactions, t.id == holds.c.transaction_id)
+                            .where(t.status == TxStatus.pending, t.created_at < cutoff)
+                            .group_by(holds.c.rule_id, holds.c.bucket))
+        return {(r[0], r[1]): r[2] for r in rows}
 
     def authorize(self, agent_name: str, quote: Quote, body: Mapping[str, Any], *,
                   idempotency_key: str | None = None) -> Authorization:
         """Record a transaction and hold its estimate in every matching budget, or record the denial."""
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_KEY_LENGTH:
+            raise InvalidRequest(f"idempotency_key: 1–{MAX_KEY_LENGTH} characters (got {len(idempotency_key)})",
+                                 field="idempotency_key")
         digest = request_hash(quote.endpoint, body)
         try:
             try:
@@ -393,7 +417,7 @@ class Governor:
         return agent, rules
 
     def _decide(self, d: Driver, agent: AgentRef, rules: Sequence[Rule], quote: Quote, now: datetime, *,
-                lock: bool = False) -> Decision:
+                lock: bool = False, released: Mapping[tuple[int, int], Decimal] | None = None) -> Decision:
         decision = Decision(quote, agent)
         if agent.status == AgentStatus.paused:
             decision.denials.append({"rule": None, "type": "agent-paused",
@@ -412,6 +436,13 @@ class Governor:
                 rules = [r for r in rules if r.enabled and r.applies_to(agent.id, quote)]
                 counted = [r for r in rules if r.counted]
         usage = self._usage(d, counted, now)
+        if released:
+            for rule in counted:
+                current, low = buckets(rule.period, rule.window_seconds, now)
+                freed = sum((v for (r, b), v in released.items() if r == rule.id and low <= b <= current), ZERO)
+                if freed and rule.id in usage:
+                    u = usage[rule.id]
+                    usage[rule.id] = Usage(u.spent, u.held - freed, u.requests)
         for rule in rules:
             verdict = evaluate(rule, quote, usage.get(rule.id))
             decision.verdicts.append(verdict)

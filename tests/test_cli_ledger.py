@@ -663,10 +663,6 @@ def test_a_locked_sqlite_database_is_exit_1_after_a_bounded_wait(sqlite_url, mon
     ok(invoke(sqlite_url, "authorize", "fal-ai/flux/dev", "--agent", "bot"))  # and works once released
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ledger/db.py: `db.upgrade` leaves a new SQLite file in rollback-journal mode (Alembic uses its own "
-    "engine); the first pixelgov connection then runs `PRAGMA journal_mode=WAL`, which needs an exclusive "
-    "lock and fails at once with 'database is locked' (no busy wait) while any other connection holds a lock"))
 def test_first_use_of_a_freshly_migrated_database_waits_for_a_brief_lock(sqlite_url, monkeypatch) -> None:
     monkeypatch.setenv("PIXELGOV_DB_TIMEOUT", "10")
     from ledger import governor  # noqa: F401 - imported before the lock is taken, so only the wait is timed

@@ -326,10 +326,6 @@ def test_lazy_expiry_does_not_turn_settled_spend_into_room(gov, budget, clock) -
     assert not gov.authorize("bot", DEV, BODY).allowed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ledger/governor.py: Governor.check() reads the counters with the held estimates of pending transactions "
-    "older than the hold TTL still in them, and (writing nothing) never expires them; authorize() would "
-    "expire them and approve, so the pre-flight check says denied (exit 3) where authorize says allowed"))
 def test_a_check_agrees_with_authorize_when_only_stale_holds_stand_in_the_way(gov, budget, clock) -> None:
     hold(gov)
     hold(gov)
@@ -396,10 +392,6 @@ def test_the_same_key_with_a_different_request_is_refused(gov, engine) -> None:
     assert count(engine, transactions) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ledger/governor.py: authorize() does not validate the idempotency key; one longer than the "
-    "VARCHAR(200) column is a raw sqlalchemy DataError on PostgreSQL (a traceback / HTTP 500) and is "
-    "silently stored on SQLite. The CLI now checks it at its edge; the gateway path still needs the fix"))
 def test_an_idempotency_key_longer_than_200_characters_is_invalid(gov, engine) -> None:
     with pytest.raises(InvalidRequest) as error:
         gov.authorize("bot", DEV, BODY, idempotency_key="k" * 201)

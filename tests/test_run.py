@@ -534,8 +534,6 @@ def _parse(iso: str) -> datetime:
     return datetime.fromisoformat(iso.replace("Z", "+00:00"))
 
 
-@pytest.mark.xfail(strict=True, reason="Governor.check ignores that authorize would expire stale holds: "
-                                       "`run --dry-run`/`check` predict a denial that a real run does not get")
 def test_dry_run_predicts_the_run_when_a_dead_hold_is_past_its_ttl(sqlite_url, clock):
     add_budget(sqlite_url, limit="0.02")
     gov = Governor(open_ledger(sqlite_url), clock=clock, hold_ttl=900, auto_create=True)

@@ -173,8 +173,6 @@ def test_secret_like_request_parameters_are_forwarded_but_never_stored(db_url, f
         assert value.encode() not in stored
 
 
-@pytest.mark.xfail(strict=True, reason="ledger.governor.stored_request drops secret-like keys only at the top "
-                                       "level of the body: a nested {'token': …} is stored in request_json")
 def test_secret_like_parameters_nested_in_the_request_are_not_stored(sqlite_url, fake_fal, fal_key):
     token = "nested-" + secrets.token_hex(12)
     params = json.dumps({"prompt": "a fox", "loras": [{"path": "https://x.example/l.safetensors", "token": token}]})
