@@ -188,9 +188,17 @@ def admin(engine, clock: FakeClock):  # type: ignore[no-untyped-def]
 
 # --- the fake upstream -----------------------------------------------------------------------
 
-@pytest.fixture
-def fake_fal() -> Iterator[object]:
+@pytest.fixture(scope="module")
+def _shared_fake() -> Iterator[object]:
     from fake_fal import FakeFal
 
     with FakeFal() as server:
         yield server
+
+
+@pytest.fixture
+def fake_fal(_shared_fake) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """The fake FAL upstream: one server per module (starting one is most of a test's time), reset per test."""
+    _shared_fake.reset()
+    yield _shared_fake
+    _shared_fake.reset()

@@ -13,9 +13,10 @@ from sqlalchemy import func, select
 from ledger.admin import Admin, validate_agent_name
 from ledger.errors import Conflict, InvalidRequest, NotFound
 from ledger.governor import Governor, auto_create_from_env
-from ledger.models import agents, audit_log, holds, rule_counters, spending_rules
+from ledger.models import agents, audit_log, holds, spending_rules
 from ledger.rules import RuleSpec
 from pricing import quote
+from support import rule_usage as usage
 
 DEV = quote("fal-ai/flux/dev", {})
 EST = Decimal("0.01185")
@@ -33,14 +34,6 @@ def rows(engine, table) -> list:  # type: ignore[no-untyped-def]
 def count(engine, table) -> int:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(table)).scalar_one()
-
-
-def usage(engine, rule_id: int) -> tuple[Decimal, Decimal, int]:  # type: ignore[no-untyped-def]
-    c = rule_counters.c
-    with engine.connect() as conn:
-        row = conn.execute(select(func.sum(c.spent), func.sum(c.held), func.sum(c.requests))
-                           .where(c.rule_id == rule_id)).one()
-    return row[0] or Decimal(0), row[1] or Decimal(0), int(row[2] or 0)
 
 
 # --- agents -----------------------------------------------------------------------------------

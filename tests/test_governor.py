@@ -14,9 +14,10 @@ from sqlalchemy import func, select, text
 
 from ledger.errors import Conflict, InvalidRequest, NotFound
 from ledger.governor import Governor
-from ledger.models import cost_lines, facts, holds, rule_counters, transactions
+from ledger.models import cost_lines, facts, holds, transactions
 from ledger.rules import RuleSpec
 from pricing import quote
+from support import rule_usage as usage
 
 DEV = quote("fal-ai/flux/dev", {})  # 0.01185
 EST = Decimal("0.01185")
@@ -28,15 +29,6 @@ def budget(admin):  # type: ignore[no-untyped-def]
     """A daily spend-limit of exactly two flux/dev estimates for every agent."""
     return admin.create_rule(RuleSpec(name="budget", type="spend-limit", limit="0.0237", period="day",
                                       given={"name", "type", "limit", "period"}))
-
-
-def usage(engine, rule_id: int) -> tuple[Decimal, Decimal, int]:  # type: ignore[no-untyped-def]
-    """(spent, held, requests) of a rule over all its buckets."""
-    c = rule_counters.c
-    with engine.connect() as conn:
-        row = conn.execute(select(func.sum(c.spent), func.sum(c.held), func.sum(c.requests))
-                           .where(c.rule_id == rule_id)).one()
-    return row[0] or Decimal(0), row[1] or Decimal(0), int(row[2] or 0)
 
 
 def count(engine, table) -> int:  # type: ignore[no-untyped-def]

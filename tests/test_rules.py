@@ -17,6 +17,7 @@ from ledger.models import alerts, holds, rule_counters
 from ledger.periods import buckets, granularity, parse_window, period_start
 from ledger.rules import Rule, RuleSpec, evaluate, validate_spec
 from pricing import quote
+from support import rule_usage as counted
 
 DEV = quote("fal-ai/flux/dev", {})
 SDXL = quote("fal-ai/fast-sdxl", {})
@@ -44,14 +45,6 @@ def spend(gov, agent: str, q=DEV) -> dict:  # type: ignore[no-untyped-def]
 
 def allowed(gov, agent: str, q=DEV) -> bool:  # type: ignore[no-untyped-def]
     return gov.authorize(agent, q, {"endpoint": q.endpoint}).allowed
-
-
-def counted(engine, rule_id: int) -> tuple[Decimal, Decimal, int]:  # type: ignore[no-untyped-def]
-    c = rule_counters.c
-    with engine.connect() as conn:
-        row = conn.execute(select(func.sum(c.spent), func.sum(c.held), func.sum(c.requests))
-                           .where(c.rule_id == rule_id)).one()
-    return row[0] or Decimal(0), row[1] or Decimal(0), int(row[2] or 0)
 
 
 # --- periods and windows (pure) -----------------------------------------------------------------

@@ -42,7 +42,6 @@ from ledger.upstream import Upstream, UpstreamConfig
 from pricing import active_book
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_fal import FakeFal  # noqa: E402
 
 DEV = "fal-ai/flux/dev"
 UPSCALE = "fal-ai/topaz/upscale/image"
@@ -51,20 +50,6 @@ ESTIMATE = Decimal("0.01185")  # flux-dev landscape_4_3: 0.79 MP × 0.015
 FAKE_SCRIPT = Path(__file__).with_name("fake_fal.py")
 PIXELGOV = Path(sys.executable).with_name("pixelgov")
 FAULT_STATUSES = [400, 404, 413, 422, 429, 500, 503]
-
-
-@pytest.fixture(scope="module")
-def _shared_fake() -> Iterator[FakeFal]:
-    with FakeFal() as server:
-        yield server
-
-
-@pytest.fixture
-def fake_fal(_shared_fake: FakeFal) -> Iterator[FakeFal]:
-    """One fake server per module (starting one per test is most of a test's time), reset per test."""
-    _shared_fake.reset()
-    yield _shared_fake
-    _shared_fake.reset()
 
 
 # --- helpers ---------------------------------------------------------------------------------

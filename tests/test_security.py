@@ -13,7 +13,6 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,24 +33,10 @@ from ledger.upstream import Upstream, UpstreamConfig
 from pricing import active_book
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_fal import FakeFal  # noqa: E402
 
 DEV = "fal-ai/flux/dev"
 UPSCALE = "fal-ai/topaz/upscale/image"
 BOUND = 10.0  # seconds: far below the hostile server's 60 s stream; a bound, not a performance figure
-
-
-@pytest.fixture(scope="module")
-def _shared_fake() -> Iterator[FakeFal]:
-    with FakeFal() as server:
-        yield server
-
-
-@pytest.fixture
-def fake_fal(_shared_fake: FakeFal) -> Iterator[FakeFal]:
-    _shared_fake.reset()
-    yield _shared_fake
-    _shared_fake.reset()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,24 +19,9 @@ from ledger.upstream import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_fal import FakeFal  # noqa: E402
 
 DEV = "fal-ai/flux/dev"
 KEY = "fal-key-for-upstream-tests"
-
-
-@pytest.fixture(scope="module")
-def _shared_fake() -> Iterator[FakeFal]:
-    with FakeFal() as server:
-        yield server
-
-
-@pytest.fixture
-def fake_fal(_shared_fake: FakeFal) -> Iterator[FakeFal]:
-    """One fake server per module (starting one per test is most of a test's time), reset per test."""
-    _shared_fake.reset()
-    yield _shared_fake
-    _shared_fake.reset()
 
 
 def client(url: str, **config: float) -> Upstream:
