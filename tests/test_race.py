@@ -63,12 +63,12 @@ def _authorize_worker(url: str, agent: str, count: int, key: str | None, barrier
         results.put(("error", traceback.format_exc()))
 
 
-def _run_workers(url: str, agent_for: Any, count: int, key: str | None = None) -> list[list[tuple[int, str, bool]]]:
+def _spawn_and_collect(target: Any, args_for: Any) -> list[Any]:
+    """Start WORKERS spawned processes released together by a barrier; every worker's payload,
+    asserting that none failed, hung or exited badly."""
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(WORKERS)
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_authorize_worker, args=(url, agent_for(i), count, key, barrier, results))
-             for i in range(WORKERS)]
+    barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args_for(i), barrier, results)) for i in range(WORKERS)]
     for p in procs:
         p.start()
     collected, errors = [], []
@@ -84,10 +84,14 @@ def _run_workers(url: str, agent_for: Any, count: int, key: str | None = None) -
             if p.is_alive():
                 p.kill()
                 p.join()
-    assert not errors, "worker errors:\n" + "\n".join(errors)
+    assert not errors, "worker errors (a deadlock, a lock timeout, a constraint…):\n" + "\n".join(errors)
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     assert len(collected) == WORKERS
     return collected
+
+
+def _run_workers(url: str, agent_for: Any, count: int, key: str | None = None) -> list[list[tuple[int, str, bool]]]:
+    return _spawn_and_collect(_authorize_worker, lambda i: (url, agent_for(i), count, key))
 
 
 def _setup_budget(url: str) -> tuple[int, Decimal]:
@@ -237,27 +241,9 @@ def _mixed_worker(url: str, agent: str, seed: int, barrier: Any, results: Any) -
 
 
 def _run_mixed(url: str) -> list[str]:
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
-    procs = [ctx.Process(target=_mixed_worker, args=(url, f"mixed-{i % 4}", 1000 + i, barrier, results))
-             for i in range(WORKERS)]  # two processes per agent
-    for p in procs:
-        p.start()
-    collected, errors = [], []
-    try:
-        for _ in procs:
-            kind, payload = results.get(timeout=JOIN_TIMEOUT)
-            (collected.extend if kind == "ok" else errors.append)(payload)
-    except queue_module.Empty:
-        errors.append("a worker did not report within the timeout")
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    assert not errors, "worker errors (a deadlock, a lock timeout, a constraint…):\n" + "\n".join(errors)
-    return collected
+    # two processes per agent
+    per_worker = _spawn_and_collect(_mixed_worker, lambda i: (url, f"mixed-{i % 4}", 1000 + i))
+    return [outcome for outcomes in per_worker for outcome in outcomes]
 
 
 def _mixed_race(url: str) -> None:
