@@ -38,8 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ledger import Ledger, Settings  # noqa: E402
 from ledger import db as ledger_db  # noqa: E402
-from ledger.admin import Admin  # noqa: E402
 from ledger.governor import Governor, request_hash  # noqa: E402
 from ledger.rules import RuleSpec  # noqa: E402
 from pricing import quote  # noqa: E402
@@ -93,37 +93,46 @@ def fresh_store(url: str) -> None:
             conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
             conn.execute("CREATE SCHEMA public")
     ledger_db.upgrade(url)
-    forget(url)
 
 
 def forget(url: str) -> None:
-    ledger_db.engine_for(url).dispose()
-    ledger_db._checked.discard(url)
+    """Dispose the engines this benchmark opened on `url`."""
+    for opened in _OPENED.pop(url, []):
+        opened.close()
+
+
+_OPENED: dict[str, list[Ledger]] = {}
+
+
+def open_ledger(url: str) -> Ledger:
+    """A Ledger on `url` with a one-hour hold TTL and no agents created on first use."""
+    opened = Ledger(url, settings=Settings(hold_ttl=3600, auto_create_agents=False))
+    _OPENED.setdefault(url, []).append(opened)
+    return opened
 
 
 def setup_rules(url: str, agents: list[str], *, shared_window: bool = True, per_agent: bool = False) -> dict[str, Any]:
     """Agents and three matching rules with limits nothing reaches. Returns their ids."""
-    engine = ledger_db.open_ledger(url)
-    admin = Admin(engine)
+    admin = open_ledger(url).admin
     ids: dict[str, Any] = {"agents": {}, "rules": []}
     for name in agents:
-        ids["agents"][name] = admin.create_agent(name, with_key=False)["id"]
+        ids["agents"][name] = admin.create_agent(name, with_key=False).id
     given = {"name", "type", "limit", "period", "agent"}
     scopes = agents if per_agent else [None]
     for scope in scopes:
         suffix = f"-{scope}" if scope else ""
         ids["rules"].append((admin.create_rule(RuleSpec(name=f"daily{suffix}", type="spend-limit", limit=HUGE_USD,
-                                                        period="day", agent=scope, given=given))["id"], "day"))
+                                                        period="day", agent=scope, given=given)).id, "day"))
         if not per_agent:
             ids["rules"].append((admin.create_rule(RuleSpec(
                 name="rolling-24h", type="spend-limit", limit=HUGE_USD, window="24h",
-                given={"name", "type", "limit", "window"}))["id"], "window"))
+                given={"name", "type", "limit", "window"})).id, "window"))
         ids["rules"].append((admin.create_rule(RuleSpec(name=f"rate{suffix}", type="rate-limit", limit=HUGE_COUNT,
-                                                        period="day", agent=scope, given=given))["id"], "day"))
+                                                        period="day", agent=scope, given=given)).id, "day"))
     if per_agent and shared_window:
         ids["rules"].append((admin.create_rule(RuleSpec(
             name="shared-rolling-24h", type="spend-limit", limit=HUGE_USD, window="24h",
-            given={"name", "type", "limit", "window"}))["id"], "window"))
+            given={"name", "type", "limit", "window"})).id, "window"))
     ids["rules"].sort()
     return ids
 
@@ -141,8 +150,8 @@ def governed_round(gov: Governor, agent: str, q: Any, n: int) -> float:
     for _ in range(n):
         auth = gov.authorize(agent, q, body)
         if not auth.allowed:
-            raise RuntimeError(f"benchmark misconfigured: denied {auth.transaction['denial']}")
-        gov.settle(auth.transaction["id"], q.amount)
+            raise RuntimeError(f"benchmark misconfigured: denied {auth.transaction.denial}")
+        gov.settle(auth.transaction.id, q.amount)
     return n / (time.perf_counter() - t0)
 
 
@@ -227,7 +236,7 @@ def bench_throughput(url: str, label: str, n: int, rounds: int) -> dict[str, flo
     fresh_store(url)
     ids = setup_rules(url, ["bench", "baseline"])
     q = quote(ENDPOINT, {})
-    gov = Governor(ledger_db.open_ledger(url), hold_ttl=3600, auto_create=False)
+    gov = open_ledger(url).governor
     base = Baseline(url, ids["agents"]["baseline"], ids["rules"], q)
     governed_round(gov, "bench", q, max(50, n // 10))  # warm up: caches, prepared statements
     base.round(max(50, n // 10))
@@ -361,7 +370,7 @@ def latency_round(gov: Governor, agent: str, q: Any, n: int) -> list[float]:
         t0 = time.perf_counter()
         auth = gov.authorize(agent, q, {})
         out.append(time.perf_counter() - t0)
-        gov.settle(auth.transaction["id"], q.amount)  # untimed: keeps the ledger in a steady state
+        gov.settle(auth.transaction.id, q.amount)  # untimed: keeps the ledger in a steady state
     return out
 
 
@@ -377,14 +386,14 @@ def bench_latency(url_empty: str, url_big: str, label: str, rows: int, n: int, r
     fresh_store(url_big)
     ids = setup_rules(url_big, agents)
     took = bulk_load(url_big, rows, list(ids["agents"].values()), ids["rules"])
-    with ledger_db.open_ledger(url_big).connect() as conn:
+    with open_ledger(url_big).engine.connect() as conn:
         from sqlalchemy import text
 
         counts = {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
                   for t in ("transactions", "cost_lines", "holds", "rule_counters")}
     print(f"  {label}: loaded {', '.join(f'{v:,} {k}' for k, v in counts.items())} in {took:.1f}s")
     q = quote(ENDPOINT, {})
-    govs = {name: Governor(ledger_db.open_ledger(u), hold_ttl=3600, auto_create=False)
+    govs = {name: open_ledger(u).governor
             for name, u in (("empty", url_empty), ("big", url_big))}
     samples: dict[str, list[float]] = {"empty": [], "big": []}
     for name, gov in govs.items():
@@ -407,7 +416,7 @@ def bench_latency(url_empty: str, url_big: str, label: str, rows: int, n: int, r
 
 def client(url: str, agent: str, seconds: float, barrier: Any, results: Any) -> None:
     try:
-        gov = Governor(ledger_db.open_ledger(url), hold_ttl=3600, auto_create=False)
+        gov = open_ledger(url).governor
         q = quote(ENDPOINT, {})
         governed_round(gov, agent, q, 20)  # warm up
         barrier.wait(timeout=120)
@@ -415,8 +424,8 @@ def client(url: str, agent: str, seconds: float, barrier: Any, results: Any) -> 
         while time.perf_counter() - t0 < seconds:
             auth = gov.authorize(agent, q, {})
             if not auth.allowed:
-                raise RuntimeError(f"benchmark misconfigured: denied {auth.transaction['denial']}")
-            gov.settle(auth.transaction["id"], q.amount)
+                raise RuntimeError(f"benchmark misconfigured: denied {auth.transaction.denial}")
+            gov.settle(auth.transaction.id, q.amount)
             done += 1
         results.put(("ok", done, time.perf_counter() - t0))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent

@@ -65,22 +65,18 @@ def prepare_ledger(url: str) -> None:
     """A migrated, empty ledger with the two rules every run is checked against."""
     from sqlalchemy import text
 
-    from ledger import db
-    from ledger.admin import Admin
+    from ledger import Ledger, RuleSpec
     from ledger.models import Base
-    from ledger.rules import RuleSpec
 
-    db.upgrade(url)
-    engine = db.open_ledger(url)
-    if engine.dialect.name == "postgresql":
-        names = ", ".join(t.name for t in Base.metadata.sorted_tables)
-        with engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    admin = Admin(engine)
-    admin.create_rule(RuleSpec(name="bench-budget", type="spend-limit", limit="1000000", period="day",
-                               given={"name", "type", "limit", "period"}))
-    admin.create_rule(RuleSpec(name="bench-rate", type="rate-limit", limit="100000000", period="day",
-                               given={"name", "type", "limit", "period"}))
+    with Ledger(url, migrate=True) as ledger:
+        if ledger.engine.dialect.name == "postgresql":
+            names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            with ledger.engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        ledger.admin.create_rule(RuleSpec(name="bench-budget", type="spend-limit", limit="1000000", period="day",
+                                          given={"name", "type", "limit", "period"}))
+        ledger.admin.create_rule(RuleSpec(name="bench-rate", type="rate-limit", limit="100000000", period="day",
+                                          given={"name", "type", "limit", "period"}))
 
 
 def postgres_url(requested: str) -> tuple[str | None, str]:
@@ -107,10 +103,10 @@ def latencies(url: str, ids: list[int]) -> dict[int, float]:
     """The upstream latency the runner recorded for each transaction (its `latency_ms` fact)."""
     from sqlalchemy import select
 
-    from ledger.db import open_ledger
+    from ledger import Ledger
     from ledger.models import facts
 
-    with open_ledger(url).connect() as conn:
+    with Ledger(url) as ledger, ledger.engine.connect() as conn:
         rows = conn.execute(select(facts.c.transaction_id, facts.c.value)
                             .where(facts.c.key == "latency_ms", facts.c.transaction_id.in_(ids)))
         return {r[0]: float(r[1]) for r in rows}
@@ -134,25 +130,25 @@ def bench_bare(fake: FakeFal, n: int) -> list[float]:
 
 def bench_in_process(fake: FakeFal, url: str, n: int) -> tuple[list[float], list[float]]:
     """(wall ms per run, overhead ms per run = wall − the runner's own upstream latency)."""
-    from ledger.db import open_ledger
-    from ledger.governor import Governor
-    from ledger.quoting import quote_body
+    from ledger import Ledger
     from ledger.runner import run_governed
     from ledger.upstream import Upstream, UpstreamConfig
 
     prepare_ledger(url)
-    gov = Governor(open_ledger(url), hold_ttl=900, auto_create=True)
+    ledger = Ledger(url)
+    gov = ledger.governor
     walls: dict[int, float] = {}
     with Upstream(UpstreamConfig(url=fake.url, timeout=30)) as upstream:
         for i in range(n + 3):
             def one() -> Any:
                 # quoting is part of governance: priced from the request as given, every time
-                return run_governed(gov, upstream, agent=AGENT, quote=quote_body(ENDPOINT, BODY), body=BODY,
+                return run_governed(gov, upstream, agent=AGENT, quote=ledger.quote(ENDPOINT, BODY), body=BODY,
                                     fal_key=FAL_KEY)
             ms, outcome = timed(one)
-            assert outcome.transaction["status"] == "completed", outcome.transaction
+            assert outcome.transaction.status == "completed", outcome.transaction
             if i >= 3:
-                walls[outcome.transaction["id"]] = ms
+                walls[outcome.transaction.id] = ms
+    ledger.close()
     upstream_ms = latencies(url, list(walls))
     return list(walls.values()), [walls[i] - upstream_ms[i] for i in walls]
 

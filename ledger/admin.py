@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import secrets
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,25 +17,19 @@ from sqlalchemy.exc import IntegrityError
 
 from pricing.money import ZERO
 
-from .clock import Clock, iso, utcnow
+from .clock import Clock, utcnow
 from .db import reading, writing
-from .errors import Conflict, InvalidRequest, NotFound
-from .models import (
-    AgentStatus, TxStatus, agents, alerts, audit_log, cost_lines, holds, rule_counters, spending_rules, transactions,
-)
+from .errors import Conflict, InvalidRequest, NotFound, PixelgovError
+from .models import agents, alerts, audit_log, cost_lines, holds, rule_counters, spending_rules, transactions
 from .periods import buckets
-from .rules import Rule, RuleSpec, rule_to_json, validate_spec
+from .records import Agent, AgentStatus, Alert, AuditEntry, SpendingRule, TxStatus
+from .rules import Rule, RuleSpec, rule_record, validate_spec
+from .spend import COUNTS_REQUEST, counted
+from .validation import validate_agent_name
 
-_AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}$")
 API_KEY_PREFIX = "pgv_"
 #: Changing any of these recounts the rule from the ledger (its old buckets meant something else).
 _COUNTING_FIELDS = ("period", "window_seconds", "agent_id", "model_glob", "operation")
-
-
-def validate_agent_name(name: str) -> None:
-    if not _AGENT_NAME.match(name or ""):
-        raise InvalidRequest(f"agent: {name!r} is not a valid agent name (letters, digits and . _ : @ / -, "
-                             "starting with a letter or digit, at most 200)", field="agent")
 
 
 def hash_api_key(key: str) -> str:
@@ -54,20 +48,61 @@ def write_audit(conn: Connection, entity: str, entity_id: int, name: str, action
         after_json=json.dumps(after, default=str) if after is not None else None, created_at=now))
 
 
-def agent_json(row: Any) -> dict[str, Any]:
-    return {"id": row.id, "name": row.name, "description": row.description, "status": row.status.value,
-            "has_api_key": row.api_key_hash is not None, "api_key_prefix": row.api_key_prefix,
-            "created_at": iso(row.created_at), "updated_at": iso(row.updated_at)}
+def agent_record(row: Any, api_key: str | None = None) -> Agent:
+    """An `Agent` from an agents row (`api_key` only right after it was made: shown once)."""
+    return Agent(id=row.id, name=row.name, description=row.description, status=AgentStatus(row.status),
+                 has_api_key=row.api_key_hash is not None, api_key_prefix=row.api_key_prefix,
+                 created_at=row.created_at, updated_at=row.updated_at, api_key=api_key)
+
+
+class StaleVersion(PixelgovError):
+    """An update that carried a version other than the rule's current one (HTTP 409)."""
+
+    code = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKey:
+    """An admin-issued gateway key for a fleet of agents (each request names its agent).
+    `key` is set only on the record `create_service_key` returns (shown once; stored hashed)."""
+
+    id: int
+    name: str
+    key_prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+    key: str | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        from .clock import iso
+
+        doc: dict[str, Any] = {"id": self.id, "name": self.name, "key_prefix": self.key_prefix,
+                               "created_at": iso(self.created_at), "revoked_at": iso(self.revoked_at),
+                               "active": self.revoked_at is None}
+        if self.key is not None:
+            doc["key"] = self.key
+        return doc
+
+
+SERVICE_KEY_PREFIX = "pgs_"
 
 
 class Admin:
+    """Agents, spending rules, alerts and the audit log of one ledger database.
+
+    Every change writes an audit entry in the same database transaction. Returns typed records
+    (`ledger.records`); raises InvalidRequest (bad input, nothing written), NotFound (unknown agent
+    or rule) and Conflict (a duplicate name).
+    """
+
     def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
         self.engine = engine
         self.clock = clock
 
     # --- agents ---------------------------------------------------------------------------------
 
-    def create_agent(self, name: str, description: str | None = None, *, with_key: bool = True) -> dict[str, Any]:
+    def create_agent(self, name: str, description: str | None = None, *, with_key: bool = True) -> Agent:
+        """Create an agent; with `with_key` its new API key is on the returned record (stored hashed)."""
         validate_agent_name(name)
         now = self.clock()
         key = new_api_key() if with_key else None
@@ -77,15 +112,14 @@ class Admin:
                     name=name, description=description, status=AgentStatus.active,
                     api_key_hash=hash_api_key(key) if key else None, api_key_prefix=key[:10] if key else None,
                     created_at=now, updated_at=now).returning(agents.c.id)).scalar_one()
-                doc = agent_json(self._agent_row(conn, agent_id))
-                write_audit(conn, "agent", agent_id, name, "create", None, doc, now)
+                agent = agent_record(self._agent_row(conn, agent_id))
+                write_audit(conn, "agent", agent_id, name, "create", None, agent.to_json(), now)
         except IntegrityError:
-            raise Conflict(f"agent {name!r} already exists", field="name") from None
-        if key:
-            doc["api_key"] = key
-        return doc
+            raise Conflict(f"agent {name!r} already exists", field="name", reason="duplicate") from None
+        return replace(agent, api_key=key) if key else agent
 
-    def rotate_key(self, name: str) -> dict[str, Any]:
+    def rotate_key(self, name: str) -> Agent:
+        """Replace an agent's API key (the old one stops working); the new key is on the record."""
         key = new_api_key()
         now = self.clock()
         with writing(self.engine) as conn:
@@ -94,41 +128,44 @@ class Admin:
                 api_key_hash=hash_api_key(key), api_key_prefix=key[:10], updated_at=now))
             write_audit(conn, "agent", row.id, name, "rotate-key", {"api_key_prefix": row.api_key_prefix},
                         {"api_key_prefix": key[:10]}, now)
-            doc = agent_json(self._agent_row(conn, row.id))
-        doc["api_key"] = key
-        return doc
+            return agent_record(self._agent_row(conn, row.id), key)
 
-    def update_agent(self, name: str, *, status: str | None = None, description: str | None = None) -> dict[str, Any]:
+    def update_agent(self, name: str, *, status: str | None = None, description: str | None = None) -> Agent:
+        """Pause or resume an agent (`status` active|paused), or change its description."""
         if status is not None and status not in AgentStatus.__members__:
             raise InvalidRequest(f"status: {status!r}; allowed: active, paused", field="status")
         now = self.clock()
         with writing(self.engine) as conn:
             row = self._agent_by_name(conn, name)
-            before = agent_json(row)
+            before = agent_record(row).to_json()
             values: dict[str, Any] = {"updated_at": now}
             if status is not None:
                 values["status"] = AgentStatus(status)
             if description is not None:
                 values["description"] = description
             conn.execute(update(agents).where(agents.c.id == row.id).values(**values))
-            after = agent_json(self._agent_row(conn, row.id))
-            write_audit(conn, "agent", row.id, name, "update", before, after, now)
+            after = agent_record(self._agent_row(conn, row.id))
+            write_audit(conn, "agent", row.id, name, "update", before, after.to_json(), now)
             return after
 
-    def agent(self, name: str) -> dict[str, Any]:
+    def agent(self, name: str) -> Agent:
+        """One agent by name; NotFound."""
         with reading(self.engine) as conn:
-            return agent_json(self._agent_by_name(conn, name))
+            return agent_record(self._agent_by_name(conn, name))
 
-    def agents(self) -> list[dict[str, Any]]:
+    def agents(self) -> list[Agent]:
+        """Every agent, by name."""
         with reading(self.engine) as conn:
-            return [agent_json(r) for r in conn.execute(select(agents).order_by(agents.c.name))]
+            return [agent_record(r) for r in conn.execute(select(agents).order_by(agents.c.name))]
 
-    def agent_by_api_key(self, key: str) -> dict[str, Any] | None:
+    def agent_by_api_key(self, key: str) -> Agent | None:
+        """The agent whose API key this is (compared by hash), or None."""
         with reading(self.engine) as conn:
             row = conn.execute(select(agents).where(agents.c.api_key_hash == hash_api_key(key))).first()
-            return agent_json(row) if row else None
+            return agent_record(row) if row else None
 
     def _agent_by_name(self, conn: Connection, name: str) -> Any:
+        validate_agent_name(name)
         row = conn.execute(select(agents).where(agents.c.name == name)).first()
         if row is None:
             raise NotFound(f"unknown agent {name!r}", agent=name)
@@ -139,7 +176,8 @@ class Admin:
 
     # --- rules ----------------------------------------------------------------------------------
 
-    def create_rule(self, spec: RuleSpec) -> dict[str, Any]:
+    def create_rule(self, spec: RuleSpec) -> SpendingRule:
+        """Create a spending rule; it counts the matching spend already in its current period."""
         values = validate_spec(spec)
         now = self.clock()
         try:
@@ -149,13 +187,14 @@ class Admin:
                     **values, agent_id=agent_id, version=1, created_at=now, updated_at=now,
                 ).returning(spending_rules.c.id)).scalar_one()
                 self._count_existing(conn, rule_id, now)
-                doc = self._rule_json(conn, rule_id)
-                write_audit(conn, "rule", rule_id, doc["name"], "create", None, doc, now)
-                return doc
+                rule = self._rule_record(conn, rule_id)
+                write_audit(conn, "rule", rule_id, rule.name, "create", None, rule.to_json(), now)
+                return rule
         except IntegrityError:
-            raise Conflict(f"a rule named {values['name']!r} already exists", field="name") from None
+            raise Conflict(f"a rule named {values['name']!r} already exists", field="name", reason="duplicate") from None
 
-    def update_rule(self, name_or_id: str, spec: RuleSpec) -> dict[str, Any]:
+    def update_rule(self, name_or_id: str, spec: RuleSpec) -> SpendingRule:
+        """Change the fields `spec.given` names; changing what a rule counts recounts it."""
         now = self.clock()
         try:
             with writing(self.engine) as conn:
@@ -163,39 +202,42 @@ class Admin:
                 existing = Rule.from_row(row)
                 values = validate_spec(spec, existing=existing)
                 values["agent_id"] = self._scope_agent(conn, spec.agent) if "agent" in spec.given else row.agent_id
-                before = self._rule_json(conn, row.id)
+                before = self._rule_record(conn, row.id).to_json()
                 conn.execute(update(spending_rules).where(spending_rules.c.id == row.id).values(
                     **values, version=row.version + 1, updated_at=now))
                 if any(values[f] != getattr(row, f) for f in _COUNTING_FIELDS) or (
                         values["enabled"] and not row.enabled):
                     self._count_existing(conn, row.id, now)
-                after = self._rule_json(conn, row.id)
-                write_audit(conn, "rule", row.id, after["name"], "update", before, after, now)
+                after = self._rule_record(conn, row.id)
+                write_audit(conn, "rule", row.id, after.name, "update", before, after.to_json(), now)
                 return after
         except IntegrityError:
-            raise Conflict(f"a rule named {spec.name!r} already exists", field="name") from None
+            raise Conflict(f"a rule named {spec.name!r} already exists", field="name", reason="duplicate") from None
 
-    def delete_rule(self, name_or_id: str) -> dict[str, Any]:
+    def delete_rule(self, name_or_id: str) -> SpendingRule:
+        """Delete a rule (the audit log keeps it); returns it as it was."""
         now = self.clock()
         with writing(self.engine) as conn:
             row = self._rule_row(conn, name_or_id, lock=True)
-            before = self._rule_json(conn, row.id)
+            before = self._rule_record(conn, row.id)
             self._reset_counting(conn, row.id)
             conn.execute(update(alerts).where(alerts.c.rule_id == row.id).values(rule_id=None))
             conn.execute(delete(spending_rules).where(spending_rules.c.id == row.id))
-            write_audit(conn, "rule", row.id, row.name, "delete", before, None, now)
+            write_audit(conn, "rule", row.id, row.name, "delete", before.to_json(), None, now)
             return before
 
-    def rule(self, name_or_id: str) -> dict[str, Any]:
+    def rule(self, name_or_id: str) -> SpendingRule:
+        """One rule by name (or numeric id); NotFound."""
         with reading(self.engine) as conn:
-            return self._rule_json(conn, self._rule_row(conn, name_or_id).id)
+            return self._rule_record(conn, self._rule_row(conn, name_or_id).id)
 
-    def rules(self) -> list[dict[str, Any]]:
+    def rules(self) -> list[SpendingRule]:
+        """Every spending rule, by id."""
         with reading(self.engine) as conn:
             rows = conn.execute(select(spending_rules, agents.c.name.label("agent_name"))
                                 .outerjoin(agents, agents.c.id == spending_rules.c.agent_id)
                                 .order_by(spending_rules.c.id)).all()
-            return [rule_to_json(Rule.from_row(r), r.agent_name) for r in rows]
+            return [rule_record(Rule.from_row(r), r.agent_name) for r in rows]
 
     def _reset_counting(self, conn: Connection, rule_id: int) -> None:
         conn.execute(delete(holds).where(holds.c.rule_id == rule_id))
@@ -222,7 +264,7 @@ class Admin:
                         t.actual_cost, t.created_at, adjustments.c.amount.label("adjusted"))
                  .outerjoin(adjustments, adjustments.c.transaction_id == t.id)
                  .where(t.created_at >= datetime.fromtimestamp(low, UTC), t.created_at <= now,
-                        t.status != TxStatus.denied))
+                        t.status.in_(COUNTS_REQUEST)))
         if rule.agent_id is not None:
             query = query.where(t.agent_id == rule.agent_id)
         counters: dict[int, list[Any]] = {}
@@ -232,13 +274,9 @@ class Admin:
                 continue
             bucket, _ = buckets(rule.period, rule.window_seconds, tx.created_at)
             spent, held, requests = counters.setdefault(bucket, [ZERO, ZERO, 0])
-            if tx.status == TxStatus.pending:
-                held += tx.estimated_cost
-            elif tx.status == TxStatus.completed:
-                spent += tx.actual_cost + (tx.adjusted or ZERO)
-            elif tx.status == TxStatus.unknown:
-                spent += tx.estimated_cost
-            counters[bucket] = [spent, held, requests + 1]
+            now_counted = counted(tx.status, tx.estimated_cost, tx.actual_cost, tx.adjusted or ZERO)
+            counters[bucket] = [spent + now_counted.spent, held + now_counted.held,
+                                requests + (1 if tx.status in COUNTS_REQUEST else 0)]
             placed.append({"transaction_id": tx.id, "rule_id": rule_id, "bucket": bucket})
         if counters:
             conn.execute(insert(rule_counters).values([
@@ -249,10 +287,12 @@ class Admin:
     def _scope_agent(self, conn: Connection, name: str | None) -> int | None:
         if not name:
             return None
+        validate_agent_name(name)
         row = conn.execute(select(agents.c.id).where(agents.c.name == name)).first()
         if row is None:
-            raise NotFound(f"unknown agent {name!r}: create it first (`pixelgov agents create {name}`)", agent=name)
-        return row.id
+            raise NotFound(f"unknown agent {name!r}: a rule can name only an existing agent", agent=name,
+                           reason="create_first")
+        return int(row.id)
 
     def _rule_row(self, conn: Connection, name_or_id: str, *, lock: bool = False) -> Any:
         cond = spending_rules.c.name == str(name_or_id)
@@ -264,35 +304,112 @@ class Admin:
             raise NotFound(f"unknown rule {name_or_id!r}", rule=str(name_or_id))
         return row
 
-    def _rule_json(self, conn: Connection, rule_id: int) -> dict[str, Any]:
+    def _rule_record(self, conn: Connection, rule_id: int) -> SpendingRule:
         row = conn.execute(select(spending_rules, agents.c.name.label("agent_name"))
                            .outerjoin(agents, agents.c.id == spending_rules.c.agent_id)
                            .where(spending_rules.c.id == rule_id)).one()
-        return rule_to_json(Rule.from_row(row), row.agent_name)
+        return rule_record(Rule.from_row(row), row.agent_name)
 
     # --- alerts and audit -----------------------------------------------------------------------
 
-    def alerts(self, *, limit: int = 100) -> list[dict[str, Any]]:
+    def alerts(self, *, limit: int = 100) -> list[Alert]:
+        """Alerts, newest first."""
         with reading(self.engine) as conn:
             rows = conn.execute(select(alerts, agents.c.name.label("agent_name"))
                                 .outerjoin(agents, agents.c.id == alerts.c.agent_id)
                                 .order_by(alerts.c.id.desc()).limit(limit)).all()
-        return [{"id": r.id, "rule": r.rule_name, "kind": r.kind, "agent": r.agent_name,
-                 "transaction_id": r.transaction_id, "message": r.message, "created_at": iso(r.created_at)}
+        return [Alert(r.id, r.rule_name, r.kind, r.agent_name, r.transaction_id, r.message, r.created_at)
                 for r in rows]
 
-    def audit(self, *, entity: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def audit(self, *, entity: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The audit log of agent and rule changes, newest first (`entity`: agent or rule)."""
         query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
         if entity:
             query = query.where(audit_log.c.entity == entity)
         with reading(self.engine) as conn:
             rows = conn.execute(query).all()
-        return [{"id": r.id, "entity": r.entity, "entity_id": r.entity_id, "name": r.entity_name,
-                 "action": r.action, "before": json.loads(r.before_json) if r.before_json else None,
-                 "after": json.loads(r.after_json) if r.after_json else None, "created_at": iso(r.created_at)}
+        return [AuditEntry(r.id, r.entity, r.entity_id, r.entity_name, r.action,
+                           json.loads(r.before_json) if r.before_json else None,
+                           json.loads(r.after_json) if r.after_json else None, r.created_at)
                 for r in rows]
 
     def counts(self) -> dict[str, int]:
+        """How many agents and rules there are."""
         with reading(self.engine) as conn:
             return {"agents": conn.execute(select(func.count()).select_from(agents)).scalar_one(),
                     "rules": conn.execute(select(func.count()).select_from(spending_rules)).scalar_one()}
+
+    # --- service keys (the gateway) -------------------------------------------------------------
+
+    def create_service_key(self, name: str) -> ServiceKey:
+        """Issue a service key named `name`; the key is on the returned record (shown once, stored hashed)."""
+        validate_agent_name(name)
+        from .models import service_keys
+
+        key = SERVICE_KEY_PREFIX + secrets.token_urlsafe(32)
+        now = self.clock()
+        try:
+            with writing(self.engine) as conn:
+                key_id = conn.execute(insert(service_keys).values(
+                    name=name, key_hash=hash_api_key(key), key_prefix=key[:10], created_at=now,
+                ).returning(service_keys.c.id)).scalar_one()
+                write_audit(conn, "service-key", key_id, name, "create", None, {"key_prefix": key[:10]}, now)
+        except IntegrityError:
+            raise Conflict(f"service key {name!r} already exists", field="name", reason="duplicate") from None
+        return ServiceKey(key_id, name, key[:10], now, None, key)
+
+    def service_keys(self) -> list[ServiceKey]:
+        """Every service key (revoked ones too), by name."""
+        from .models import service_keys
+
+        with reading(self.engine) as conn:
+            rows = conn.execute(select(service_keys).order_by(service_keys.c.name)).all()
+        return [ServiceKey(r.id, r.name, r.key_prefix, r.created_at, r.revoked_at) for r in rows]
+
+    def revoke_service_key(self, name: str) -> ServiceKey:
+        """Revoke a service key: it stops working at once. NotFound."""
+        from .models import service_keys
+
+        now = self.clock()
+        with writing(self.engine) as conn:
+            row = conn.execute(select(service_keys).where(service_keys.c.name == name)).first()
+            if row is None:
+                raise NotFound(f"unknown service key {name!r}", service_key=name)
+            if row.revoked_at is None:
+                conn.execute(update(service_keys).where(service_keys.c.id == row.id).values(revoked_at=now))
+                write_audit(conn, "service-key", row.id, name, "revoke", None, None, now)
+            return ServiceKey(row.id, row.name, row.key_prefix, row.created_at, row.revoked_at or now)
+
+    def service_key_by_secret(self, key: str) -> ServiceKey | None:
+        """The active service key this secret is (compared by hash), or None."""
+        from .models import service_keys
+
+        with reading(self.engine) as conn:
+            row = conn.execute(select(service_keys).where(service_keys.c.key_hash == hash_api_key(key),
+                                                          service_keys.c.revoked_at.is_(None))).first()
+        return ServiceKey(row.id, row.name, row.key_prefix, row.created_at, row.revoked_at) if row else None
+
+    def update_rule_at_version(self, name_or_id: str, spec: RuleSpec, version: int) -> SpendingRule:
+        """`update_rule`, applied only if the rule is still at `version` (checked under the rule's row
+        lock, in the same transaction as the change); StaleVersion naming the current one otherwise."""
+        now = self.clock()
+        try:
+            with writing(self.engine) as conn:
+                row = self._rule_row(conn, name_or_id, lock=True)
+                if row.version != version:
+                    raise StaleVersion(f"rule {row.name!r} is at version {row.version}, not {version}: read it "
+                                       "again and retry", rule=row.name, current_version=row.version)
+                existing = Rule.from_row(row)
+                values = validate_spec(spec, existing=existing)
+                values["agent_id"] = self._scope_agent(conn, spec.agent) if "agent" in spec.given else row.agent_id
+                before = self._rule_record(conn, row.id).to_json()
+                conn.execute(update(spending_rules).where(spending_rules.c.id == row.id).values(
+                    **values, version=row.version + 1, updated_at=now))
+                if any(values[f] != getattr(row, f) for f in _COUNTING_FIELDS) or (
+                        values["enabled"] and not row.enabled):
+                    self._count_existing(conn, row.id, now)
+                after = self._rule_record(conn, row.id)
+                write_audit(conn, "rule", row.id, after.name, "update", before, after.to_json(), now)
+                return after
+        except IntegrityError:
+            raise Conflict(f"a rule named {spec.name!r} already exists", field="name") from None

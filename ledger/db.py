@@ -2,7 +2,7 @@
 
 SQLite runs in WAL mode and every write transaction takes the write lock up front
 (`BEGIN IMMEDIATE`), so a read-then-write can never fail with SQLITE_BUSY_SNAPSHOT;
-waits for the lock are bounded by `PIXELGOV_DB_TIMEOUT`. PostgreSQL runs at READ
+waits for the lock are bounded by the configured timeout (`Settings.db_timeout`). PostgreSQL runs at READ
 COMMITTED with bounded connect and lock timeouts.
 """
 
@@ -10,44 +10,78 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 
 from .errors import DatabaseUnavailable, InvalidRequest, PixelgovError, SchemaBehind
+from .settings import DEFAULT_DB_TIMEOUT
 
 #: The newest migration; `tests/test_migrations.py` checks it equals Alembic's head.
-SCHEMA_HEAD = "0001_ledger"
+SCHEMA_HEAD = "0003_gateway"
 READONLY = "pixelgov_readonly"
 
 
-def db_timeout() -> float:
-    return float(os.environ.get("PIXELGOV_DB_TIMEOUT", "10"))
+def _create_private(path: Path) -> None:
+    """Create `path`'s missing directories (0700) and the empty database file (0600) if absent;
+    existing files and directories are left as their owner set them."""
+    try:
+        missing = [p for p in reversed(path.parents) if not p.exists()]
+        for directory in missing:
+            directory.mkdir(mode=0o700)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        if path.is_dir():
+            raise DatabaseUnavailable(f"database unavailable: {path} is a directory") from None
+    except OSError as err:
+        raise DatabaseUnavailable(f"database unavailable: cannot create {path} "
+                                  f"({err.strerror or err})") from None
 
 
 def default_url() -> str:
+    """The default ledger: a SQLite file in the user data directory."""
     from platformdirs import user_data_dir
 
     return f"sqlite:///{Path(user_data_dir('pixelgov', appauthor=False)) / 'pixelgov.db'}"
 
 
-def resolve_url(url: str | None) -> str:
-    return url or os.environ.get("PIXELGOV_DATABASE_URL") or default_url()
+SUPPORTED = "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
 
 
-@lru_cache(maxsize=16)
-def engine_for(url: str) -> Engine:
-    """One engine per URL per process."""
-    timeout = db_timeout()
+def check_url(url: str) -> str:
+    """`url` if pixelgov can use it (SQLite, or PostgreSQL through psycopg 3); InvalidRequest otherwise."""
+    from sqlalchemy.engine import make_url
+
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidRequest(f"database: an empty URL; give {SUPPORTED}", field="database")
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError:
+        raise InvalidRequest(f"database: {url!r} is not a database URL; give {SUPPORTED}", field="database") from None
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"):
+        raise InvalidRequest(f"database: {parsed.drivername!r} is not supported; give {SUPPORTED}", field="database")
+    if parsed.drivername.startswith("sqlite") and not parsed.database:
+        raise InvalidRequest(f"database: {url!r} names no file; give {SUPPORTED}", field="database")
+    return url
+
+
+def make_engine(url: str, *, timeout: float = DEFAULT_DB_TIMEOUT) -> Engine:
+    """A new engine for `url`: SQLite in WAL mode with BEGIN IMMEDIATE writes, or PostgreSQL with
+    bounded connect and lock timeouts. Waits for a busy database are bounded by `timeout` seconds.
+    The caller owns it (`Ledger` keeps one and disposes it on close).
+
+    A SQLite file (and its directory) that pixelgov creates is private to the user: the directory
+    0700, the file 0600, and SQLite gives its WAL and shared-memory files the file's permissions.
+    Raises InvalidRequest for an unsupported URL, DatabaseUnavailable when the file cannot be made."""
+    check_url(url)
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _create_private(Path(path))
         engine = create_engine(url, connect_args={"timeout": timeout, "isolation_level": None})
 
         @event.listens_for(engine, "connect")
@@ -94,116 +128,33 @@ def reading(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-class Driver:
-    """Hot-path statements sent straight to the DBAPI cursor of a SQLAlchemy connection.
-
-    The governor's authorize/settle path runs a dozen small statements per request; through
-    SQLAlchemy Core each one costs 60–300 µs of Python (cache key, compiled-cache lookup,
-    execution context, result processing) — several times what SQLite needs to run it. Here
-    the SQL is plain text written once per dialect, parameters are bound as the column types
-    would bind them (`money` → nano-USD int, `ts` → the stored timestamp form), and driver
-    errors are re-raised as SQLAlchemy's exception classes (IntegrityError, OperationalError…)
-    so callers and `translate_db_error` see exactly what they saw before. The transaction stays
-    SQLAlchemy's (`writing`/`reading`: BEGIN IMMEDIATE on SQLite, commit, rollback, pooling).
-    """
-
-    __slots__ = ("conn", "cur", "pg", "_error")
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.pg = conn.dialect.name == "postgresql"
-        self.cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        self._error = conn.dialect.loaded_dbapi.Error
-
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        try:
-            return self.cur.execute(sql, params)
-        except self._error as err:
-            raise self._wrap(err, sql, params) from err
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        try:
-            self.cur.executemany(sql, rows)
-        except self._error as err:
-            raise self._wrap(err, sql, rows) from err
-
-    def one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> tuple[Any, ...] | None:
-        self.execute(sql, params)
-        return self.cur.fetchone()
-
-    def all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
-        self.execute(sql, params)
-        return self.cur.fetchall()
-
-    @property
-    def rowcount(self) -> int:
-        return self.cur.rowcount
-
-    @property
-    def lastrowid(self) -> int:
-        return self.cur.lastrowid
-
-    def ts(self, value: datetime | None) -> Any:
-        """A timestamp as `UTCDateTime` stores it: naive UTC (PostgreSQL), or SQLAlchemy's
-        SQLite text form, so stored values sort and compare the same whichever path wrote them."""
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the ledger; use ledger.clock")
-        naive = value.astimezone(UTC).replace(tzinfo=None)
-        return naive if self.pg else naive.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-    def _wrap(self, err: Exception, sql: str, params: Any) -> BaseException:
-        """The driver's error as SQLAlchemy would raise it; a lost connection is invalidated
-        so the pool does not hand it out again."""
-        dialect = self.conn.dialect
-        dbapi_conn = self.conn.connection.dbapi_connection  # type: ignore[union-attr]
-        gone = dialect.is_disconnect(err, dbapi_conn, self.cur)
-        if gone:
-            self.conn.invalidate(err)
-        return exc.DBAPIError.instance(sql, params, err, self._error, connection_invalidated=gone,
-                                       dialect=dialect)
-
-
-def db_datetime(value: Any) -> datetime | None:
-    """A stored timestamp (PostgreSQL: naive datetime; SQLite: text) as an aware UTC datetime."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC)
-
-
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        try:
+    """The database's Alembic revision (None: no pixelgov schema). A read: it never waits for
+    SQLite's write lock."""
+    try:
+        with reading(engine) as conn:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except exc.DBAPIError:
+    except exc.OperationalError as error:
+        if "no such table" in str(error.orig) or "does not exist" in str(error.orig):
             return None
+        raise
+    except exc.ProgrammingError:  # PostgreSQL: relation "alembic_version" does not exist
+        return None
 
 
-def open_ledger(url: str | None = None, *, migrate_default: bool = True) -> Engine:
-    """The engine for `url`, its schema checked: the default SQLite file is created and migrated
-    on first use; any other database behind head is an error naming `pixelgov db upgrade`."""
-    is_default = not url and not os.environ.get("PIXELGOV_DATABASE_URL")
-    resolved = resolve_url(url)
-    engine = engine_for(resolved)
-    if resolved in _checked:
-        return engine
+def check_schema(engine: Engine, *, migrate: bool = False) -> None:
+    """Make sure the database is at this pixelgov's schema: migrate it when `migrate` (the default
+    SQLite file is created and migrated on first use); otherwise SchemaBehind names the revisions."""
     revision = current_revision(engine)
-    if revision != SCHEMA_HEAD:
-        if is_default and migrate_default:
-            upgrade(resolved)
-        else:
-            where = engine.url.render_as_string(hide_password=True)
-            state = f"is at revision {revision}" if revision else "has no pixelgov schema"
-            raise SchemaBehind(f"the database {where} {state}; run `pixelgov db upgrade` "
-                               f"(needs {SCHEMA_HEAD})")
-    _checked.add(resolved)
-    return engine
-
-
-_checked: set[str] = set()
+    if revision == SCHEMA_HEAD:
+        return
+    if migrate:
+        upgrade_engine(engine)
+        return
+    where = engine.url.render_as_string(hide_password=True)
+    state = f"is at revision {revision}" if revision else "has no pixelgov schema"
+    raise SchemaBehind(f"the database {where} {state}; it needs a schema upgrade to {SCHEMA_HEAD}",
+                       revision=revision, head=SCHEMA_HEAD, reason="upgrade")
 
 
 def alembic_config(url: str) -> Any:
@@ -217,12 +168,12 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade_engine(engine: Engine, revision: str = "head") -> None:
+    """Apply migrations to `engine`'s database up to `revision` (InvalidRequest for an unknown one)."""
     from alembic import command
 
-    engine = engine_for(url)  # creates the SQLite file's directory
-    command.upgrade(alembic_config(url), revision)
-    _checked.discard(url)
+    url = engine.url.render_as_string(hide_password=False)
+    _alembic(command.upgrade, alembic_config(url), revision)
     if engine.dialect.name == "sqlite":
         # Alembic's own engine leaves a new file in rollback-journal mode; switching to WAL needs an
         # exclusive lock, so do it now rather than on the first (possibly contended) use.
@@ -230,20 +181,40 @@ def upgrade(url: str, revision: str = "head") -> None:
             pass
 
 
+def upgrade(url: str, revision: str = "head", *, timeout: float = DEFAULT_DB_TIMEOUT) -> None:
+    """Apply migrations to the database at `url` up to `revision`."""
+    engine = make_engine(url, timeout=timeout)  # creates the SQLite file's directory
+    try:
+        upgrade_engine(engine, revision)
+    finally:
+        engine.dispose()
+
+
 def downgrade(url: str, revision: str) -> None:
+    """Revert migrations down to `revision` (`base` removes every table)."""
     from alembic import command
 
-    command.downgrade(alembic_config(url), revision)
-    _checked.discard(url)
+    _alembic(command.downgrade, alembic_config(url), revision)
 
 
-def translate_db_error(error: BaseException) -> PixelgovError | None:
-    """A driver error as one clear line (exit 1), or None if it is not a database problem."""
+def _alembic(step: Any, config: Any, revision: str) -> None:
+    from alembic.util import CommandError
+
+    try:
+        step(config, revision)
+    except CommandError as err:
+        raise InvalidRequest(f"revision: {err}", field="revision") from None
+
+
+def translate_db_error(error: BaseException, *, timeout: float | None = None) -> PixelgovError | None:
+    """A driver error as one clear line (exit 1), or None if it is not a database problem.
+    `timeout`: the bounded wait that was configured, named in a "busy" message."""
     if isinstance(error, exc.OperationalError):
         msg = str(error.orig) if error.orig is not None else str(error)
         first = msg.strip().splitlines()[0] if msg.strip() else type(error).__name__
         if "locked" in first or "lock timeout" in first:
-            return DatabaseUnavailable(f"database is busy: {first} (waited up to {db_timeout():g}s)")
+            waited = f" (waited up to {timeout:g}s)" if timeout is not None else ""
+            return DatabaseUnavailable(f"database is busy: {first}{waited}")
         return DatabaseUnavailable(f"database unavailable: {first}")
     if isinstance(error, exc.InterfaceError | exc.ArgumentError | exc.NoSuchModuleError):
         return DatabaseUnavailable(f"database unavailable: {error}")

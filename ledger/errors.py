@@ -3,12 +3,16 @@ and an HTTP status. No heavy imports: the pricing-only CLI path uses it too."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pricing.errors import ImageTooLarge, InvalidRequest, ModelNotFound, PixelgovError, PriceBookError
 
+if TYPE_CHECKING:
+    from .records import Denial, Transaction
+
 __all__ = [
-    "Conflict", "DatabaseUnavailable", "Denied", "ImageTooLarge", "InvalidRequest", "ModelNotFound",
+    "Conflict", "DatabaseUnavailable", "InProgress", "Denied", "ImageTooLarge", "InvalidRequest", "ModelNotFound",
     "NotFound", "PixelgovError", "PriceBookError", "RateLimited", "SchemaBehind", "UpstreamError",
     "EXIT_CODES", "HTTP_STATUS", "denial_error", "exit_code",
 ]
@@ -26,15 +30,22 @@ class Conflict(InvalidRequest):
     code = "invalid_request"
 
 
+class InProgress(PixelgovError):
+    """An idempotent retry while the first attempt with the same key is still in flight."""
+
+    code = "conflict"
+
+
 class Denied(PixelgovError):
-    """A spending rule (or a paused agent) refused the request."""
+    """A spending rule (or a paused agent) refused the request: `denials` names every failing rule."""
 
     code = "denied"
 
-    def __init__(self, message: str, *, denials: list[dict[str, Any]], transaction: dict[str, Any] | None = None,
+    def __init__(self, message: str, *, denials: Sequence[Denial], transaction: Transaction | None = None,
                  **details: Any) -> None:
-        super().__init__(message, denials=denials, transaction=transaction, **details)
-        self.denials = denials
+        super().__init__(message, denials=list(denials), transaction=transaction, **details)
+        self.denials = tuple(denials)
+        self.transaction = transaction
 
 
 class RateLimited(Denied):
@@ -63,21 +74,24 @@ class SchemaBehind(PixelgovError):
 
 EXIT_CODES = {
     "invalid_request": 2, "model_not_found": 2, "image_too_large": 2, "not_found": 2,
-    "invalid_price_book": 2, "denied": 3, "rate_limited": 3, "upstream_error": 1,
-    "database_unavailable": 1, "schema_behind": 1,
+    "invalid_price_book": 2, "denied": 3, "rate_limited": 3, "upstream_error": 1, "conflict": 1,
+    "database_unavailable": 1, "schema_behind": 1, "body_too_large": 2, "upstream_timeout": 1, "cancelled": 2,
 }
 HTTP_STATUS = {
     "invalid_request": 400, "model_not_found": 404, "image_too_large": 413, "not_found": 404,
     "invalid_price_book": 500, "denied": 402, "rate_limited": 429, "upstream_error": 502,
-    "database_unavailable": 503, "schema_behind": 503, "unauthorized": 401,
+    "database_unavailable": 503, "schema_behind": 503, "unauthorized": 401, "conflict": 409,
+    # The gateway's own: a body over its size limit, an upstream that never answered (the
+    # transaction is `unknown`), the result of a queued request that was cancelled.
+    "body_too_large": 413, "upstream_timeout": 504, "cancelled": 400,
 }
 
 
-def denial_error(tx: dict[str, Any] | None, denials: list[dict[str, Any]], agent: str) -> Denied:
+def denial_error(tx: Transaction | None, denials: Sequence[Denial], agent: str) -> Denied:
     """The error for a denied request, naming every failing rule (rate-limited if only rate limits failed)."""
-    names = ", ".join(f"{d['rule'] or d['type']} ({d['reason']})" for d in denials)
-    cls = RateLimited if denials and all(d["type"] == "rate-limit" for d in denials) else Denied
-    return cls(f"denied for agent {agent!r}: {names}", denials=denials, transaction=dict(tx) if tx else None)
+    names = ", ".join(f"{d.rule or d.type} ({d.reason})" for d in denials)
+    cls = RateLimited if denials and all(d.type == "rate-limit" for d in denials) else Denied
+    return cls(f"denied for agent {agent!r}: {names}", denials=denials, transaction=tx)
 
 
 def exit_code(error: PixelgovError) -> int:

@@ -48,8 +48,8 @@ def _final(data: bytes) -> tuple[int, int]:
 
 def _refuse(reason: str) -> InvalidRequest:
     return InvalidRequest(
-        f"image_url: the input image's size cannot be read: {reason}; give --input-size WxH",
-        field="image_url",
+        f"image_url: the input image's size cannot be read: {reason}; give input_size WxH",
+        field="image_url", reason="input_size_unknown",
     )
 
 

@@ -11,15 +11,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, MetaData, String, Text,
-    TypeDecorator, UniqueConstraint,
+    BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+    TypeDecorator, UniqueConstraint, text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pricing.money import from_nano, to_nano
+
+from .records import AgentStatus, RuleAction, RuleType, TxStatus
+
+__all__ = ["AgentStatus", "RuleAction", "RuleType", "TxStatus"]  # re-exported: older imports read them here
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -65,33 +69,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
-
-
-class AgentStatus(StrEnum):
-    active = "active"
-    paused = "paused"
-
-
-class TxStatus(StrEnum):
-    pending = "pending"
-    completed = "completed"
-    failed = "failed"
-    voided = "voided"
-    expired = "expired"
-    unknown = "unknown"
-    denied = "denied"
-
-
-class RuleType(StrEnum):
-    spend_limit = "spend-limit"
-    request_cap = "request-cap"
-    rate_limit = "rate-limit"
-    model_allowlist = "model-allowlist"
-
-
-class RuleAction(StrEnum):
-    deny = "deny"
-    alert = "alert"
 
 
 def _enum(cls: type[StrEnum], length: int) -> Enum:
@@ -144,12 +121,16 @@ class Transaction(Base):
     response_json: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    images: Mapped[int | None] = mapped_column(Integer)  #: output images as priced (for reports)
+    billable_mp_nano: Mapped[int | None] = mapped_column(BigInteger)  #: billable megapixels × 10^9, as priced
 
 
 class CostLine(Base):
     """Append-only money movements of a transaction: estimate, actual, adjustment."""
 
     __tablename__ = "cost_lines"
+    __table_args__ = (Index("ix_cost_lines_adjustments", "transaction_id", "amount",
+                            sqlite_where=text("kind = 'adjustment'"), postgresql_where=text("kind = 'adjustment'")),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     transaction_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)
@@ -249,12 +230,42 @@ class AuditEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-agents = Agent.__table__
-transactions = Transaction.__table__
-cost_lines = CostLine.__table__
-facts = Fact.__table__
-spending_rules = SpendingRule.__table__
-rule_counters = RuleCounter.__table__
-holds = Hold.__table__
-alerts = Alert.__table__
-audit_log = AuditEntry.__table__
+#: The tables, for SQLAlchemy Core (typed as `Table`: `__table__` is declared as a `FromClause`).
+agents = cast(Table, Agent.__table__)
+transactions = cast(Table, Transaction.__table__)
+cost_lines = cast(Table, CostLine.__table__)
+facts = cast(Table, Fact.__table__)
+spending_rules = cast(Table, SpendingRule.__table__)
+rule_counters = cast(Table, RuleCounter.__table__)
+holds = cast(Table, Hold.__table__)
+alerts = cast(Table, Alert.__table__)
+audit_log = cast(Table, AuditEntry.__table__)
+
+
+class ServiceKey(Base):
+    """An admin-issued gateway key for a fleet: it speaks for the agent its request names
+    (`X-Pixelgov-Agent`). Stored hashed; revoked keys stay for the audit trail."""
+
+    __tablename__ = "service_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class QueueRequest(Base):
+    """The gateway's queue API: the request id a submit answered with, and its transaction, so a
+    status poll (which names only the id) is one indexed read."""
+
+    __tablename__ = "queue_requests"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    transaction_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+service_keys = cast(Table, ServiceKey.__table__)
+queue_requests = cast(Table, QueueRequest.__table__)

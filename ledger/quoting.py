@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from pricing import PriceBook, Quote, active_book, quote, validate_request
+from pricing import PriceBook, Quote, default_book, quote, validate_request
 
 
 def quote_body(endpoint: str, body: Mapping[str, Any], *, book: PriceBook | None = None) -> Quote:
-    book = book or active_book()
+    book = book or default_book()
     entry = book.endpoint(endpoint)
     input_size = None
     if entry.operation == "upscale":

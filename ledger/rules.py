@@ -9,13 +9,13 @@ import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fnmatch import fnmatchcase
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from pricing import Quote
 from pricing.money import ZERO, display_price, parse_usd, usd_str
 
 from .errors import InvalidRequest
-from .models import RuleType
+from .records import RuleAction, RuleType, SpendingRule
 from .periods import RATE_PERIODS, SPEND_PERIODS, format_window, parse_window
 
 RULE_TYPES = tuple(t.value for t in RuleType)
@@ -25,6 +25,17 @@ COUNTED = (RuleType.spend_limit.value, RuleType.rate_limit.value)
 MAX_COUNT = 2**31 - 1
 #: Rule names and model globs are VARCHAR(200) columns.
 MAX_TEXT = 200
+
+
+class Target(Protocol):
+    """What a rule's filters look at: a quote, or a recorded transaction."""
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def operation(self) -> str: ...
 
 
 class Rule(NamedTuple):
@@ -60,7 +71,8 @@ class Rule(NamedTuple):
     def counted(self) -> bool:
         return self.type in COUNTED
 
-    def applies_to(self, agent_id: int | None, quote: Quote) -> bool:
+    def applies_to(self, agent_id: int | None, quote: Target) -> bool:
+        """Does the rule cover this agent's request (its agent, operation and model filters)?"""
         if self.agent_id is not None and self.agent_id != agent_id:
             return False
         if self.operation is not None and self.operation != quote.operation:
@@ -80,7 +92,7 @@ class Rule(NamedTuple):
         return "models " + ", ".join(self.models)
 
 
-def _glob(pattern: str, quote: Quote) -> bool:
+def _glob(pattern: str, quote: Target) -> bool:
     return fnmatchcase(quote.endpoint, pattern) or fnmatchcase(quote.model, pattern)
 
 
@@ -157,7 +169,7 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
     merged = {**base, **{k: getattr(spec, k) for k in spec.given}}
     name = merged.get("name")
     if not name or not str(name).strip():
-        raise InvalidRequest("name: a rule needs a name (--name)", field="name")
+        raise InvalidRequest("name: a rule needs a name", field="name")
     if len(str(name).strip()) > MAX_TEXT:
         raise InvalidRequest(f"name: at most {MAX_TEXT} characters", field="name")
     rtype = merged.get("type")
@@ -173,7 +185,7 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
     }[rtype]
     for key in ("limit", "period", "window", "models", "alert_at"):
         if merged.get(key) not in (None, [], "") and key not in allowed:
-            raise InvalidRequest(f"{key}: a {rtype} rule does not take {key.replace('_', '-')}", field=key)
+            raise InvalidRequest(f"{key}: a {rtype} rule does not take {key}", field=key)
     values: dict[str, Any] = {
         "name": str(name).strip(), "type": rtype, "limit_amount": None, "limit_count": None, "period": None,
         "window_seconds": None, "models_json": None, "alert_at": None,
@@ -181,7 +193,7 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
     if "limit" in allowed:
         raw = merged.get("limit")
         if raw in (None, ""):
-            raise InvalidRequest(f"limit: a {rtype} rule needs --limit", field="limit")
+            raise InvalidRequest(f"limit: a {rtype} rule needs a limit", field="limit")
         if rtype == "rate-limit":
             try:
                 count = int(str(raw))
@@ -201,7 +213,7 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
     if rtype in ("spend-limit", "rate-limit"):
         period, window = merged.get("period"), merged.get("window")
         if period and window:
-            raise InvalidRequest("period: give --period or --window, not both", field="period")
+            raise InvalidRequest("period: give a period or a window, not both", field="period")
         periods = SPEND_PERIODS if rtype == "spend-limit" else RATE_PERIODS
         if window:
             try:
@@ -212,12 +224,12 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
             period = period or ("month" if rtype == "spend-limit" else None)
             if period not in periods:
                 raise InvalidRequest(f"period: {period!r} is not a {rtype} period; allowed: {', '.join(periods)} "
-                                     "or --window", field="period")
+                                     "or a rolling window", field="period")
             values["period"] = period
     if rtype == "model-allowlist":
         models = [m.strip() for m in (merged.get("models") or []) if m and m.strip()]
         if not models:
-            raise InvalidRequest("models: a model-allowlist needs --models GLOB[,GLOB…]", field="models")
+            raise InvalidRequest("models: a model-allowlist needs a list of model globs", field="models")
         values["models_json"] = json.dumps(models)
     if merged.get("alert_at") not in (None, ""):
         try:
@@ -252,11 +264,12 @@ def _spec_of(rule: Rule) -> dict[str, Any]:
     }
 
 
-def rule_to_json(rule: Rule, agent_name: str | None) -> dict[str, Any]:
-    limit: Any = rule.limit_count if rule.type == RuleType.rate_limit else usd_str(rule.limit_amount)
-    return {
-        "id": rule.id, "name": rule.name, "type": rule.type, "limit": limit, "period": rule.period,
-        "window": format_window(rule.window_seconds), "models": list(rule.models) or None,
-        "agent": agent_name, "model": rule.model_glob, "operation": rule.operation, "action": rule.action,
-        "alert_at": rule.alert_at, "enabled": rule.enabled, "version": rule.version,
-    }
+def rule_record(rule: Rule, agent_name: str | None) -> SpendingRule:
+    """The public record of a rule (its agent by name)."""
+    limit: Decimal | int | None = rule.limit_count if rule.type == RuleType.rate_limit else rule.limit_amount
+    return SpendingRule(
+        id=rule.id, name=rule.name, type=RuleType(rule.type), limit=limit, period=rule.period,
+        window=format_window(rule.window_seconds), models=rule.models or None, agent=agent_name,
+        model=rule.model_glob, operation=rule.operation, action=RuleAction(rule.action), alert_at=rule.alert_at,
+        enabled=rule.enabled, version=rule.version,
+    )

@@ -1,46 +1,43 @@
-"""The actual cost of an upstream response, for a transaction already in the ledger."""
+"""The actual cost of an upstream response, and the facts recorded from it.
+
+One place for both, used by `Governor.complete(response=...)` (a caller that forwarded
+by itself) and by a governed run (`ledger.runner`).
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from pricing import actual_cost
-from pricing.money import MAX_USD, usd_str
+from pricing import ActualCost, PriceBook, actual_cost
+from pricing.money import usd_str
 
 from .errors import InvalidRequest
 from .quoting import quote_body
-
-def storable(amount: Decimal, field: str) -> Decimal:
-    """`amount`, or InvalidRequest when the ledger could not store it (rather than a driver overflow)."""
-    if abs(amount) > MAX_USD:
-        raise InvalidRequest(f"{field}: {usd_str(amount)} is above the largest amount the ledger holds "
-                             f"({usd_str(MAX_USD)})", field=field)
-    return amount
+from .records import Transaction
 
 
-def load_response(path: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InvalidRequest(f"response: cannot read {path} ({exc.strerror})", field="response") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"response: {path} is not valid JSON ({exc.msg})", field="response") from None
-
-
-def actual_from_response(tx: Mapping[str, Any], response: Any) -> tuple[Decimal, dict[str, Any]]:
-    """(actual cost, facts) for a transaction from the upstream's response, priced like its estimate."""
-    if not isinstance(response, Mapping):
-        raise InvalidRequest("response: must be a JSON object", field="response")
-    estimate = quote_body(tx["endpoint"], tx["request"])
-    cost = actual_cost(estimate, response)
+def cost_facts(cost: ActualCost) -> dict[str, Any]:
+    """The facts that say where an actual cost came from: `actual_source` and `output_sizes`."""
     facts: dict[str, Any] = {"actual_source": "response sizes" if cost.sizes_known else
                              "estimate (the response has no image sizes)"}
     if cost.sizes:
         facts["output_sizes"] = ",".join(f"{w}x{h}" for w, h in cost.sizes)
-    if usd_str(estimate.amount) != tx["estimated_cost"]:
+    return facts
+
+
+def actual_from_response(tx: Transaction, request: Mapping[str, Any], response: Any, *,
+                         book: PriceBook) -> tuple[Decimal, dict[str, Any]]:
+    """(actual cost, facts) for a recorded transaction from the upstream's response, priced like
+    its estimate (from `request`, the parameters the ledger stored). InvalidRequest if the
+    response is not a JSON object."""
+    if not isinstance(response, Mapping):
+        raise InvalidRequest("response: must be a JSON object", field="response")
+    estimate = quote_body(tx.endpoint, request, book=book)
+    cost = actual_cost(estimate, response)
+    facts = cost_facts(cost)
+    if estimate.amount != tx.estimated_cost:
         facts["repriced_estimate"] = usd_str(estimate.amount)
-    amount = cost.amount if cost.sizes_known else Decimal(tx["estimated_cost"])
-    return storable(amount, "response"), facts
+    amount = cost.amount if cost.sizes_known else tx.estimated_cost
+    return amount, facts

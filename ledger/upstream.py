@@ -14,8 +14,7 @@ Failures are classified by what they mean for money:
 
 from __future__ import annotations
 
-import math
-import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -23,9 +22,10 @@ from typing import Any, Mapping
 import httpx
 
 from .errors import InvalidRequest
+from .settings import DEFAULT_UPSTREAM_TIMEOUT, DEFAULT_UPSTREAM_URL, MAX_UPSTREAM_TIMEOUT, Settings, parse_seconds
 
-DEFAULT_URL = "https://fal.run"
-DEFAULT_TIMEOUT = 120.0
+DEFAULT_URL = DEFAULT_UPSTREAM_URL
+DEFAULT_TIMEOUT = DEFAULT_UPSTREAM_TIMEOUT
 CONNECT_TIMEOUT = 10.0
 CONNECT_RETRIES = 3
 BACKOFF = 0.25
@@ -40,20 +40,30 @@ class UpstreamConfig:
     backoff: float = BACKOFF
 
     @classmethod
-    def from_env(cls, *, url: str | None = None, timeout: float | None = None) -> "UpstreamConfig":
-        url = url or os.environ.get("PIXELGOV_UPSTREAM_URL") or DEFAULT_URL
-        if not url.startswith(("http://", "https://")):
-            raise InvalidRequest(f"upstream: {url!r} is not an http(s) URL (PIXELGOV_UPSTREAM_URL)", field="upstream")
-        if timeout is None:
-            raw = os.environ.get("PIXELGOV_UPSTREAM_TIMEOUT")
-            try:
-                timeout = float(raw) if raw else DEFAULT_TIMEOUT
-            except ValueError:
-                raise InvalidRequest(f"timeout: PIXELGOV_UPSTREAM_TIMEOUT={raw!r} is not a number of seconds",
-                                     field="timeout") from None
-        if not math.isfinite(timeout) or timeout <= 0:  # nan and inf too: the wait is always bounded
-            raise InvalidRequest("timeout: must be a finite number of seconds greater than zero", field="timeout")
-        return cls(url=url.rstrip("/"), timeout=timeout, connect_timeout=min(CONNECT_TIMEOUT, timeout))
+    def from_settings(cls, settings: Settings, *, url: str | None = None, timeout: float | str | None = None,
+                      ) -> UpstreamConfig:
+        """The config from settings, `url`/`timeout` (options given for one run) winning.
+        InvalidRequest for a URL that cannot be sent to or a timeout that is not a bounded number."""
+        url = url or settings.upstream_url
+        check_upstream_url(url)
+        seconds = settings.upstream_timeout if timeout is None else parse_seconds(
+            timeout, "timeout", maximum=MAX_UPSTREAM_TIMEOUT)
+        return cls(url=url.rstrip("/"), timeout=seconds, connect_timeout=min(CONNECT_TIMEOUT, seconds))
+
+
+def check_upstream_url(url: str) -> str:
+    """`url` if requests can be sent to it (http(s), a host, a valid port); InvalidRequest otherwise —
+    before anything is authorized, so a bad URL never leaves an `unknown` outcome behind."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise InvalidRequest(f"upstream: {url!r} is not an http(s) URL", field="upstream")
+    try:
+        parsed = httpx.URL(url)
+        parsed.port  # noqa: B018 - raises for an invalid port
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise InvalidRequest(f"upstream: {url!r} is not a valid URL ({exc})", field="upstream") from None
+    if not parsed.host:
+        raise InvalidRequest(f"upstream: {url!r} has no host", field="upstream")
+    return url
 
 
 @dataclass
@@ -88,14 +98,6 @@ class NoAnswer(UpstreamFailure):
     kind = "no_answer"
 
 
-def fal_key_from_env() -> str:
-    key = os.environ.get("FAL_KEY", "").strip()
-    if not key:
-        raise InvalidRequest("FAL_KEY is not set: a real run needs your FAL API key in the FAL_KEY environment "
-                             "variable (or use --dry-run)", field="FAL_KEY")
-    return check_fal_key(key)
-
-
 def check_fal_key(key: str) -> str:
     """The key, if it can be sent as an HTTP header; else InvalidRequest (never quoting the key).
 
@@ -123,51 +125,52 @@ def error_message(body: Any, text: str) -> str:
     return snippet or "no error detail"
 
 
-class Upstream:
-    """A reusable client (one connection pool)."""
+class _Exchange:
+    """One governed call's shared logic, whichever client (sync or async) sends it: building the
+    request, classifying a failure by what it means for money, reading and scrubbing the answer."""
 
-    def __init__(self, config: UpstreamConfig | None = None, *, transport: httpx.BaseTransport | None = None) -> None:
-        self.config = config or UpstreamConfig.from_env()
-        timeout = httpx.Timeout(self.config.timeout, connect=self.config.connect_timeout)
-        self._client = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> "Upstream":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def call(self, endpoint: str, body: Mapping[str, Any], fal_key: str) -> UpstreamResult:
+    def __init__(self, config: UpstreamConfig, endpoint: str, body: Mapping[str, Any], fal_key: str) -> None:
         check_fal_key(fal_key)
-        url = f"{self.config.url}/{endpoint}"
-        headers = {"Authorization": f"Key {fal_key}", "Content-Type": "application/json",
-                   "Accept": "application/json", "User-Agent": "pixelgov/0.1"}
-        attempt = 0
-        while True:
-            started = time.perf_counter()
-            try:
-                response = self._client.post(url, json=dict(body), headers=headers)
-                break
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # Nothing was sent: safe to retry.
-                attempt += 1
-                if attempt > self.config.retries:
-                    raise Unreachable(f"upstream {self.config.url} unreachable after {attempt} attempt(s): "
-                                      f"{_describe(exc, fal_key)}") from None
-                time.sleep(self.config.backoff * 2 ** (attempt - 1))
-            except httpx.TimeoutException as exc:
-                raise NoAnswer(f"no answer from {self.config.url} within {self.config.timeout:g}s after the "
-                               f"request was sent ({type(exc).__name__})", latency_ms=_ms(started)) from None
-            except httpx.TransportError as exc:
-                raise NoAnswer(f"connection to {self.config.url} lost after the request was sent: "
-                               f"{_describe(exc, fal_key)}", latency_ms=_ms(started)) from None
-        latency = _ms(started)
-        text = response.text
+        self.config, self.key, self.attempt = config, fal_key, 0
+        self.url = f"{config.url}/{endpoint}"
+        self.body = dict(body)
+        self.headers = {"Authorization": f"Key {fal_key}", "Content-Type": "application/json",
+                        "Accept": "application/json", "User-Agent": "pixelgov/0.1"}
+
+    def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         try:
-            parsed = response.json()
+            return client.build_request("POST", self.url, json=self.body, headers=self.headers)
+        except (httpx.HTTPError, httpx.InvalidURL, TypeError, ValueError) as exc:
+            raise Unreachable(f"the request to {self.config.url} could not be built, nothing was sent: "
+                              f"{_describe(exc, self.key)}") from None
+
+    def failed(self, exc: Exception, started: float) -> float:
+        """Classify a send failure: raise Unreachable/NoAnswer, or return the backoff (seconds) before
+        a retry — only when nothing was sent."""
+        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+            raise Unreachable(f"upstream {self.config.url} cannot be sent to, nothing was sent: "
+                              f"{_describe(exc, self.key)}") from None
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+            self.attempt += 1  # nothing was sent: safe to retry
+            if self.attempt > self.config.retries:
+                raise Unreachable(f"upstream {self.config.url} unreachable after {self.attempt} attempt(s): "
+                                  f"{_describe(exc, self.key)}") from None
+            return float(self.config.backoff * 2 ** (self.attempt - 1))
+        if isinstance(exc, httpx.TimeoutException):
+            raise NoAnswer(f"no answer from {self.config.url} within {self.config.timeout:g}s after the "
+                           f"request was sent ({type(exc).__name__})", latency_ms=_ms(started)) from None
+        if isinstance(exc, httpx.TransportError):
+            raise NoAnswer(f"connection to {self.config.url} lost after the request was sent: "
+                           f"{_describe(exc, self.key)}", latency_ms=_ms(started)) from None
+        raise exc
+
+    def answer(self, response: httpx.Response, started: float) -> UpstreamResult:
+        latency = _ms(started)
+        # Everything that came back is scrubbed of the key and of URL credentials before anyone
+        # prints, logs or stores it: a hostile or echoing upstream must not leak them.
+        text = scrub(response.text, self.key)
+        try:
+            parsed = scrub(response.json(), self.key)
         except ValueError:
             parsed = None
         if response.status_code >= 400:
@@ -176,18 +179,102 @@ class Upstream:
         if not isinstance(parsed, dict):
             raise NoAnswer(f"upstream answered HTTP {response.status_code} with a body that is not a JSON object",
                            status=response.status_code, latency_ms=latency)
+        headers = {k: scrub(v, self.key) for k, v in response.headers.items() if k.lower().startswith("x-fal-")}
         return UpstreamResult(
-            status=response.status_code, body=parsed, request_id=response.headers.get("x-fal-request-id"),
-            billable_units=response.headers.get("x-fal-billable-units"), latency_ms=latency,
-            headers={k: v for k, v in response.headers.items() if k.lower().startswith("x-fal-")},
+            status=response.status_code, body=parsed, request_id=headers.get("x-fal-request-id"),
+            billable_units=headers.get("x-fal-billable-units"), latency_ms=latency, headers=headers,
         )
+
+
+def _timeout(config: UpstreamConfig) -> httpx.Timeout:
+    return httpx.Timeout(config.timeout, connect=config.connect_timeout)
+
+
+class Upstream:
+    """A reusable synchronous client (one connection pool), for the CLI and scripts."""
+
+    def __init__(self, config: UpstreamConfig | None = None, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.config = config or UpstreamConfig()
+        self._client = httpx.Client(timeout=_timeout(self.config), transport=transport, follow_redirects=False)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Upstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, endpoint: str, body: Mapping[str, Any], fal_key: str) -> UpstreamResult:
+        """POST the request; the upstream's answer, or Unreachable / Refused / NoAnswer."""
+        exchange = _Exchange(self.config, endpoint, body, fal_key)
+        request = exchange.build(self._client)
+        while True:
+            started = time.perf_counter()
+            try:
+                response = self._client.send(request)
+            except httpx.HTTPError as exc:
+                time.sleep(exchange.failed(exc, started))
+                continue
+            return exchange.answer(response, started)
+
+
+class AsyncUpstream:
+    """The same client for an event loop (the gateway): a slow answer holds no thread.
+
+    `limits` bounds the connection pool shared by every request of the process."""
+
+    def __init__(self, config: UpstreamConfig | None = None, *, transport: httpx.AsyncBaseTransport | None = None,
+                 limits: httpx.Limits | None = None) -> None:
+        self.config = config or UpstreamConfig()
+        self._client = httpx.AsyncClient(timeout=_timeout(self.config), transport=transport, follow_redirects=False,
+                                         limits=limits or httpx.Limits(max_connections=100))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def call(self, endpoint: str, body: Mapping[str, Any], fal_key: str) -> UpstreamResult:
+        """POST the request; the upstream's answer, or Unreachable / Refused / NoAnswer."""
+        import asyncio
+
+        exchange = _Exchange(self.config, endpoint, body, fal_key)
+        request = exchange.build(self._client)
+        while True:
+            started = time.perf_counter()
+            try:
+                response = await self._client.send(request)
+            except httpx.HTTPError as exc:
+                await asyncio.sleep(exchange.failed(exc, started))
+                continue
+            return exchange.answer(response, started)
 
 
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]*:[^/\s@]*@")
+MASK = "***"
+
+
+def scrub(value: Any, secret: str) -> Any:
+    """`value` (text or JSON) with the secret and `user:password@` in URLs masked, at every depth
+    (the only credentials pixelgov sends are the key and, in an upstream URL, its user info)."""
+    if isinstance(value, str):
+        if secret and secret in value:
+            value = value.replace(secret, MASK)
+        if "@" in value:
+            value = _URL_CREDENTIALS.sub(lambda m: m.group(1) + MASK + "@", value)
+        return value
+    if isinstance(value, dict):
+        return {scrub(k, secret): scrub(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, secret) for v in value]
+    return value
+
+
 def _describe(exc: Exception, secret: str) -> str:
     """An exception as one line, the secret (which transport errors may quote) masked."""
-    text = str(exc).strip().replace(secret, "***")
+    text = scrub(str(exc).strip(), secret)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

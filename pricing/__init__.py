@@ -3,13 +3,13 @@
 No I/O at import, no SQLAlchemy, no HTTP. Everything here is exact (`Decimal`).
 """
 
-from .book import Endpoint, PriceBook, active_book, default_book, load_book, parse_book
+from .book import Endpoint, PriceBook, book_for, default_book, load_book, parse_book
 from .errors import ImageTooLarge, InvalidRequest, ModelNotFound, PixelgovError, PriceBookError
 from .quote import ActualCost, Quote, actual_cost, quote
 from .schemas import require_runnable, upstream_body, validate_request
 
 __all__ = [
     "ActualCost", "Endpoint", "ImageTooLarge", "InvalidRequest", "ModelNotFound", "PixelgovError",
-    "PriceBook", "PriceBookError", "Quote", "active_book", "actual_cost", "default_book", "load_book",
+    "PriceBook", "PriceBookError", "Quote", "actual_cost", "book_for", "default_book", "load_book",
     "parse_book", "quote", "require_runnable", "upstream_body", "validate_request",
 ]

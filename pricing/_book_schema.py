@@ -40,7 +40,7 @@ class _Book(_Strict):
     currency: Literal["USD"] = "USD"
     megapixel_step: Any = Decimal("0.01")  #: "exact" or a positive decimal (checked below, so errors name the field)
     pixels_per_megapixel: int = Field(1_000_000, gt=0)
-    limits: _Limits = _Limits()
+    limits: _Limits = Field(default_factory=lambda: _Limits())
     presets: dict[str, tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]]
     #: declared after `presets`, which its validator reads
     default_image_size: str = "landscape_4_3"

@@ -18,7 +18,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, NamedTuple
 
-from .errors import ModelNotFound, PriceBookError
+from .errors import InvalidRequest, ModelNotFound, PriceBookError
 
 OPERATIONS = ("generate", "transform", "upscale")
 _EXACT_CONTEXT = Context(prec=40, rounding=ROUND_CEILING)
@@ -65,8 +65,7 @@ class PriceBook:
             return self.endpoints[name]
         except KeyError:
             raise ModelNotFound(
-                f"unknown endpoint {name!r}: the price book ({self.version}) has no price for it; "
-                "see `pixelgov models`",
+                f"unknown endpoint {name!r}: the price book ({self.version}) has no price for it",
                 endpoint=name,
             ) from None
 
@@ -131,13 +130,19 @@ def _build(data: dict[str, Any], source: str) -> PriceBook:
     )
 
 
+MAX_BOOK_BYTES = 4 * 1024 * 1024
+
+
 def parse_book(text: str, source: str = "<string>") -> PriceBook:
     """Parse and validate a price book document; a bad field raises PriceBookError naming it."""
+    from .jsondoc import parse_json
+
     try:
-        data = json.loads(text, parse_float=Decimal)
-    except json.JSONDecodeError as exc:
-        raise PriceBookError(f"price book {source}: not valid JSON ({exc})", field="(top level)",
-                             line=exc.lineno, column=exc.colno) from None
+        data = parse_json(text, source=f"price book {source}", field="price_book", decimals=True,
+                          max_bytes=MAX_BOOK_BYTES)
+    except InvalidRequest as exc:
+        position = {k: exc.details[k] for k in ("line", "column") if k in exc.details}
+        raise PriceBookError(exc.message.removeprefix("price_book: "), field="(top level)", **position) from None
     from ._book_schema import validate_book
 
     validate_book(data, source)
@@ -145,13 +150,22 @@ def parse_book(text: str, source: str = "<string>") -> PriceBook:
 
 
 def load_book(path: str | os.PathLike[str]) -> PriceBook:
+    """Read and validate a price book file (UTF-8 JSON, at most 4 MiB); PriceBookError naming the problem."""
+    where = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise PriceBookError(f"price book {os.fspath(path)}: cannot be read ({exc.strerror})", field="(file)",
-                             path=os.fspath(path)) from None
-    return parse_book(text, os.fspath(path))
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BOOK_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PriceBookError(f"price book {where}: cannot be read ({reason})", field="(file)", path=where) from None
+    if len(data) > MAX_BOOK_BYTES:
+        raise PriceBookError(f"price book {where}: larger than {MAX_BOOK_BYTES // (1024 * 1024)} MiB",
+                             field="(file)", path=where)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PriceBookError(f"price book {where}: not UTF-8 text", field="(file)", path=where) from None
+    return parse_book(text, where)
 
 
 @lru_cache(maxsize=1)
@@ -161,11 +175,23 @@ def default_book() -> PriceBook:
     return _build(json.loads(text, parse_float=Decimal), "default")
 
 
-@lru_cache(maxsize=1)
-def active_book() -> PriceBook:
-    """The book in force: `PIXELGOV_PRICE_BOOK` if set, else the default.
+def book_for(path: str | os.PathLike[str] | None) -> PriceBook:
+    """The book at `path` (None: the default book), read once per process per file version.
 
-    Read once per process (`active_book.cache_clear()` makes it read again).
+    The caller passes the path it was configured with (`Settings.price_book_path`, read from
+    `PIXELGOV_PRICE_BOOK` at the edge); pricing itself never reads the environment. A file
+    changed on disk (another size or modification time) is read again.
     """
-    path = os.environ.get("PIXELGOV_PRICE_BOOK")
-    return load_book(path) if path else default_book()
+    if path is None or os.fspath(path) == "":
+        return default_book()
+    try:
+        st = os.stat(path)
+        version: tuple[int, int] = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        version = (0, -1)  # load_book reports the problem
+    return _cached_book(os.fspath(path), version)
+
+
+@lru_cache(maxsize=8)
+def _cached_book(path: str, _version: tuple[int, int]) -> PriceBook:
+    return load_book(path)

@@ -20,7 +20,17 @@ class PixelgovError(Exception):
         self.details = {k: v for k, v in details.items() if v is not None}
 
     def to_json(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, **self.details}}
+        """`{"error": {"code", "message", ...details}}`; records among the details as their JSON."""
+        return {"error": {"code": self.code, "message": self.message,
+                          **{k: _as_json(v) for k, v in self.details.items()}}}
+
+
+def _as_json(value: Any) -> Any:
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    if isinstance(value, list | tuple):
+        return [_as_json(v) for v in value]
+    return value
 
 
 class InvalidRequest(PixelgovError):

@@ -46,7 +46,8 @@ def size_from_header(data: bytes, *, final: bool = False) -> tuple[int, int] | N
     raise NotAnImage("not a PNG, JPEG, GIF, WebP or BMP image")
 
 
-def _need(final: bool) -> None:
+def _need(final: bool) -> tuple[int, int] | None:
+    """None (more bytes needed), or NotAnImage when no more bytes will come."""
     if final:
         raise NotAnImage("the image header is truncated")
     return None

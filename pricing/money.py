@@ -7,7 +7,7 @@ Never use floating point for money. Every amount enters through `D()` or
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Context, Decimal, InvalidOperation
 
 ZERO = Decimal(0)
 NANO_PER_USD = 1_000_000_000
@@ -49,10 +49,11 @@ def parse_usd(text: str | int | Decimal, *, allow_zero: bool = True, allow_negat
 
 
 def to_nano(amount: Decimal) -> int:
-    """USD → integer nano-USD. Amounts finer than a nano-USD are rounded up (never under-charge)."""
-    nano = amount * NANO_PER_USD
-    whole = int(nano)
-    return whole + 1 if nano > whole else whole
+    """USD → integer nano-USD. Amounts finer than a nano-USD are rounded up, towards +∞ (an
+    estimate is never stored below its exact value), exactly at any precision of the amount."""
+    digits = len(amount.as_tuple().digits)
+    exact = Context(prec=digits + 30)  # scaling by 10^9 and rounding must not lose a digit
+    return int(amount.scaleb(9, context=exact).to_integral_value(rounding=ROUND_CEILING, context=exact))
 
 
 def from_nano(nano: int) -> Decimal:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Mapping, NamedTuple
 
-from .book import PRODUCT_CONTEXT, PriceBook, active_book
+from .book import PRODUCT_CONTEXT, PriceBook, default_book
 from .errors import ImageTooLarge, InvalidRequest
 from .money import display_price, usd_str
 from .schemas import validate_request
@@ -83,7 +83,7 @@ def quote(
     input_size: tuple[int, int] | None = None,
 ) -> Quote:
     """Price a request exactly. Raises ModelNotFound, InvalidRequest or ImageTooLarge."""
-    book = book or active_book()
+    book = book or default_book()
     entry = book.endpoint(endpoint)
     req = validate_request(entry.operation, {} if request is None else request)
     if entry.operation == "upscale":
@@ -110,7 +110,7 @@ def quote(
 
 def actual_cost(estimate: Quote, response: Mapping[str, Any], *, book: PriceBook | None = None) -> ActualCost:
     """The cost of a response: each returned image's size at the estimate's rate."""
-    book = book or active_book()
+    book = book or default_book()
     images = response.get("images") if estimate.operation != "upscale" else [response.get("image")]
     sizes: list[tuple[int, int]] = []
     for image in images if isinstance(images, list) else []:
@@ -130,7 +130,7 @@ def actual_cost(estimate: Quote, response: Mapping[str, Any], *, book: PriceBook
 def _output_size(size: str | dict[str, int] | None, book: PriceBook) -> tuple[int, int]:
     if size is None:
         return book.presets[book.default_image_size]
-    if type(size) is dict:
+    if isinstance(size, dict):
         return size["width"], size["height"]
     try:
         return book.presets[size]
@@ -147,7 +147,7 @@ def _upscale_input(req: dict[str, Any], given: tuple[int, int] | None, book: Pri
         given = (req["input_size"]["width"], req["input_size"]["height"])
     if given is None:
         raise InvalidRequest(
-            "input_size: the upscale input's size is unknown; give --input-size WxH "
+            "input_size: the upscale input's size is unknown; give input_size WxH "
             "or an image_url whose header pixelgov can read",
             field="input_size",
             reason="missing",

@@ -118,7 +118,8 @@ def validate_request(operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
         if scale is not None and factor is not None and scale != factor:
             raise InvalidRequest("scale: scale and upscale_factor disagree; give one", field="scale")
         request["scale"] = scale or factor or 2
-    return request
+    validated: dict[str, Any] = request
+    return validated
 
 
 def _invalid(exc: ValidationError) -> InvalidRequest:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pricing import book as book_module
 
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -21,22 +22,14 @@ def running_on_ci() -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_price_book(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test reads PIXELGOV_PRICE_BOOK afresh (the book is cached per process)."""
-    monkeypatch.delenv("PIXELGOV_PRICE_BOOK", raising=False)
-    book_module.active_book.cache_clear()
-    yield
-    book_module.active_book.cache_clear()
-
-
-@pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No test touches the user's real data dir, database or FAL key."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("HOME", str(home))
     for var in ("PIXELGOV_DATABASE_URL", "FAL_KEY", "PIXELGOV_UPSTREAM_URL", "PIXELGOV_HOLD_TTL",
-                "PIXELGOV_AUTO_CREATE_AGENTS", "PIXELGOV_UPSTREAM_TIMEOUT"):
+                "PIXELGOV_AUTO_CREATE_AGENTS", "PIXELGOV_UPSTREAM_TIMEOUT", "PIXELGOV_PRICE_BOOK",
+                "PIXELGOV_DB_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -71,10 +64,7 @@ def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ledger import db
 
     path = tmp_path_factory.mktemp("template") / "template.db"
-    url = f"sqlite:///{path}"
-    db.upgrade(url)
-    db.engine_for(url).dispose()
-    db.engine_for.cache_clear()
+    db.upgrade(f"sqlite:///{path}")
     return path
 
 
@@ -82,35 +72,51 @@ def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sqlite_url(_sqlite_template: Path, tmp_path: Path) -> Iterator[str]:
     path = tmp_path / "ledger.db"
     shutil.copy(_sqlite_template, path)
-    url = f"sqlite:///{path}"
-    yield url
-    _dispose(url)
+    return f"sqlite:///{path}"
 
 
-def _dispose(url: str) -> None:
+@contextmanager
+def scratch_engine(url: str) -> Iterator[Any]:
+    """An engine of the tests' own for a few statements, disposed afterwards."""
     from ledger import db
 
-    db.engine_for(url).dispose()
-    db._checked.discard(url)
+    engine = db.make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def postgres_url() -> str:
+    """The configured PostgreSQL server. Its database is only the maintenance connection: the tests
+    create, migrate and drop databases of their own (`pixelgov_test_<pid>_<random>`) and never write to it."""
     return os.environ.get("PIXELGOV_TEST_POSTGRES_URL", PG_DEFAULT)
+
+
+PG_TEST_PREFIX = "pixelgov_test_"
+
+
+def _pg_dsn(url: str, database: str | None = None) -> str:
+    """A libpq URI for psycopg (optionally for another database on the same server)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url).set(drivername="postgresql")
+    return (u.set(database=database) if database else u).render_as_string(hide_password=False)
 
 
 def _postgres_reachable(url: str) -> str | None:
     import psycopg
 
-    dsn = url.replace("postgresql+psycopg://", "postgresql://")
     try:
-        with psycopg.connect(dsn, connect_timeout=3):
+        with psycopg.connect(_pg_dsn(url), connect_timeout=3):
             return None
     except Exception as exc:  # noqa: BLE001 - any failure means unreachable
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
 @pytest.fixture(scope="session")
-def _pg_migrated() -> str:
+def pg_server() -> str:
+    """The configured server URL; skips when unreachable, but fails on CI."""
     url = postgres_url()
     problem = _postgres_reachable(url)
     if problem:
@@ -118,25 +124,69 @@ def _pg_migrated() -> str:
         if running_on_ci():
             pytest.fail(message + ": CI requires it", pytrace=False)
         pytest.skip(message + "; set PIXELGOV_TEST_POSTGRES_URL to run the PostgreSQL tests")
-    from ledger import db
-
-    reset_postgres(url)
-    db.upgrade(url)
     return url
 
 
+def create_pg_database(server_url: str) -> str:
+    """A new, empty, uniquely named database on the server; its SQLAlchemy URL."""
+    import secrets
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"{PG_TEST_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(_pg_dsn(server_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return make_url(server_url).set(drivername="postgresql+psycopg", database=name).render_as_string(
+        hide_password=False)
+
+
+def drop_pg_database(server_url: str, url: str) -> None:
+    """Drop a database made by `create_pg_database` (and only such a one)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database or ""
+    assert name.startswith(PG_TEST_PREFIX) and name != make_url(server_url).database, name
+    with psycopg.connect(_pg_dsn(server_url), autocommit=True) as conn:
+        force = " WITH (FORCE)" if conn.info.server_version >= 130000 else ""
+        if not force:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"{force}')
+
+
+@contextmanager
+def pg_database(server_url: str, *, migrated: bool) -> Iterator[str]:
+    """A database of the tests' own for the duration of the block, dropped afterwards (even on failure)."""
+    from ledger import db
+
+    url = create_pg_database(server_url)
+    try:
+        if migrated:
+            db.upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(server_url, url)
+
+
+@pytest.fixture(scope="session")
+def _pg_migrated(pg_server: str) -> Iterator[str]:
+    """This session's own migrated database (subprocesses get its URL through `pg_url`)."""
+    with pg_database(pg_server, migrated=True) as url:
+        yield url
+
+
 def reset_postgres(url: str) -> None:
-    """Drop every pixelgov table (a clean slate for migration tests)."""
+    """Drop every pixelgov table of one of the tests' own databases (never the configured one)."""
     from sqlalchemy import text
+    from sqlalchemy.engine import make_url
 
     from ledger import db
 
-    engine = db.engine_for(url)
-    with engine.begin() as conn:
+    assert (make_url(url).database or "").startswith(PG_TEST_PREFIX), url
+    with scratch_engine(url) as engine, engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    db._checked.discard(url)
 
 
 _TABLES = ("alerts", "facts", "cost_lines", "holds", "rule_counters", "transactions", "spending_rules",
@@ -144,19 +194,20 @@ _TABLES = ("alerts", "facts", "cost_lines", "holds", "rule_counters", "transacti
 
 
 @pytest.fixture
-def pg_url(_pg_migrated: str) -> Iterator[str]:
+def pg_url(_pg_migrated: str) -> str:
+    """The session's own database, migrated and emptied (TRUNCATE) for this test."""
     from sqlalchemy import text
 
     from ledger import db
 
     url = _pg_migrated
-    if db.current_revision(db.engine_for(url)) != db.SCHEMA_HEAD:  # a migration test left it elsewhere
-        reset_postgres(url)
-        db.upgrade(url)
-    with db.engine_for(url).begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY CASCADE"))
-    yield url
-    _dispose(url)
+    with scratch_engine(url) as engine:
+        if db.current_revision(engine) != db.SCHEMA_HEAD:  # a test left it elsewhere
+            reset_postgres(url)
+            db.upgrade(url)
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY CASCADE"))
+    return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -166,24 +217,27 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def engine(db_url: str):  # type: ignore[no-untyped-def]
-    from ledger.db import open_ledger
+def ledger(db_url: str, clock: FakeClock) -> Iterator[Any]:
+    """A `Ledger` on the fresh database, with the fake clock, a 900 s hold TTL and auto-create."""
+    from ledger import Ledger, Settings
 
-    return open_ledger(db_url)
-
-
-@pytest.fixture
-def gov(engine, clock: FakeClock):  # type: ignore[no-untyped-def]
-    from ledger.governor import Governor
-
-    return Governor(engine, clock=clock, hold_ttl=900, auto_create=True)
+    with Ledger(db_url, clock=clock, settings=Settings(hold_ttl=900, auto_create_agents=True)) as opened:
+        yield opened
 
 
 @pytest.fixture
-def admin(engine, clock: FakeClock):  # type: ignore[no-untyped-def]
-    from ledger.admin import Admin
+def engine(ledger):  # type: ignore[no-untyped-def]
+    return ledger.engine
 
-    return Admin(engine, clock=clock)
+
+@pytest.fixture
+def gov(ledger):  # type: ignore[no-untyped-def]
+    return ledger.governor
+
+
+@pytest.fixture
+def admin(ledger):  # type: ignore[no-untyped-def]
+    return ledger.admin
 
 
 # --- the fake upstream -----------------------------------------------------------------------

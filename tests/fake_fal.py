@@ -70,7 +70,7 @@ PRESETS: dict[str, tuple[int, int]] = {
 DEFAULT_IMAGE_SIZE = "landscape_4_3"
 DEFAULT_UPSCALE = 2
 
-MODES = frozenset({"status", "slow", "drop", "malformed", "wrong_size", "no_size", "fail_times"})
+MODES = frozenset({"status", "slow", "drop", "malformed", "wrong_size", "no_size", "fail_times", "echo"})
 
 _DEFAULT_DETAILS: dict[int, str] = {
     400: "Bad request",
@@ -428,6 +428,7 @@ def _normalise_options(mode: str, options: dict[str, Any]) -> dict[str, Any]:
         "wrong_size": ("width", "height"),
         "no_size": (),
         "fail_times": ("times", "status", "detail", "retry_after"),
+        "echo": ("status",),
     }
     unexpected = set(options) - set(allowed[mode])
     if unexpected:
@@ -440,6 +441,8 @@ def _normalise_options(mode: str, options: dict[str, Any]) -> dict[str, Any]:
         out["status"] = status
         out["detail"] = options.get("detail")
         out["retry_after"] = options.get("retry_after", 1)
+    if mode == "echo":
+        out["status"] = int(options.get("status", 400))
     if mode == "fail_times":
         out["times"] = int(options.get("times", 1))
         if out["times"] < 0:
@@ -600,6 +603,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if mode == "malformed":
             self._send(200, b'{"images": [', "application/json", headers)
+            return
+        if mode == "echo":
+            # A hostile upstream: every request header (the key included) comes back in the body,
+            # in the detail message, in a response header and in an image URL's user info.
+            seen = {k: v for k, v in self.headers.items()}
+            auth = seen.get("Authorization", "")
+            headers["x-fal-request-id"] = f"echo {auth}"
+            headers["x-fal-billable-units"] = auth
+            obj = {"detail": f"echoing your request: Authorization: {auth}", "headers": seen,
+                   "images": [{"url": f"https://user:{auth.split(' ')[-1]}@cdn.example/x.png",
+                               "width": 1024, "height": 768}]}
+            self._send_json(options["status"], obj, headers)
             return
         if mode == "slow" and self.fake._stopping.wait(options["delay"]):
             self.close_connection = True

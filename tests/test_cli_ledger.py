@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -16,14 +17,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
+from conftest import scratch_engine
 from sqlalchemy import select
 
-from ledger import db
-from ledger.cli import cli
+from ledger import RuleSpec, TxStatus, db
+from ledger.cli import _COMMANDS, cli
 from ledger.models import Base
-from ledger.rules import RuleSpec
 from pricing import quote
 
 DEV = quote("fal-ai/flux/dev", {})
@@ -64,7 +66,7 @@ def one_error_line(result: Result) -> str:
 
 def snapshot(url: str) -> dict[str, list[tuple]]:
     """Every row of every ledger table."""
-    with db.engine_for(url).connect() as conn:
+    with scratch_engine(url) as engine, engine.connect() as conn:
         return {t.name: sorted((tuple(r) for r in conn.execute(select(t))), key=repr)
                 for t in Base.metadata.sorted_tables}
 
@@ -78,23 +80,23 @@ def ledger_state(gov, admin) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """An agent, a rule and transactions in every state a command can meet."""
     admin.create_agent("bot")
     rule(admin, name="existing", type="request-cap", limit="1")
-    ids = {state: gov.authorize("bot", DEV, {"state": state}).transaction["id"]
+    ids = {state: gov.authorize("bot", DEV, {"state": state}).transaction.id
            for state in ("completed", "voided", "failed", "unknown", "expired")}
     gov.settle(ids["completed"], DEV.amount)
     gov.void(ids["voided"])
     gov.fail(ids["failed"], "upstream 500")
     gov.mark_unknown(ids["unknown"], "timeout")
     gov.clock.advance(1)
-    ids["pending"] = gov.authorize("bot", DEV, {"state": "pending"}).transaction["id"]
+    ids["pending"] = gov.authorize("bot", DEV, {"state": "pending"}).transaction.id
     assert gov.expire(older_than=0.5) == [ids["expired"]]  # the 1 s old hold, not the new one
     rule(admin, name="no-pro", type="model-allowlist", models=["fal-ai/flux/*"])
-    ids["denied"] = gov.authorize("bot", quote("fal-ai/flux-pro", {}), {}).transaction["id"]
+    ids["denied"] = gov.authorize("bot", quote("fal-ai/flux-pro", {}), {}).transaction.id
     return ids
 
 
 def test_the_ledger_fixture_covers_every_state(gov, ledger_state) -> None:
-    assert {state: gov.transaction(i)["status"] for state, i in ledger_state.items()} == {
-        s: s for s in ledger_state}
+    assert {state: gov.transaction(i).status for state, i in ledger_state.items()} == {
+        s: TxStatus(s) for s in ledger_state}
 
 
 # --- check ------------------------------------------------------------------------------------
@@ -234,19 +236,19 @@ def test_auto_create_disabled_refuses_an_unknown_agent_with_exit_2(run, db_url) 
 def test_tx_list_prints_json_csv_and_a_table(run, gov) -> None:
     a = gov.authorize("alice", DEV, {}).transaction
     b = gov.authorize("bob", DEV, {}).transaction
-    gov.void(b["id"])
+    gov.void(b.id)
     rows = as_json(ok(run("tx", "list", "--format", "json")))
-    assert [r["id"] for r in rows] == [b["id"], a["id"]]
+    assert [r["id"] for r in rows] == [b.id, a.id]
     assert all(TX_KEYS <= set(r) for r in rows)
     assert rows[1]["estimated_cost"] == "0.01185"
     parsed = list(csv.reader(io.StringIO(ok(run("tx", "list", "--format", "csv")).stdout)))
     assert parsed[0] == ["id", "agent", "endpoint", "status", "estimated_cost", "actual_cost", "created_at"]
-    assert parsed[1][:6] == [str(b["id"]), "bob", "fal-ai/flux/dev", "voided", "0.01185", ""]
+    assert parsed[1][:6] == [str(b.id), "bob", "fal-ai/flux/dev", "voided", "0.01185", ""]
     table = ok(run("tx", "list")).stdout.splitlines()
     assert table[0].split()[:4] == ["ID", "AGENT", "ENDPOINT", "STATUS"]
     assert len(table) == 3
-    assert [r["id"] for r in as_json(ok(run("tx", "list", "--agent", "alice", "--format", "json")))] == [a["id"]]
-    assert [r["id"] for r in as_json(ok(run("tx", "list", "--status", "voided", "--format", "json")))] == [b["id"]]
+    assert [r["id"] for r in as_json(ok(run("tx", "list", "--agent", "alice", "--format", "json")))] == [a.id]
+    assert [r["id"] for r in as_json(ok(run("tx", "list", "--status", "voided", "--format", "json")))] == [b.id]
     assert as_json(ok(run("tx", "list", "--until", "2000-01-01", "--format", "json"))) == []
 
 
@@ -257,28 +259,28 @@ def test_an_empty_tx_list_says_none(run) -> None:
 
 def test_tx_show_includes_cost_lines_and_facts(run, gov) -> None:
     tx = gov.authorize("bot", DEV, {"prompt": "fox"}).transaction
-    gov.settle(tx["id"], DEV.amount, facts_={"latency_ms": 900})
-    doc = as_json(ok(run("tx", "show", str(tx["id"]), "--format", "json")))
+    gov.settle(tx.id, DEV.amount, facts={"latency_ms": 900})
+    doc = as_json(ok(run("tx", "show", str(tx.id), "--format", "json")))
     assert TX_KEYS <= set(doc)
     assert [(c["kind"], c["amount"]) for c in doc["cost_lines"]] == [("estimate", "0.01185"), ("actual", "0.01185")]
     assert [(f["key"], f["value"]) for f in doc["facts"]] == [("latency_ms", "900")]
     assert doc["request"] == {"prompt": "fox"}
-    table = ok(run("tx", "show", str(tx["id"]))).stdout
+    table = ok(run("tx", "show", str(tx.id))).stdout
     assert "cost lines:" in table and "facts:" in table
 
 
 def test_tx_complete_with_an_actual_cost(run, gov) -> None:
     tx = gov.authorize("bot", DEV, {}).transaction
-    doc = as_json(ok(run("tx", "complete", str(tx["id"]), "--actual", "0.01", "--format", "json")))
+    doc = as_json(ok(run("tx", "complete", str(tx.id), "--actual", "0.01", "--format", "json")))
     assert (doc["status"], doc["actual_cost"]) == ("completed", "0.01")
-    assert gov.transaction(tx["id"], detail=True)["facts"][0]["value"] == "given"
+    assert gov.transaction(tx.id, detail=True).detail.facts[0].value == "given"
 
 
 def test_tx_complete_without_an_actual_takes_the_estimate(run, gov) -> None:
     tx = gov.authorize("bot", DEV, {}).transaction
-    doc = as_json(ok(run("tx", "complete", str(tx["id"]), "--format", "json")))
+    doc = as_json(ok(run("tx", "complete", str(tx.id), "--format", "json")))
     assert doc["actual_cost"] == "0.01185"
-    facts = {f["key"]: f["value"] for f in gov.transaction(tx["id"], detail=True)["facts"]}
+    facts = {f.key: f.value for f in gov.transaction(tx.id, detail=True).detail.facts}
     assert facts == {"actual_source": "estimate (no actual given)"}
 
 
@@ -287,9 +289,9 @@ def test_tx_complete_prices_a_response_from_its_image_sizes(run, gov, tmp_path: 
     response = tmp_path / "fal.json"
     response.write_text(json.dumps({"images": [{"url": "https://x/1.jpg", "width": 1024, "height": 1024}],
                                     "seed": 7}))
-    doc = as_json(ok(run("tx", "complete", str(tx["id"]), "--response", str(response), "--format", "json")))
+    doc = as_json(ok(run("tx", "complete", str(tx.id), "--response", str(response), "--format", "json")))
     assert doc["actual_cost"] == "0.01575"  # 1.05 MP × 0.015, not the 0.79 MP estimate
-    facts = {f["key"]: f["value"] for f in gov.transaction(tx["id"], detail=True)["facts"]}
+    facts = {f.key: f.value for f in gov.transaction(tx.id, detail=True).detail.facts}
     assert facts["output_sizes"] == "1024x1024"
     assert facts["actual_source"] == "response sizes"
     assert facts["variance"] == "0.0039"
@@ -299,9 +301,9 @@ def test_tx_complete_with_a_response_lacking_sizes_takes_the_estimate_and_says_s
     tx = gov.authorize("bot", DEV, {}).transaction
     response = tmp_path / "fal.json"
     response.write_text(json.dumps({"images": [{"url": "https://x/1.jpg"}]}))
-    doc = as_json(ok(run("tx", "complete", str(tx["id"]), "--response", str(response), "--format", "json")))
+    doc = as_json(ok(run("tx", "complete", str(tx.id), "--response", str(response), "--format", "json")))
     assert doc["actual_cost"] == "0.01185"
-    facts = {f["key"]: f["value"] for f in gov.transaction(tx["id"], detail=True)["facts"]}
+    facts = {f.key: f.value for f in gov.transaction(tx.id, detail=True).detail.facts}
     assert facts["actual_source"] == "estimate (the response has no image sizes)"
 
 
@@ -317,7 +319,7 @@ def test_tx_complete_prices_an_upscale_response(run, tmp_path) -> None:
 
 def test_tx_void_releases_with_a_reason(run, gov) -> None:
     tx = gov.authorize("bot", DEV, {}).transaction
-    doc = as_json(ok(run("tx", "void", str(tx["id"]), "--reason", "never sent", "--format", "json")))
+    doc = as_json(ok(run("tx", "void", str(tx.id), "--reason", "never sent", "--format", "json")))
     assert (doc["status"], doc["outcome"]) == ("voided", "never sent")
 
 
@@ -326,9 +328,9 @@ def test_tx_expire_releases_holds_older_than_the_ttl_or_older_than(run, gov, clo
     old = gov.authorize("bot", DEV, {"n": 1}).transaction
     clock.set(datetime.now(UTC) - timedelta(minutes=5))
     young = gov.authorize("bot", DEV, {"n": 2}).transaction
-    assert as_json(ok(run("tx", "expire", "--format", "json"))) == {"expired": [old["id"]]}
-    assert gov.transaction(young["id"])["status"] == "pending"
-    assert ok(run("tx", "expire", "--older-than", "60")).stdout == f"expired 1 hold(s): {young['id']}\n"
+    assert as_json(ok(run("tx", "expire", "--format", "json"))) == {"expired": [old.id]}
+    assert gov.transaction(young.id).status == TxStatus.pending
+    assert ok(run("tx", "expire", "--older-than", "60")).stdout == f"expired 1 hold(s): {young.id}\n"
     assert ok(run("tx", "expire")).stdout == "expired 0 hold(s)\n"
 
 
@@ -337,23 +339,23 @@ def test_tx_expire_follows_the_hold_ttl_from_the_environment(run, gov, clock) ->
     tx = gov.authorize("bot", DEV, {}).transaction
     assert as_json(ok(run("tx", "expire", "--format", "json"))) == {"expired": []}
     assert as_json(ok(run("tx", "expire", "--format", "json", env={"PIXELGOV_HOLD_TTL": "60"}))) == {
-        "expired": [tx["id"]]}
+        "expired": [tx.id]}
 
 
 def test_tx_add_cost_adds_an_adjustment_including_a_negative_one(run, gov) -> None:
     tx = gov.authorize("bot", DEV, {}).transaction
-    gov.settle(tx["id"], DEV.amount)
-    ok(run("tx", "add-cost", str(tx["id"]), "0.002", "--note", "surcharge"))
-    ok(run("tx", "add-cost", str(tx["id"]), "-0.005", "--note", "FAL credit", "--format", "json"))
-    doc = as_json(ok(run("tx", "show", str(tx["id"]), "--format", "json")))
+    gov.settle(tx.id, DEV.amount)
+    ok(run("tx", "add-cost", str(tx.id), "0.002", "--note", "surcharge"))
+    ok(run("tx", "add-cost", str(tx.id), "-0.005", "--note", "FAL credit", "--format", "json"))
+    doc = as_json(ok(run("tx", "show", str(tx.id), "--format", "json")))
     assert [(c["kind"], c["amount"], c["note"]) for c in doc["cost_lines"][2:]] == [
         ("adjustment", "0.002", "surcharge"), ("adjustment", "-0.005", "FAL credit")]
 
 
 def test_tx_add_fact_attaches_a_note(run, gov) -> None:
     tx = gov.authorize("bot", DEV, {}).transaction
-    ok(run("tx", "add-fact", str(tx["id"]), "reviewer=alice=admin", "--format", "json"))
-    doc = as_json(ok(run("tx", "show", str(tx["id"]), "--format", "json")))
+    ok(run("tx", "add-fact", str(tx.id), "reviewer=alice=admin", "--format", "json"))
+    doc = as_json(ok(run("tx", "show", str(tx.id), "--format", "json")))
     assert [(f["key"], f["value"]) for f in doc["facts"]] == [("reviewer", "alice=admin")]
 
 
@@ -425,15 +427,15 @@ def test_rules_created_on_the_command_line_govern_requests(run) -> None:
 
 def test_tx_complete_settles_an_unknown_outcome(run, gov) -> None:
     tx = gov.authorize("bot", DEV, {}).transaction
-    gov.mark_unknown(tx["id"], "timeout")
-    doc = as_json(ok(run("tx", "complete", str(tx["id"]), "--actual", "0.012", "--format", "json")))
+    gov.mark_unknown(tx.id, "timeout")
+    doc = as_json(ok(run("tx", "complete", str(tx.id), "--actual", "0.012", "--format", "json")))
     assert (doc["status"], doc["actual_cost"]) == ("completed", "0.012")
 
 
 def test_tx_void_releases_an_unknown_outcome(run, gov) -> None:
     tx = gov.authorize("bot", DEV, {}).transaction
-    gov.mark_unknown(tx["id"], "timeout")
-    assert as_json(ok(run("tx", "void", str(tx["id"]), "--format", "json")))["status"] == "voided"
+    gov.mark_unknown(tx.id, "timeout")
+    assert as_json(ok(run("tx", "void", str(tx.id), "--format", "json")))["status"] == "voided"
 
 
 def test_audit_lists_agent_and_rule_changes(run) -> None:
@@ -628,6 +630,58 @@ def test_a_field_error_names_the_field(db_url, ledger_state) -> None:
     assert (error["code"], error["field"]) == ("invalid_request", "period")
 
 
+#: (command, env, code, field, the hint the CLI appends on stderr): the library's message names no flag or
+#: command; the one stderr line is that message plus the hint in parentheses; the JSON error has no hint.
+HINTED_ERRORS = [
+    ("rules create --name r --type spend-limit --period day", None, "invalid_request", "limit", "(--limit)"),
+    ("rules create --name r --type rate-limit --limit 5 --period week", None, "invalid_request", "period",
+     "(--period)"),
+    ("rules create --name r --type spend-limit --limit 1 --period day --window 24h", None, "invalid_request",
+     "period", "(--period)"),
+    ("rules create --name r --type model-allowlist", None, "invalid_request", "models", "(--models)"),
+    ("rules create --name r --type request-cap --limit 1 --alert-at 50", None, "invalid_request", "alert_at",
+     "(--alert-at)"),
+    ("tx complete {pending} --actual 0.01 --response {response}", None, "invalid_request", "actual", "(--actual)"),
+    ("check fal-ai/flux/dev --agent bot --params {not_json}", None, "invalid_request", "params", "(--params)"),
+    ("authorize fal-ai/topaz/upscale/image --agent bot", None, "invalid_request", "input_size",
+     "(give --input-size WxH)"),
+    ("authorize fal-ai/nope --agent bot", None, "model_not_found", None, "(see `pixelgov models`)"),
+    ("rules create --name r --type request-cap --limit 1 --agent ghost", None, "not_found", None,
+     "(create it with `pixelgov agents create ghost`)"),
+    ("authorize fal-ai/flux/dev --agent stranger", {"PIXELGOV_AUTO_CREATE_AGENTS": "false"}, "not_found", None,
+     "(create it with `pixelgov agents create stranger`)"),
+]
+
+
+def test_the_cli_adds_the_hint_the_library_message_leaves_out(db_url, ledger_state, files) -> None:
+    before = snapshot(db_url)
+    for command, env, code, field, hint in HINTED_ERRORS:
+        args = [a.format(**ledger_state, **files) for a in command.split()]
+        as_doc = invoke(db_url, *args, "--format", "json", env=env)
+        assert (as_doc.exit_code, as_doc.stderr) == (2, ""), command
+        error = json.loads(as_doc.stdout)["error"]
+        assert (error["code"], error.get("field")) == (code, field), command
+        message = error["message"]
+        assert "--" not in message and "`pixelgov" not in message, (command, message)
+        line = one_error_line(invoke(db_url, *args, env=env))
+        assert line == f"error: {message} {hint}\n", command
+    assert snapshot(db_url) == before
+
+
+def test_every_hinted_flag_is_an_option_of_the_command(db_url, ledger_state, files) -> None:
+    # A hint must be something the user can type: a flag the failing command really has.
+    wrong = []
+    for command in BAD_INPUTS:
+        args = [a.format(**ledger_state, **files) for a in command.split()]
+        line = invoke(db_url, *args).stderr.strip()
+        hint = re.search(r"\(([^()]*)\)$", line)
+        flags = re.findall(r"(?<![\w-])--[a-z][a-z-]*", hint.group(1)) if hint else []
+        path = tuple(args[:2]) if args[0] in ("rules", "agents", "tx", "alerts", "db") else (args[0],)
+        options = {opt for param in resolve(path).params for opt in param.opts}
+        wrong += [f"{command}: {line}" for flag in flags if flag not in options]
+    assert wrong == []
+
+
 # --- the database -----------------------------------------------------------------------------
 
 def test_an_unreachable_database_is_exit_1_with_one_clear_line() -> None:
@@ -644,7 +698,7 @@ def test_an_unreachable_database_with_json_is_the_error_shape() -> None:
 
 
 def test_a_locked_sqlite_database_is_exit_1_after_a_bounded_wait(sqlite_url, monkeypatch) -> None:
-    monkeypatch.setenv("PIXELGOV_DB_TIMEOUT", "0.5")  # read when the engine is made: before any use of the URL
+    monkeypatch.setenv("PIXELGOV_DB_TIMEOUT", "0.5")  # read by every invocation, at the entry point
     ok(invoke(sqlite_url, "agents", "create", "bot"))
     path = sqlite_url.removeprefix("sqlite:///")
     other = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -681,16 +735,16 @@ def test_first_use_of_a_freshly_migrated_database_waits_for_a_brief_lock(sqlite_
 
 def test_a_database_behind_head_names_pixelgov_db_upgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
-    try:
-        result = invoke(url, "tx", "list")
-        assert result.exit_code == 1
-        assert "pixelgov db upgrade" in one_error_line(result)
-        as_doc = invoke(url, "agents", "list", "--format", "json")
-        assert json.loads(as_doc.stdout)["error"]["code"] == "schema_behind"
-        with sqlite3.connect(tmp_path / "empty.db") as conn:
-            assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == []
-    finally:
-        db.engine_for(url).dispose()
+    result = invoke(url, "tx", "list")
+    assert result.exit_code == 1
+    assert "pixelgov db upgrade" in one_error_line(result)
+    as_doc = invoke(url, "agents", "list", "--format", "json")
+    assert as_doc.exit_code == 1
+    error = json.loads(as_doc.stdout)["error"]
+    assert error["code"] == "schema_behind"
+    assert "pixelgov db upgrade" not in error["message"]  # the hint is the CLI's, on stderr only
+    with sqlite3.connect(tmp_path / "empty.db") as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == []
 
 
 def test_the_default_database_is_created_and_migrated_on_first_use(monkeypatch) -> None:
@@ -698,15 +752,26 @@ def test_the_default_database_is_created_and_migrated_on_first_use(monkeypatch) 
     path = Path(url.removeprefix("sqlite:///"))
     assert str(path).startswith(str(Path.home())) or "data" in str(path)  # conftest's temporary data dir
     assert not path.exists()
-    try:
-        ok(invoke(None, "agents", "create", "bot"))
-        assert path.exists()
-        assert db.current_revision(db.engine_for(url)) == db.SCHEMA_HEAD
-        assert [a["name"] for a in json.loads(ok(invoke(None, "agents", "list", "--format", "json")).stdout)] == [
-            "bot"]
-    finally:
-        db.engine_for(url).dispose()
-        db._checked.discard(url)
+    ok(invoke(None, "agents", "create", "bot"))
+    assert path.exists()
+    with scratch_engine(url) as engine:
+        assert db.current_revision(engine) == db.SCHEMA_HEAD
+    assert [a["name"] for a in json.loads(ok(invoke(None, "agents", "list", "--format", "json")).stdout)] == ["bot"]
+
+
+@pytest.mark.parametrize(("variable", "value"), [("PIXELGOV_HOLD_TTL", "nan"), ("PIXELGOV_DB_TIMEOUT", "abc"),
+                                                 ("PIXELGOV_AUTO_CREATE_AGENTS", "maybe")])
+def test_a_malformed_setting_is_bad_input_naming_the_variable(sqlite_url, variable, value) -> None:
+    before = snapshot(sqlite_url)
+    env = {variable: value}
+    result = invoke(sqlite_url, "authorize", "fal-ai/flux/dev", "--agent", "bot", env=env)
+    assert result.exit_code == 2
+    assert one_error_line(result).startswith(f"error: {variable}: ")
+    as_doc = invoke(sqlite_url, "authorize", "fal-ai/flux/dev", "--agent", "bot", "--format", "json", env=env)
+    assert (as_doc.exit_code, as_doc.stderr) == (2, ""), as_doc.output  # --format json: the error is JSON too
+    error = json.loads(as_doc.stdout)["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", variable)
+    assert snapshot(sqlite_url) == before
 
 
 def test_the_database_url_comes_from_the_environment(sqlite_url) -> None:
@@ -717,14 +782,72 @@ def test_the_database_url_comes_from_the_environment(sqlite_url) -> None:
 
 # --- help -------------------------------------------------------------------------------------
 
-COMMANDS = ["check", "authorize", "tx list", "tx show", "tx complete", "tx void", "tx expire", "tx add-cost",
-            "tx add-fact", "agents create", "agents list", "agents show", "agents update", "agents rotate-key",
-            "rules create", "rules list", "rules show", "rules update", "rules delete", "alerts list", "audit",
-            "db upgrade", "db current"]
+def command_paths() -> list[tuple[str, ...]]:
+    """Every command and subcommand of `pixelgov`, the group itself first: walked from the group,
+    which loads the lazily imported ones (`_COMMANDS`). A command that cannot be loaded is still
+    listed, so that its own test reports it."""
+    ctx = click.Context(cli, info_name="pixelgov")
+    paths: list[tuple[str, ...]] = [()]
+
+    def walk(group: click.Group, prefix: tuple[str, ...]) -> None:
+        for name in group.list_commands(ctx):
+            paths.append((*prefix, name))
+            try:
+                command = group.get_command(ctx, name)
+            except Exception:  # reported by test_every_command_loads
+                continue
+            if isinstance(command, click.Group):
+                walk(command, (*prefix, name))
+
+    walk(cli, ())
+    return paths
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_every_ledger_command_has_help_with_an_example(command: str) -> None:
-    result = invoke(None, *command.split(), "--help")
-    assert result.exit_code == 0
-    assert "pixelgov " in result.stdout  # the docstring's example
+COMMAND_PATHS = command_paths()
+
+
+def resolve(path: tuple[str, ...]) -> click.Command:
+    ctx = click.Context(cli, info_name="pixelgov")
+    command: click.Command = cli
+    for name in path:
+        assert isinstance(command, click.Group), path
+        found = command.get_command(ctx, name)
+        assert found is not None, f"{' '.join(path)}: no such command"
+        command = found
+    return command
+
+
+def test_the_walk_finds_every_lazily_loaded_command_and_the_ledger_commands() -> None:
+    top = {p[0] for p in COMMAND_PATHS if len(p) == 1}
+    assert set(_COMMANDS) <= top
+    assert {"tx list", "tx show", "tx complete", "tx void", "tx expire", "tx add-cost", "tx add-fact",
+            "agents create", "agents list", "agents show", "agents update", "agents rotate-key", "rules create",
+            "rules list", "rules show", "rules update", "rules delete", "alerts list", "db upgrade",
+            "db current"} <= {" ".join(p) for p in COMMAND_PATHS}
+
+
+@pytest.mark.parametrize("name", sorted(_COMMANDS))
+def test_every_command_loads(name: str) -> None:
+    command = resolve((name,))
+    assert isinstance(command, click.Command) and command.name == name
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "pixelgov")
+def test_every_command_has_help_with_an_example(path: tuple[str, ...]) -> None:
+    command = resolve(path)
+    # The docstring's example: a line that runs this very command (global options such as --db may come first).
+    examples = [line.strip() for line in (command.help or "").splitlines() if line.strip().startswith("pixelgov")]
+    runs_it = [e for e in examples if _runs(e.split()[1:], path)]
+    assert runs_it, f"`pixelgov {' '.join(path)}`: no example line in its docstring ({examples})"
+    result = CliRunner().invoke(cli, [*path, "--help"], prog_name="pixelgov")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.startswith(f"Usage: {' '.join(('pixelgov', *path))} ")
+    shown = [line.strip() for line in result.stdout.splitlines()]
+    assert runs_it[0] in shown  # printed as written (not re-wrapped into the prose)
+
+
+def _runs(tokens: list[str], path: tuple[str, ...]) -> bool:
+    """Whether `pixelgov TOKENS` invokes `path` (after the group's own `--db URL`, if given)."""
+    while tokens[:1] == ["--db"]:
+        tokens = tokens[2:]
+    return tuple(tokens[:len(path)]) == path

@@ -21,7 +21,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from ledger.cli import cli
-from pricing import active_book, quote
+from pricing import quote
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_fal import FakeFal  # noqa: E402
@@ -41,7 +41,7 @@ DEFAULT_ENDPOINTS = {
 
 
 def invoke(*args: str) -> Result:
-    active_book.cache_clear()  # the in-process book cache must see this test's environment
+    # No cache to clear: each invocation reads PIXELGOV_PRICE_BOOK afresh (Settings.from_env at the edge).
     return CliRunner().invoke(cli, list(args))
 
 
@@ -76,11 +76,11 @@ def error_line(*args: str) -> str:
     return lines[0]
 
 
-def write_book(tmp_path: Path, **changes: Any) -> Path:
+def write_book(tmp_path: Path, *, filename: str = "book.json", **changes: Any) -> Path:
     data = copy.deepcopy(DEFAULT_BOOK)
     data["version"] = "user-book-1"
     data.update(changes)
-    path = tmp_path / "book.json"
+    path = tmp_path / filename
     path.write_text(json.dumps(data))
     return path
 
@@ -247,7 +247,7 @@ BAD_INPUTS = [
     ([UPSCALE], "invalid_request", "input_size"),
     ([UPSCALE, "--input-size", "big"], "invalid_request", "input_size"),
     ([UPSCALE, "--input-size", "14143x1"], "image_too_large", "input_size"),
-    ([UPSCALE, "--input-size", "8000x8000"], "image_too_large", None),
+    ([UPSCALE, "--input-size", "8000x8000"], "image_too_large", "scale"),
     (["fal-ai/flux/nope"], "model_not_found", None),
     (["fal-ai/flux-pro/v1.1-ultra"], "model_not_found", None),
 ]
@@ -261,16 +261,37 @@ def test_bad_input_is_a_json_error_with_exit_2(args, code, field):
         assert error["field"] == field
 
 
+#: The hint the command line adds to the library's message (in parentheses, on stderr only):
+#: the flag that sets the field the error is about.
+FIELD_HINTS = {"prompt": "(--prompt)", "num_images": "(--num-images)", "num_inference_steps": "(--steps)",
+               "guidance_scale": "(--guidance)", "seed": "(--seed)", "output_format": "(--output-format)",
+               "image_size": "(--image-size)", "image_url": "(--image-url)", "strength": "(--strength)",
+               "scale": "(--scale)", "input_size": "(--input-size)", "params": "(--params)"}
+CODE_HINTS = {"model_not_found": "(see `pixelgov models`)"}
+
+
 @pytest.mark.parametrize(("args", "code", "field"), BAD_INPUTS)
 def test_bad_input_without_json_is_one_line_on_stderr_with_exit_2(args, code, field):
     line = error_line("price", *args)
-    assert line.startswith("error: ")
+    # The line is the same error as the JSON document: its code and field, its message, and the CLI's hint.
+    error = error_json("price", *args)
+    assert error["code"] == code
+    assert error.get("field") == field
+    hint = CODE_HINTS.get(code) or ("(give --input-size WxH)" if error.get("reason") == "missing"
+                                    else FIELD_HINTS.get(field))
+    assert line == f"error: {error['message']}" + (f" {hint}" if hint else "")
+    if field is not None:
+        assert line.startswith(f"error: {field}: ")  # the message leads with the field it is about
+    if hint:
+        assert hint not in error["message"]  # the JSON message carries no CLI hint
 
 
 def test_unknown_endpoint_error_names_the_endpoint():
     error = error_json("price", "fal-ai/flux/nope")
     assert error["endpoint"] == "fal-ai/flux/nope"
-    assert "fal-ai/flux/nope" in error_line("price", "fal-ai/flux/nope")
+    assert "fal-ai/flux/nope" in error["message"] and "pixelgov models" not in error["message"]
+    line = error_line("price", "fal-ai/flux/nope")
+    assert "fal-ai/flux/nope" in line and line.endswith("(see `pixelgov models`)")
 
 
 def test_an_unknown_option_is_a_usage_error_with_exit_2():
@@ -313,7 +334,9 @@ def test_upscale_of_an_unreadable_image_is_invalid_request(tmp_path):
     for url in (str(text), str(tmp_path / "missing.png")):
         error = error_json("price", UPSCALE, "--image-url", url)
         assert (error["code"], error["field"]) == ("invalid_request", "image_url")
-        error_line("price", UPSCALE, "--image-url", url)
+        assert "--input-size" not in error["message"]  # the library's message names no flag
+        line = error_line("price", UPSCALE, "--image-url", url)
+        assert line == f"error: {error['message']} (give --input-size WxH)"
 
 
 def test_upscale_of_a_too_large_image_file_is_image_too_large(tmp_path):
@@ -357,6 +380,37 @@ def test_a_missing_price_book_file_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(tmp_path / "nope.json"))
     error = error_json("price", DEV)
     assert (error["code"], error["field"]) == ("invalid_price_book", "(file)")
+
+
+def test_every_invocation_reads_pixelgov_price_book_afresh(tmp_path, monkeypatch):
+    # One process, no cache clearing: what each command prices with follows the environment it starts in.
+    def priced() -> tuple[str, str]:
+        doc = price_json(DEV)
+        return doc["price_book"], doc["amount"]
+
+    def models_source() -> str:
+        result = invoke("models", "--format", "json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["source"]
+
+    assert priced() == (DEFAULT_BOOK["version"], "0.01185")
+    first = write_book(tmp_path, filename="first.json", megapixel_step=1)
+    monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(first))
+    assert priced() == ("user-book-1", "0.015")
+    assert models_source() == str(first)
+    second = write_book(tmp_path, filename="second.json", version="user-book-2", megapixel_step="exact")
+    monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(second))
+    assert priced() == ("user-book-2", "0.01179648")
+    assert models_source() == str(second)
+    endpoints = copy.deepcopy(DEFAULT_BOOK["endpoints"])
+    endpoints[DEV]["rate_per_megapixel"] = "0.03"
+    write_book(tmp_path, filename="second.json", version="user-book-3", megapixel_step="exact", endpoints=endpoints)
+    assert priced() == ("user-book-3", "0.02359296")  # the same path, edited: read again
+    monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(first))
+    assert priced() == ("user-book-1", "0.015")
+    monkeypatch.delenv("PIXELGOV_PRICE_BOOK")
+    assert priced() == (DEFAULT_BOOK["version"], "0.01185")
+    assert models_source() == "default"
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -478,3 +532,17 @@ def test_pricing_commands_import_neither_sqlalchemy_nor_httpx(tmp_path, args, co
                           env=subprocess_env(), timeout=60)
     last = proc.stdout.strip().splitlines()[-1]
     assert last == f"MODULES False False {code}", (proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize(("args", "code"), [(["price", DEV, "--format", "json"], 0), (["models"], 0),
+                                            (["price", "nope/nope"], 2)])
+def test_pricing_commands_with_a_user_book_stay_light(tmp_path, args, code):
+    # Reading the settings (PIXELGOV_PRICE_BOOK and the rest) at the edge must not pull in the ledger's stack.
+    env = subprocess_env(PIXELGOV_PRICE_BOOK=str(write_book(tmp_path, megapixel_step=1)),
+                         PIXELGOV_HOLD_TTL="60", PIXELGOV_DB_TIMEOUT="5")
+    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *args], capture_output=True, text=True,
+                          env=env, timeout=60)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == f"MODULES False False {code}", (proc.stdout, proc.stderr)
+    if code == 0 and args[0] == "price":
+        assert json.loads(proc.stdout.rsplit("MODULES", 1)[0])["price_book"] == "user-book-1"

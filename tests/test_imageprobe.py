@@ -145,6 +145,9 @@ def refused(url: str, **kwargs: object) -> InvalidRequest:
     with pytest.raises(InvalidRequest) as exc:
         probe_size(url, **kwargs)  # type: ignore[arg-type]
     assert (exc.value.code, exc.value.field) == ("invalid_request", "image_url")
+    # The caller can fall back to an explicit input size; the library's message names no CLI flag.
+    assert exc.value.details["reason"] == "input_size_unknown"
+    assert "input_size" in exc.value.message and "--" not in exc.value.message
     return exc.value
 
 
@@ -333,6 +336,8 @@ def test_upscale_quote_without_image_or_size_is_refused():
     with pytest.raises(InvalidRequest) as exc:
         quote_body(UPSCALE, {})
     assert (exc.value.code, exc.value.field) == ("invalid_request", "input_size")
+    assert exc.value.details["reason"] == "missing"
+    assert "--" not in exc.value.message  # a library message: the CLI adds its own flag hint
 
 
 def test_transform_quote_never_reads_its_input_image(tmp_path):

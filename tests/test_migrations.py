@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -13,32 +14,27 @@ from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 from sqlalchemy import BigInteger, inspect
 
-from conftest import reset_postgres
+from conftest import PG_TEST_PREFIX, pg_database, scratch_engine
 from ledger import db
 from ledger.cli import cli
 from ledger.models import Base
 
 TABLES = {"agents", "transactions", "cost_lines", "facts", "spending_rules", "rule_counters", "holds", "alerts",
-          "audit_log"}
+          "audit_log", "service_keys", "queue_requests"}
 MONEY_COLUMNS = [("transactions", "estimated_cost"), ("transactions", "actual_cost"), ("cost_lines", "amount"),
                  ("spending_rules", "limit_amount"), ("rule_counters", "spent"), ("rule_counters", "held")]
 
 
 @pytest.fixture
-def empty_sqlite(tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    yield url
-    db.engine_for(url).dispose()
-    db._checked.discard(url)
+def empty_sqlite(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'fresh.db'}"
 
 
 @pytest.fixture
-def empty_postgres(pg_url: str) -> Iterator[str]:
-    """The PostgreSQL test database with no schema at all; migrated back to head afterwards."""
-    reset_postgres(pg_url)
-    yield pg_url
-    reset_postgres(pg_url)
-    db.upgrade(pg_url)
+def empty_postgres(pg_server: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own with no schema at all, dropped afterwards."""
+    with pg_database(pg_server, migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,10 +43,13 @@ def empty_url(request: pytest.FixtureRequest) -> str:
 
 
 def table_names(url: str) -> set[str]:
-    engine = db.engine_for(url)
-    names = set(inspect(engine).get_table_names())
-    engine.dispose()
-    return names
+    with scratch_engine(url) as engine:
+        return set(inspect(engine).get_table_names())
+
+
+def revision(url: str) -> str | None:
+    with scratch_engine(url) as engine:
+        return db.current_revision(engine)
 
 
 def test_schema_head_is_alembics_head() -> None:
@@ -63,10 +62,10 @@ def test_upgrade_to_head_creates_every_table_and_downgrade_to_base_removes_them(
     assert table_names(empty_url) & TABLES == set()
     db.upgrade(empty_url)
     assert TABLES <= table_names(empty_url)
-    assert db.current_revision(db.engine_for(empty_url)) == db.SCHEMA_HEAD
+    assert revision(empty_url) == db.SCHEMA_HEAD
     db.downgrade(empty_url, "base")
     assert table_names(empty_url) & TABLES == set()
-    assert db.current_revision(db.engine_for(empty_url)) is None
+    assert revision(empty_url) is None
     db.upgrade(empty_url)  # and back again: downgrades leave nothing behind that blocks a new upgrade
     assert TABLES <= table_names(empty_url)
 
@@ -82,24 +81,23 @@ def test_the_metadata_knows_exactly_the_migrated_tables() -> None:
 
 def test_money_is_stored_in_bigint_columns(empty_url: str) -> None:
     db.upgrade(empty_url)
-    engine = db.engine_for(empty_url)
-    inspector = inspect(engine)
-    for table, column in MONEY_COLUMNS:
-        (col,) = [c for c in inspector.get_columns(table) if c["name"] == column]
-        assert isinstance(col["type"], BigInteger), (table, column, col["type"])
-    engine.dispose()
+    with scratch_engine(empty_url) as engine:
+        inspector = inspect(engine)
+        for table, column in MONEY_COLUMNS:
+            (col,) = [c for c in inspector.get_columns(table) if c["name"] == column]
+            assert isinstance(col["type"], BigInteger), (table, column, col["type"])
 
 
 def test_the_migrated_schema_can_hold_the_ledger(empty_url: str) -> None:
-    from ledger.admin import Admin
-    from ledger.governor import Governor
+    from ledger import Ledger, Settings, TxStatus
     from pricing import quote
 
     db.upgrade(empty_url)
-    engine = db.open_ledger(empty_url)
-    Admin(engine).create_agent("bot")
-    tx = Governor(engine, hold_ttl=900, auto_create=False).authorize("bot", quote("fal-ai/flux/dev", {}), {})
-    assert tx.transaction["estimated_cost"] == "0.01185"
+    with Ledger(empty_url, settings=Settings(hold_ttl=900, auto_create_agents=False)) as opened:
+        opened.admin.create_agent("bot")
+        tx = opened.governor.authorize("bot", quote("fal-ai/flux/dev", {}), {})
+    assert tx.transaction.status == TxStatus.pending
+    assert tx.transaction.estimated_cost == Decimal("0.01185")
 
 
 # --- the CLI ----------------------------------------------------------------------------------
@@ -128,13 +126,10 @@ def test_db_upgrade_migrates_to_head_and_the_ledger_then_works(empty_url: str) -
 
 def test_db_current_hides_the_password(pg_url: str) -> None:
     url = pg_url.replace("postgres@", "postgres:s3cret@", 1)
-    try:
-        result = invoke(url, "db", "current", "--format", "json")
-        assert result.exit_code == 0, result.output
-        assert "s3cret" not in result.stdout
-        assert json.loads(result.stdout)["up_to_date"] is True
-    finally:
-        db.engine_for(url).dispose()
+    result = invoke(url, "db", "current", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.stdout
+    assert json.loads(result.stdout)["up_to_date"] is True
 
 
 def test_db_downgrade_to_base_removes_the_schema(empty_sqlite: str) -> None:
@@ -143,3 +138,47 @@ def test_db_downgrade_to_base_removes_the_schema(empty_sqlite: str) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout == "database at revision base\n"
     assert table_names(empty_sqlite) & TABLES == set()
+
+
+# --- the test suite's own databases -----------------------------------------------------------
+
+@pytest.mark.postgres
+def test_the_postgres_fixtures_never_touch_the_configured_database(pg_server: str) -> None:
+    """Point a real pytest run's PIXELGOV_TEST_POSTGRES_URL at a "user's" database holding a migrated
+    ledger with data and a table of the user's own: the run's PostgreSQL fixtures (session database,
+    per-test TRUNCATE, per-test migration databases) must leave it exactly as it was, and drop every
+    database they made."""
+    import os
+    import subprocess
+    import sys
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from conftest import _pg_dsn
+
+    with pg_database(pg_server, migrated=False) as user_url:
+        assert make_url(user_url).database != make_url(pg_server).database
+        for args in (("db", "upgrade"), ("agents", "create", "users-own-agent")):
+            result = invoke(user_url, *args)
+            assert result.exit_code == 0, result.output
+        with psycopg.connect(_pg_dsn(user_url), autocommit=True) as conn:
+            conn.execute("CREATE TABLE users_sentinel (v text)")
+            conn.execute("INSERT INTO users_sentinel VALUES ('keep me')")
+        here = Path(__file__).parent
+        tests = [f"{here / 'test_migrations.py'}::{name}" for name in (
+            "test_upgrade_to_head_creates_every_table_and_downgrade_to_base_removes_them[postgresql]",
+            "test_db_current_hides_the_password")]
+        env = {**os.environ, "PIXELGOV_TEST_POSTGRES_URL": user_url}
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                                cwd=here.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "2 passed" in out, out
+        with psycopg.connect(_pg_dsn(user_url), autocommit=True) as conn:
+            assert conn.execute("SELECT v FROM users_sentinel").fetchall() == [("keep me",)]
+            assert conn.execute("SELECT name FROM agents").fetchall() == [("users-own-agent",)]
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(db.SCHEMA_HEAD,)]
+            # ...and every database that run made is gone.
+            left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                (f"{PG_TEST_PREFIX}{proc.pid}\\_%",)).fetchall()
+        assert left == []

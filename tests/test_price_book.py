@@ -1,18 +1,21 @@
-"""The price book: the default book's contents and validity, a user's book from a file or
-PIXELGOV_PRICE_BOOK, and a loader that names the bad field of a malformed book."""
+"""The price book: the default book's contents and validity, a user's book from a file
+(`book_for(path)`, the path the edge read from PIXELGOV_PRICE_BOOK), and a loader that names
+the bad field of a malformed book."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from pricing import PriceBookError, active_book, default_book, load_book, parse_book, quote
+from pricing import PriceBookError, book_for, default_book, load_book, parse_book, quote
+from pricing import book as book_module
 from pricing._book_schema import validate_book
 
 DEFAULT_PATH = Path(__file__).parents[1] / "pricing" / "default_book.json"
@@ -91,32 +94,100 @@ def test_alias_and_transform_paths_resolve_to_their_model():
 # --- a user's book ----------------------------------------------------------------------------
 
 
-def test_active_book_is_the_default_without_the_env_var():
-    assert active_book() == default_book()
-    assert active_book().source == "default"
+def write(path: Path, **changes: Any) -> Path:
+    path.write_text(mutated(lambda d: d.update(changes)))
+    return path
 
 
-def test_active_book_reads_pixelgov_price_book(tmp_path, monkeypatch):
-    path = tmp_path / "mine.json"
-    path.write_text(mutated(lambda d: d.update(version="mine-1", megapixel_step=1)))
-    monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(path))
-    active_book.cache_clear()
-    book = active_book()
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths `book_for` actually reads from disk (its cache misses), in order."""
+    seen: list[str] = []
+    real = book_module.load_book
+
+    def counting(path: Any) -> Any:
+        seen.append(os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(book_module, "load_book", counting)
+    return seen
+
+
+def test_book_for_none_is_the_default_book(loads):
+    assert book_for(None) is default_book()
+    assert book_for(None).source == "default"
+    assert book_for("") is default_book()  # an empty setting is no setting
+    assert loads == []
+
+
+def test_book_for_a_path_reads_that_book(tmp_path, loads):
+    path = write(tmp_path / "mine.json", version="mine-1", megapixel_step=1)
+    book = book_for(path)
     assert (book.version, book.source, book.megapixel_step) == ("mine-1", str(path), Decimal(1))
-    q = quote("fal-ai/flux/dev", {})
+    assert book_for(str(path)) is book  # a str or a PathLike: the same book
+    q = quote("fal-ai/flux/dev", {}, book=book)
     assert (q.price_book, q.amount) == ("mine-1", Decimal("0.015"))
+    assert loads == [str(path)]
 
 
-def test_active_book_is_read_once_per_process_until_the_cache_is_cleared(tmp_path, monkeypatch):
-    path = tmp_path / "mine.json"
-    path.write_text(mutated(lambda d: d.update(version="v1")))
+def test_book_for_the_same_unchanged_file_is_read_once(tmp_path, loads):
+    path = write(tmp_path / "mine.json", version="v1")
+    first = book_for(path)
+    assert all(book_for(path) is first for _ in range(5))
+    assert loads == [str(path)]
+
+
+def test_book_for_reads_a_changed_file_again(tmp_path, loads):
+    path = write(tmp_path / "mine.json", version="v1")
+    assert book_for(path).version == "v1"
+    write(path, version="v22")  # another size
+    assert book_for(path).version == "v22"
+    before = os.stat(path).st_mtime_ns
+    write(path, version="v33")  # the same size: only the modification time tells
+    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+    assert book_for(path).version == "v33"
+    assert book_for(path).version == "v33"
+    assert loads == [str(path)] * 3
+
+
+def test_book_for_keeps_each_file_apart(tmp_path):
+    one = write(tmp_path / "one.json", version="one")
+    two = write(tmp_path / "two.json", version="two")
+    assert (book_for(one).version, book_for(two).version, book_for(one).version) == ("one", "two", "one")
+
+
+def test_pricing_never_reads_the_environment(tmp_path, monkeypatch):
+    # PIXELGOV_PRICE_BOOK is read at the edge (Settings.from_env) and passed down as a path;
+    # a quote without a book is priced with the default one whatever the environment says.
+    path = write(tmp_path / "mine.json", version="mine-1", megapixel_step=1)
     monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(path))
-    active_book.cache_clear()
-    assert active_book().version == "v1"
-    path.write_text(mutated(lambda d: d.update(version="v2")))
-    assert active_book().version == "v1"
-    active_book.cache_clear()
-    assert active_book().version == "v2"
+    assert quote("fal-ai/flux/dev", {}).price_book == default_book().version
+    assert quote("fal-ai/flux/dev", {}).amount == Decimal("0.01185")
+
+
+def test_the_settings_carry_the_book_path_from_the_environment(tmp_path):
+    from ledger.settings import Settings
+
+    path = write(tmp_path / "mine.json", version="mine-1", megapixel_step=1)
+    settings = Settings.from_env({"PIXELGOV_PRICE_BOOK": str(path)})
+    assert settings.price_book_path == str(path)
+    assert book_for(settings.price_book_path).version == "mine-1"
+    assert Settings.from_env({}).price_book_path is None
+    assert Settings.from_env({"PIXELGOV_PRICE_BOOK": ""}).price_book_path is None
+    assert book_for(Settings.from_env({}).price_book_path) is default_book()
+
+
+def test_a_ledger_prices_with_the_book_of_its_settings(tmp_path, sqlite_url):
+    from ledger import Ledger, Settings
+
+    path = write(tmp_path / "mine.json", version="mine-1", megapixel_step=1)
+    with Ledger(sqlite_url, settings=Settings(price_book_path=str(path))) as ledger:
+        q = ledger.quote("fal-ai/flux/dev", {})
+        assert (q.price_book, q.amount) == ("mine-1", Decimal("0.015"))
+        tx = ledger.governor.authorize("bot", q, {}).transaction
+        assert (tx.price_book, tx.estimated_cost) == ("mine-1", Decimal("0.015"))
+    with Ledger(sqlite_url) as ledger:
+        assert ledger.quote("fal-ai/flux/dev", {}).price_book == default_book().version
 
 
 def test_a_book_without_transform_has_no_image_to_image_endpoints():
@@ -204,11 +275,21 @@ def test_an_unreadable_book_file_is_refused_naming_the_path(tmp_path):
     assert exc.value.details["field"] == "(file)"
 
 
-def test_a_malformed_book_from_the_env_var_fails_when_used(tmp_path, monkeypatch):
+def test_a_malformed_book_fails_when_used_and_is_not_cached(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(mutated(lambda d: d["endpoints"]["fal-ai/flux/dev"].update(rate_per_megapixel="-1")))
-    monkeypatch.setenv("PIXELGOV_PRICE_BOOK", os.fspath(path))
-    active_book.cache_clear()
+    for _ in range(2):  # a failure is not remembered as a book
+        with pytest.raises(PriceBookError) as exc:
+            book_for(path)
+        assert exc.value.details["field"] == "endpoints.fal-ai/flux/dev.rate_per_megapixel"
+    write(path, version="fixed")
+    assert book_for(path).version == "fixed"  # once fixed, the file is read again
+
+
+def test_a_missing_book_file_fails_when_used_until_it_exists(tmp_path):
+    path = tmp_path / "later.json"
     with pytest.raises(PriceBookError) as exc:
-        quote("fal-ai/flux/dev", {})
-    assert exc.value.details["field"] == "endpoints.fal-ai/flux/dev.rate_per_megapixel"
+        book_for(path)
+    assert (exc.value.details["field"], exc.value.details["path"]) == ("(file)", str(path))
+    write(path, version="arrived")
+    assert book_for(path).version == "arrived"

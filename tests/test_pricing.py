@@ -442,6 +442,8 @@ def test_unknown_endpoint_is_model_not_found(endpoint):
     with pytest.raises(ModelNotFound) as exc:
         quote(endpoint, {})
     assert exc.value.code == "model_not_found"
+    assert exc.value.details["endpoint"] == endpoint
+    assert "`pixelgov" not in exc.value.message  # a library message: the CLI adds "see `pixelgov models`"
 
 
 def test_guidance_scale_may_be_an_integer_and_strength_a_bound():

@@ -11,13 +11,15 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
+from support import rule_usage as counted
+from support import snapshot
 
 from ledger.errors import InvalidRequest
 from ledger.models import alerts, holds, rule_counters
 from ledger.periods import buckets, granularity, parse_window, period_start
-from ledger.rules import Rule, RuleSpec, evaluate, validate_spec
+from ledger.records import Decision, Denial, RuleType, SpendingRule, Transaction, TxStatus
+from ledger.rules import Rule, RuleSpec, evaluate, rule_record, validate_spec
 from pricing import quote
-from support import rule_usage as counted
 
 DEV = quote("fal-ai/flux/dev", {})
 SDXL = quote("fal-ai/fast-sdxl", {})
@@ -32,15 +34,17 @@ def at(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
-def make_rule(admin, **fields):  # type: ignore[no-untyped-def]
+def make_rule(admin, **fields) -> SpendingRule:  # type: ignore[no-untyped-def]
     return admin.create_rule(RuleSpec(**fields, given=set(fields)))
 
 
-def spend(gov, agent: str, q=DEV) -> dict:  # type: ignore[no-untyped-def]
+def spend(gov, agent: str, q=DEV) -> Transaction:  # type: ignore[no-untyped-def]
     """Authorize and settle at the estimate: spend that stays counted (unlike a hold, it never expires)."""
     auth = gov.authorize(agent, q, {"endpoint": q.endpoint})
-    assert auth.allowed, auth.transaction["denial"]
-    return gov.settle(auth.transaction["id"], q.amount)
+    assert auth.allowed, auth.transaction.denial
+    done = gov.settle(auth.transaction.id, q.amount)
+    assert done.status == TxStatus.completed and done.actual_cost == q.amount
+    return done
 
 
 def allowed(gov, agent: str, q=DEV) -> bool:  # type: ignore[no-untyped-def]
@@ -134,8 +138,9 @@ def test_fifth_request_is_denied_when_daily_budget_is_spent(gov, admin) -> None:
         spend(gov, "bot")
     fifth = gov.authorize("bot", DEV, {})
     assert not fifth.allowed
-    assert fifth.transaction["status"] == "denied"
-    assert fifth.transaction["denial"]["rule"] == "daily"
+    assert fifth.transaction.status == TxStatus.denied
+    assert fifth.transaction.denial["rule"] == "daily"
+    assert [(d.rule, d.type) for d in fifth.transaction.denials] == [("daily", "spend-limit")]
 
 
 def test_a_total_spend_limit_never_resets(gov, admin, clock) -> None:
@@ -148,7 +153,7 @@ def test_a_total_spend_limit_never_resets(gov, admin, clock) -> None:
 
 def test_a_spend_limit_without_a_period_counts_per_month(gov, admin, clock) -> None:
     rule = make_rule(admin, name="budget", type="spend-limit", limit=TWO_DEV)
-    assert rule["period"] == "month" and rule["window"] is None
+    assert rule.period == "month" and rule.window is None
     clock.set(at(2026, 11, 2))
     spend(gov, "bot")
     spend(gov, "bot")
@@ -164,7 +169,19 @@ def test_one_nano_usd_over_the_limit_is_denied(gov, admin) -> None:
     spend(gov, "bot")
     second = gov.authorize("bot", DEV, {})
     assert not second.allowed
-    assert "0.0237 is above the limit 0.023699999" in second.transaction["denial"]["reason"]
+    assert "0.0237 is above the limit 0.023699999" in second.transaction.denials[0].reason
+
+
+@pytest.mark.parametrize("span", [{"period": "day"}, {"window": "24h"}, {"period": "total"}])
+def test_a_credit_never_raises_a_budgets_headroom_above_its_limit(gov, admin, engine, span) -> None:
+    rule = make_rule(admin, name="budget", type="spend-limit", limit=TWO_DEV, **span)
+    credited = spend(gov, "bot")
+    gov.add_cost(credited.id, Decimal("-1000"), note="credit")
+    assert counted(engine, rule.id) == (0, 0, 1)  # not -999.98815
+    spend(gov, "bot")
+    spend(gov, "bot")  # the whole limit again…
+    assert not allowed(gov, "bot")  # …and not one estimate more
+    assert counted(engine, rule.id) == (Decimal(TWO_DEV), 0, 3)
 
 
 def test_held_estimates_count_against_the_budget_like_settled_spend(gov, admin) -> None:
@@ -231,8 +248,8 @@ def test_request_cap_denies_an_estimate_one_nano_above_the_cap(gov, admin) -> No
     make_rule(admin, name="cap", type="request-cap", limit="0.011849999")
     denied = gov.authorize("bot", DEV, {})
     assert not denied.allowed
-    assert denied.transaction["denial"]["type"] == "request-cap"
-    assert "above the per-request cap" in denied.transaction["denial"]["reason"]
+    assert denied.transaction.denials[0].type == RuleType.request_cap
+    assert "above the per-request cap" in denied.transaction.denials[0].reason
 
 
 def test_request_cap_looks_at_each_request_alone_not_at_history(gov, admin, engine) -> None:
@@ -240,7 +257,7 @@ def test_request_cap_looks_at_each_request_alone_not_at_history(gov, admin, engi
     for _ in range(5):
         spend(gov, "bot")
     assert not allowed(gov, "bot", quote("fal-ai/flux/dev", {"image_size": "square_hd", "num_images": 2}))
-    assert counted(engine, rule["id"]) == (0, 0, 0)
+    assert counted(engine, rule.id) == (0, 0, 0)
 
 
 # --- rate-limit -------------------------------------------------------------------------------
@@ -258,8 +275,8 @@ def test_rate_limit_allows_n_requests_per_calendar_period(gov, admin, clock, per
     assert allowed(gov, "bot")
     third = gov.authorize("bot", DEV, {})
     assert not third.allowed
-    assert third.transaction["denial"]["type"] == "rate-limit"
-    assert "2 of 2 requests per " + period in third.transaction["denial"]["reason"]
+    assert third.transaction.denials[0].type == RuleType.rate_limit
+    assert "2 of 2 requests per " + period in third.transaction.denials[0].reason
     clock.set(last_moment)
     assert not allowed(gov, "bot")
     clock.set(next_start)
@@ -282,11 +299,11 @@ def test_rate_limit_over_a_rolling_window_frees_a_slot_when_the_oldest_bucket_le
 def test_rate_limit_counts_authorized_requests_even_when_released(gov, admin, clock) -> None:
     make_rule(admin, name="rate", type="rate-limit", limit="2", period="hour")
     first = gov.authorize("bot", DEV, {"n": 1})
-    gov.void(first.transaction["id"])
+    gov.void(first.transaction.id)
     second = gov.authorize("bot", DEV, {"n": 2})
     clock.advance(901)
     gov.expire()
-    assert gov.transaction(second.transaction["id"])["status"] == "expired"
+    assert gov.transaction(second.transaction.id).status == TxStatus.expired
     assert not allowed(gov, "bot")
 
 
@@ -330,9 +347,9 @@ def test_a_model_allowlist_denies_every_other_model(gov, admin) -> None:
     assert allowed(gov, "bot", SDXL)
     denied = gov.authorize("bot", PRO, {})
     assert not denied.allowed
-    assert denied.transaction["denial"]["type"] == "model-allowlist"
+    assert denied.transaction.denials[0].type == RuleType.model_allowlist
     assert "fal-ai/flux-pro is not in the allowed models (fal-ai/flux/*, fal-ai/fast-sdxl)" in (
-        denied.transaction["denial"]["reason"])
+        denied.transaction.denials[0].reason)
 
 
 # --- scopes and filters -----------------------------------------------------------------------
@@ -353,7 +370,7 @@ def test_a_rule_without_an_agent_counts_every_agents_spend_together(gov, admin, 
     spend(gov, "bob")
     assert not allowed(gov, "alice")
     assert not allowed(gov, "carol")
-    assert counted(engine, rule["id"]) == (Decimal("0.0237"), 0, 2)
+    assert counted(engine, rule.id) == (Decimal("0.0237"), 0, 2)
 
 
 def test_an_agent_rule_and_an_every_agent_rule_both_apply(gov, admin) -> None:
@@ -363,7 +380,7 @@ def test_an_agent_rule_and_an_every_agent_rule_both_apply(gov, admin) -> None:
     spend(gov, "bob")
     spend(gov, "bob")
     denied = gov.authorize("alice", DEV, {})
-    assert [d["rule"] for d in denied.decision.denials] == ["company"]
+    assert [d.rule for d in denied.decision.denials] == ["company"]
 
 
 def test_a_model_glob_filter_limits_and_counts_only_matching_endpoints(gov, admin, engine) -> None:
@@ -374,8 +391,8 @@ def test_a_model_glob_filter_limits_and_counts_only_matching_endpoints(gov, admi
     spend(gov, "bot", SCHNELL)
     assert not allowed(gov, "bot", DEV)
     assert allowed(gov, "bot", SDXL)
-    spent, held, requests = counted(engine, rule["id"])
-    assert (spent, requests) == (DEV.amount + SCHNELL.amount, 2)
+    spent, held, requests = counted(engine, rule.id)
+    assert (spent, held, requests) == (DEV.amount + SCHNELL.amount, 0, 2)
 
 
 def test_an_operation_filter_limits_only_that_operation(gov, admin) -> None:
@@ -404,12 +421,12 @@ def test_an_alert_rule_allows_the_request_and_records_the_alert(gov, admin, engi
     make_rule(admin, name="watch", type="request-cap", limit="0.01", action="alert")
     result = gov.authorize("bot", DEV, {})
     assert result.allowed
-    assert result.transaction["status"] == "pending"
-    assert result.decision.denials == []
-    assert [(a["rule"], a["type"]) for a in result.decision.alerts] == [("watch", "request-cap")]
+    assert result.transaction.status == TxStatus.pending
+    assert result.decision.denials == ()
+    assert [(a.rule, a.type) for a in result.decision.alerts] == [("watch", "request-cap")]
     rows = _alert_rows(engine)
-    assert [(r.rule_name, r.kind, r.transaction_id) for r in rows] == [("watch", "rule", result.transaction["id"])]
-    assert admin.alerts()[0]["agent"] == "bot"
+    assert [(r.rule_name, r.kind, r.transaction_id) for r in rows] == [("watch", "rule", result.transaction.id)]
+    assert admin.alerts()[0].agent == "bot"
 
 
 def test_an_alert_spend_limit_lets_spend_pass_its_limit_and_alerts_each_time(gov, admin, engine) -> None:
@@ -421,9 +438,14 @@ def test_an_alert_spend_limit_lets_spend_pass_its_limit_and_alerts_each_time(gov
 
 def test_a_check_reports_alerts_but_records_none(gov, admin, engine) -> None:
     make_rule(admin, name="watch", type="request-cap", limit="0.01", action="alert")
+    before = snapshot(engine)
     decision = gov.check("bot", DEV)
-    assert decision.allowed and [a["rule"] for a in decision.alerts] == ["watch"]
+    assert decision.allowed and [a.rule for a in decision.alerts] == ["watch"]
+    assert decision.to_json() == {"allowed": True, "agent": "bot", "quote": DEV.to_json(), "denials": [],
+                                  "alerts": [{"rule": "watch", "type": "request-cap",
+                                              "reason": decision.alerts[0].reason}]}
     assert _alert_rows(engine) == []
+    assert snapshot(engine) == before
 
 
 def test_alert_at_threshold_is_recorded_once_per_period(gov, admin, engine, clock) -> None:
@@ -432,12 +454,12 @@ def test_alert_at_threshold_is_recorded_once_per_period(gov, admin, engine, cloc
         spend(gov, "bot")
     assert _alert_rows(engine) == []
     fifth = gov.authorize("bot", DEV, {"n": 5})  # 50 %: reaches the threshold
-    assert [a["type"] for a in fifth.decision.alerts] == ["threshold"]
-    assert "reaches the alert threshold of 50%" in fifth.decision.alerts[0]["reason"]
+    assert [a.type for a in fifth.decision.alerts] == ["threshold"]
+    assert "reaches the alert threshold of 50%" in fifth.decision.alerts[0].reason
     sixth = gov.authorize("bot", DEV, {"n": 6})
-    assert [a["type"] for a in sixth.decision.alerts] == ["threshold"]  # still told…
+    assert [a.type for a in sixth.decision.alerts] == ["threshold"]  # still told…
     rows = _alert_rows(engine)
-    assert [(r.kind, r.transaction_id) for r in rows] == [("threshold", fifth.transaction["id"])]  # …recorded once
+    assert [(r.kind, r.transaction_id) for r in rows] == [("threshold", fifth.transaction.id)]  # …recorded once
     clock.advance(days=1)
     for n in range(5):
         gov.authorize("bot", DEV, {"day": 2, "n": n})
@@ -446,7 +468,7 @@ def test_alert_at_threshold_is_recorded_once_per_period(gov, admin, engine, cloc
 
 def test_a_disabled_rule_is_ignored(gov, admin, engine) -> None:
     rule = make_rule(admin, name="off", type="request-cap", limit="0.001", enabled=False)
-    assert rule["enabled"] is False
+    assert rule.enabled is False
     assert allowed(gov, "bot")
     admin.update_rule("off", RuleSpec(enabled=True, given={"enabled"}))
     assert not allowed(gov, "bot")
@@ -458,7 +480,7 @@ def test_a_disabled_spend_limit_neither_limits_nor_counts(gov, admin, engine) ->
     rule = make_rule(admin, name="off", type="spend-limit", limit=TWO_DEV, period="day", enabled=False)
     for _ in range(3):
         spend(gov, "bot")
-    assert counted(engine, rule["id"]) == (0, 0, 0)
+    assert counted(engine, rule.id) == (0, 0, 0)
 
 
 def test_a_paused_agent_is_denied_and_allowed_again_when_resumed(gov, admin) -> None:
@@ -466,8 +488,9 @@ def test_a_paused_agent_is_denied_and_allowed_again_when_resumed(gov, admin) -> 
     admin.update_agent("bot", status="paused")
     denied = gov.authorize("bot", DEV, {"n": 1})
     assert not denied.allowed
-    assert denied.transaction["denial"]["type"] == "agent-paused"
-    assert "paused" in denied.transaction["denial"]["reason"]
+    assert denied.transaction.denials[0].type == "agent-paused"
+    assert denied.transaction.denials[0].rule is None
+    assert "paused" in denied.transaction.denials[0].reason
     assert not gov.check("bot", DEV).allowed
     admin.update_agent("bot", status="active")
     assert allowed(gov, "bot")
@@ -483,9 +506,11 @@ def test_a_denial_names_every_failing_rule_and_holds_nothing(gov, admin, engine)
     admin.update_agent("bot", status="paused")
     result = gov.authorize("bot", DEV, {})
     assert not result.allowed
-    names = [d["rule"] or d["type"] for d in result.transaction["denial"]["denials"]]
+    names = [d.rule or d.type for d in result.transaction.denials]
     assert names == ["agent-paused", "budget", "cap", "allow"]
-    assert result.transaction["denial"]["rule"] is None  # the first: the paused agent
+    assert result.transaction.denials == result.decision.denials
+    assert result.transaction.denial["rule"] is None  # the first: the paused agent
+    assert [d["rule"] for d in result.transaction.to_json()["denial"]["denials"]] == [None, "budget", "cap", "allow"]
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(holds)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(rule_counters)).scalar_one() == 0
@@ -495,9 +520,15 @@ def test_a_denial_names_every_failing_rule_and_holds_nothing(gov, admin, engine)
 def test_a_check_gives_the_same_denials_as_authorize_without_writing(gov, admin, engine) -> None:
     make_rule(admin, name="cap", type="request-cap", limit="0.005")
     make_rule(admin, name="allow", type="model-allowlist", models=["fal-ai/flux/schnell"])
+    before = snapshot(engine)
     decision = gov.check("newcomer", DEV)
-    assert [d["rule"] for d in decision.denials] == ["cap", "allow"]
+    assert isinstance(decision, Decision)
+    assert [d.rule for d in decision.denials] == ["cap", "allow"]
+    assert all(isinstance(d, Denial) for d in decision.denials)
     assert admin.agents() == []  # the agent is not created by a check
+    assert snapshot(engine) == before
+    authorized = gov.authorize("newcomer", DEV, {})
+    assert authorized.decision.denials == decision.denials
 
 
 # --- rule definitions (pure) ------------------------------------------------------------------
@@ -569,3 +600,21 @@ def test_a_valid_rule_definition_becomes_column_values() -> None:
 def test_a_rate_limit_counts_whole_requests() -> None:
     values = validate_spec(_spec(name="r", type="rate-limit", limit="60", window="1h"))
     assert (values["limit_count"], values["limit_amount"]) == (60, None)
+
+
+def test_a_rule_record_gives_each_limit_its_type() -> None:
+    rate = Rule(7, "rate", "rate-limit", None, 60, None, 3600, (), 3, "fal-ai/flux/*", "generate", "deny", None,
+                True, 2)
+    record = rule_record(rate, "bot")
+    assert isinstance(record, SpendingRule)
+    assert (record.id, record.type, record.limit, record.window, record.period) == (7, RuleType.rate_limit, 60,
+                                                                                    "1h", None)
+    assert (record.agent, record.model, record.operation, record.version) == ("bot", "fal-ai/flux/*", "generate", 2)
+    assert record.models is None
+    budget = Rule(8, "budget", "spend-limit", Decimal("5.5"), None, "day", None, (), None, None, None, "alert", 80,
+                  False, 1)
+    assert rule_record(budget, None).to_json() == {
+        "id": 8, "name": "budget", "type": "spend-limit", "limit": "5.5", "period": "day", "window": None,
+        "models": None, "agent": None, "model": None, "operation": None, "action": "alert", "alert_at": 80,
+        "enabled": False, "version": 1}
+    assert rule_record(_allowlist("fal-ai/flux/*"), None).models == ("fal-ai/flux/*",)

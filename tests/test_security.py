@@ -12,25 +12,26 @@ import logging
 import secrets
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import text
 
-from ledger.admin import Admin
+from conftest import scratch_engine
+from ledger import Ledger, RuleSpec, Settings, TxStatus
 from ledger.cli import cli
-from ledger.db import open_ledger
 from ledger.errors import InvalidRequest, UpstreamError
-from ledger.governor import Governor
 from ledger.imageprobe import probe_size
-from ledger.quoting import quote_body
-from ledger.rules import RuleSpec
 from ledger.runner import run_governed
 from ledger.upstream import Upstream, UpstreamConfig
-from pricing import active_book
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -45,8 +46,13 @@ def fal_key() -> str:
 
 
 def invoke(db_url: str, *args: str, env: dict[str, str | None] | None = None) -> Result:
-    active_book.cache_clear()
     return CliRunner().invoke(cli, ["--db", db_url, *args], env=env)
+
+
+@contextmanager
+def opened(db_url: str) -> Iterator[Ledger]:
+    with Ledger(db_url, settings=Settings(hold_ttl=900, auto_create_agents=True)) as ledger:
+        yield ledger
 
 
 def ledger_text(db_url: str) -> bytes:
@@ -55,9 +61,8 @@ def ledger_text(db_url: str) -> bytes:
         path = Path(db_url.split(":///", 1)[1])
         files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
         return b"".join(f.read_bytes() for f in files if f.exists())
-    engine = open_ledger(db_url)
     chunks: list[str] = []
-    with engine.connect() as conn:
+    with scratch_engine(db_url) as engine, engine.connect() as conn:
         tables = conn.execute(text("SELECT table_name FROM information_schema.tables "
                                    "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'")).scalars().all()
         assert "transactions" in tables and "facts" in tables
@@ -78,10 +83,10 @@ def test_the_fal_key_appears_only_in_the_upstream_authorization_header(db_url, f
                                                                       capfd, tmp_path):
     logging.basicConfig(level=logging.DEBUG)
     caplog.set_level(logging.DEBUG)
-    admin = Admin(open_ledger(db_url))
-    admin.create_agent("capped")
-    admin.create_rule(RuleSpec(name="cap", type="request-cap", limit="0.001", agent="capped",
-                               given={"name", "type", "limit", "agent"}))
+    with opened(db_url) as ledger:
+        ledger.admin.create_agent("capped")
+        ledger.admin.create_rule(RuleSpec(name="cap", type="request-cap", limit="0.001", agent="capped",
+                                          given={"name", "type", "limit", "agent"}))
     env = {"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": fake_fal.url}
     request = ("--prompt", "a fox")
     outputs: list[str] = []
@@ -107,24 +112,26 @@ def test_the_fal_key_appears_only_in_the_upstream_authorization_header(db_url, f
         run("--agent", "capped", *request, "--format", fmt)  # denied
         run("--agent", "bot", *request, "--format", fmt, "--dry-run")
     # unreachable, and a bad key, through the runner itself
-    gov = Governor(open_ledger(db_url))
     body = {"prompt": "a fox"}
-    config = UpstreamConfig(url=f"http://127.0.0.1:{closed_port()}", timeout=5, retries=1, backoff=0.01)
-    with Upstream(config) as upstream, pytest.raises(UpstreamError) as raised:
-        run_governed(gov, upstream, agent="bot", quote=quote_body(DEV, body), body=body, fal_key=fal_key)
-    outputs.append(str(raised.value.to_json()))
-    with Upstream(UpstreamConfig(url=fake_fal.url)) as upstream, pytest.raises(InvalidRequest) as bad:
-        run_governed(gov, upstream, agent="bot", quote=quote_body(DEV, body), body=body,
-                     fal_key=f"{fal_key}\nX-Leak: 1")
-    outputs.append(str(bad.value.to_json()))
-    for tx in Governor(open_ledger(db_url)).transactions(limit=1000):
+    with opened(db_url) as ledger:
+        gov = ledger.governor
+        config = UpstreamConfig(url=f"http://127.0.0.1:{closed_port()}", timeout=5, retries=1, backoff=0.01)
+        with Upstream(config) as upstream, pytest.raises(UpstreamError) as raised:
+            run_governed(gov, upstream, agent="bot", quote=ledger.quote(DEV, body), body=body, fal_key=fal_key)
+        outputs.append(json.dumps(raised.value.to_json()))
+        with Upstream(UpstreamConfig(url=fake_fal.url)) as upstream, pytest.raises(InvalidRequest) as bad:
+            run_governed(gov, upstream, agent="bot", quote=ledger.quote(DEV, body), body=body,
+                         fal_key=f"{fal_key}\nX-Leak: 1")
+        outputs.append(json.dumps(bad.value.to_json()))
+        every = gov.transactions(limit=1000)
+        outputs += [json.dumps(gov.transaction(tx.id, detail=True).to_json()) for tx in every]
+    for tx in every:
         for fmt in ("table", "json"):
-            shown = invoke(db_url, "tx", "show", str(tx["id"]), "--format", fmt)
+            shown = invoke(db_url, "tx", "show", str(tx.id), "--format", fmt)
             outputs.append(shown.output)
 
     assert exits == [0, 0, 0, 1, 1, 1, 1, 1, 3, 0] * 2
-    statuses = {tx["status"] for tx in Governor(open_ledger(db_url)).transactions(limit=1000)}
-    assert statuses == {"completed", "failed", "unknown", "denied"}
+    assert {tx.status for tx in every} == {TxStatus.completed, TxStatus.failed, TxStatus.unknown, TxStatus.denied}
     # Where the key must be: every request the upstream received carried it, exactly so.
     assert fake_fal.requests and fake_fal.count() == len(fake_fal.requests)
     for sent in fake_fal.requests:
@@ -139,6 +146,119 @@ def test_the_fal_key_appears_only_in_the_upstream_authorization_header(db_url, f
         assert fal_key not in record.getMessage()
         assert fal_key not in repr(record.args) and fal_key not in (record.exc_text or "")
     assert fal_key not in caplog.text
+    assert fal_key.encode() not in ledger_text(db_url)
+
+
+# --- a hostile upstream that echoes the key back ------------------------------------------------
+
+class _Echo(BaseHTTPRequestHandler):
+    """Answers every POST by echoing the request's Authorization header back, in the way its
+    server's `mode` says: in a JSON error detail, in an HTML error page, in the headers of a
+    success, or in a success's JSON body (an image URL with the key as its password)."""
+
+    protocol_version = "HTTP/1.1"
+    server: Any
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        auth = self.headers.get("Authorization", "")
+        key = auth.removeprefix("Key ")
+        mode = self.server.mode
+        headers = {"x-fal-request-id": "req-1"}
+        if mode == "error-detail":
+            status, body = 401, json.dumps({"detail": f"invalid credentials: Authorization: {auth}"}).encode()
+        elif mode == "error-html":
+            status, body = 502, f"<html><body>Bad gateway for {auth}</body></html>".encode()
+        elif mode == "answer-headers":
+            status = 200
+            body = json.dumps({"images": [{"url": "http://127.0.0.1:9/files/a.png", "width": 1024,
+                                           "height": 768}]}).encode()
+            headers = {"x-fal-request-id": auth, "x-fal-billable-units": key}
+        else:  # answer-body
+            status = 200
+            body = json.dumps({"images": [{"url": f"http://user:{key}@127.0.0.1:9/a.png", "width": 1024,
+                                           "height": 768}], "echo": {"authorization": auth}}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html" if mode == "error-html" else "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def echo_server() -> Iterator[Any]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    server.mode = "error-detail"  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["error-detail", "error-html", "answer-headers", "answer-body"])
+def test_an_upstream_that_echoes_the_key_back_never_gets_it_printed_logged_or_stored(db_url, echo_server, fal_key,
+                                                                                     mode, caplog, capfd):
+    """Whatever comes back from the upstream (bodies, headers, URLs with credentials) is scrubbed of
+    the key before it is printed, logged or stored (issue 8)."""
+    caplog.set_level(logging.DEBUG)
+    echo_server.mode = mode
+    outputs: list[str] = []
+    for fmt in ("table", "json"):
+        result = invoke(db_url, "run", DEV, "--agent", "bot", "--prompt", "a fox", "--format", fmt,
+                        env={"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": echo_server.url})
+        outputs += [result.stdout, result.stderr, repr(result.exception)]
+        assert result.exit_code == (0 if mode.startswith("answer") else 1), result.output
+    with opened(db_url) as ledger:
+        every = ledger.governor.transactions(limit=10)
+        assert len(every) == 2
+        expected = TxStatus.completed if mode.startswith("answer") else TxStatus.failed
+        assert {tx.status for tx in every} == {expected}
+        outputs += [json.dumps(ledger.governor.transaction(tx.id, detail=True).to_json()) for tx in every]
+    for tx in every:
+        outputs.append(invoke(db_url, "tx", "show", str(tx.id), "--format", "json").output)
+    captured = capfd.readouterr()
+    leaks = [where for where, found in (
+        ("output", fal_key in "\n".join(outputs) + captured.out + captured.err),
+        ("logs", fal_key in caplog.text),
+        ("ledger", fal_key.encode() in ledger_text(db_url)),
+    ) if found]
+    assert leaks == [], f"the FAL key echoed by the upstream leaked into: {', '.join(leaks)}"
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (httpx.ConnectError, TxStatus.failed),  # nothing sent: unreachable
+    (httpx.ReadError, TxStatus.unknown),  # sent, then the connection broke
+    (httpx.RemoteProtocolError, TxStatus.unknown),
+])
+def test_a_transport_error_that_quotes_the_key_is_masked(db_url, fal_key, error, kind):
+    """Transport errors may quote the request (its Authorization header): the key is masked in
+    the error, its JSON and the transaction's stored outcome."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error(f"failed sending {request.headers['authorization']!r} to {request.url}", request=request)
+
+    body = {"prompt": "a fox"}
+    config = UpstreamConfig(url="http://upstream.invalid", timeout=5, retries=1, backoff=0.01)
+    with opened(db_url) as ledger, Upstream(config, transport=httpx.MockTransport(handler)) as upstream:
+        with pytest.raises(UpstreamError) as raised:
+            run_governed(ledger.governor, upstream, agent="bot", quote=ledger.quote(DEV, body), body=body,
+                         fal_key=fal_key)
+        tx = ledger.governor.transaction(raised.value.details["transaction"].id, detail=True)
+    assert tx.status == kind
+    assert "***" in raised.value.message  # the quoted header is there, masked
+    assert fal_key not in raised.value.message
+    assert fal_key not in json.dumps(raised.value.to_json())
+    assert tx.outcome is not None and fal_key not in tx.outcome
     assert fal_key.encode() not in ledger_text(db_url)
 
 
@@ -180,9 +300,11 @@ def test_agent_api_keys_are_stored_only_as_hashes(db_url):
     stored = ledger_text(db_url)
     assert first.encode() not in stored and second.encode() not in stored
     assert hashlib.sha256(second.encode()).hexdigest().encode() in stored
-    admin = Admin(open_ledger(db_url))
-    assert admin.agent_by_api_key(second)["name"] == "gateway-bot"
-    assert admin.agent_by_api_key(first) is None  # a rotated-away key no longer works
+    with opened(db_url) as ledger:
+        found = ledger.admin.agent_by_api_key(second)
+        assert found is not None and found.name == "gateway-bot"
+        assert found.api_key is None and found.has_api_key  # the key is shown once, never read back
+        assert ledger.admin.agent_by_api_key(first) is None  # a rotated-away key no longer works
 
 
 # --- bounded reads of an upscale input --------------------------------------------------------
@@ -193,7 +315,8 @@ def test_a_header_that_never_ends_is_refused_within_bounds(fake_fal):
         probe_size(f"{fake_fal.url}/fixtures/big-header")
     assert time.monotonic() - started < BOUND
     assert raised.value.field == "image_url"
-    assert "--input-size" in raised.value.message  # refused, never guessed
+    assert raised.value.details.get("reason") == "input_size_unknown"  # refused, never guessed
+    assert "input_size" in raised.value.message
 
 
 @pytest.mark.parametrize("path", ["/fixtures/redirect-loop", "/fixtures/redirect/4/64x48.png",
@@ -219,4 +342,5 @@ def test_an_upscale_of_a_hostile_image_url_is_refused_before_anything_is_authori
     assert result.exit_code == 2
     assert json.loads(result.stdout)["error"]["code"] == "invalid_request"
     assert fake_fal.count() == 0
-    assert Governor(open_ledger(sqlite_url)).transactions() == []
+    with opened(sqlite_url) as ledger:
+        assert ledger.governor.transactions() == []

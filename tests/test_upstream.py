@@ -8,20 +8,32 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ledger.errors import InvalidRequest
+from ledger import RuleSpec, Settings, TxStatus
+from ledger.cli.run_cmd import fal_key_from_env
+from ledger.errors import InvalidRequest, UpstreamError
+from ledger.runner import run_governed
 from ledger.upstream import (
     CONNECT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_URL, NoAnswer, Refused, Unreachable, Upstream, UpstreamConfig,
-    UpstreamResult, error_message, fal_key_from_env,
+    UpstreamFailure, UpstreamResult, error_message,
 )
+from support import rule_usage
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 DEV = "fal-ai/flux/dev"
 KEY = "fal-key-for-upstream-tests"
+ESTIMATE = Decimal("0.01185")  # flux-dev landscape_4_3: 0.79 MP × 0.015
+
+
+def config_from(environ: dict[str, str], **options: Any) -> UpstreamConfig:
+    """The upstream config as the CLI builds it: settings from an environment, then its options."""
+    return UpstreamConfig.from_settings(Settings.from_env(environ), **options)
 
 
 def client(url: str, **config: float) -> Upstream:
@@ -124,8 +136,70 @@ def test_with_no_retries_an_unreachable_upstream_fails_at_once():
     assert "after 1 attempt(s)" in raised.value.message
 
 
-def test_the_failure_classes_say_what_they_mean_for_money():
-    assert {Unreachable.kind, Refused.kind, NoAnswer.kind} == {"unreachable", "refused", "no_answer"}
+class Recording(Upstream):
+    """The real client, remembering the failure class its call raised (if any)."""
+
+    raised: UpstreamFailure | None = None
+
+    def call(self, endpoint: str, body: Any, fal_key: str) -> UpstreamResult:
+        try:
+            return super().call(endpoint, body, fal_key)
+        except UpstreamFailure as exc:
+            self.raised = exc
+            raise
+
+
+#: (how the fake upstream is driven, the failure class it must produce, the status the transaction ends in,
+#: what the budget counts as spent afterwards: nothing, the estimate, or the actual cost).
+MONEY_CASES = {
+    "unreachable": (None, Unreachable, TxStatus.failed, "nothing"),
+    "refused-429": (("status", {"status": 429}), Refused, TxStatus.failed, "nothing"),
+    "refused-500": (("status", {"status": 500}), Refused, TxStatus.failed, "nothing"),
+    "refused-422": (("status", {"status": 422}), Refused, TxStatus.failed, "nothing"),
+    "dropped": (("drop", {}), NoAnswer, TxStatus.unknown, "estimate"),
+    "malformed": (("malformed", {}), NoAnswer, TxStatus.unknown, "estimate"),
+    "read-timeout": (("slow", {"delay": 3}), NoAnswer, TxStatus.unknown, "estimate"),
+    "answered": (("wrong_size", {"width": 1280, "height": 720}), None, TxStatus.completed, "actual"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MONEY_CASES))
+def test_the_failure_classes_say_what_they_mean_for_money(ledger, fake_fal, case):
+    """Each way a call can end, driven for real through `run_governed`: unreachable and refused →
+    `failed`, nothing counted; no usable answer → `unknown`, the estimate counted as spent (it may
+    have been served); an answer → `completed` at the actual cost of what came back."""
+    drive, failure, status, counts = MONEY_CASES[case]
+    budget = ledger.admin.create_rule(RuleSpec(name="budget", type="spend-limit", limit="1", period="total",
+                                               given={"name", "type", "limit", "period"}))
+    requests = ledger.admin.create_rule(RuleSpec(name="requests", type="rate-limit", limit="100", period="day",
+                                                 given={"name", "type", "limit", "period"}))
+    if drive is not None:
+        fake_fal.set_mode(drive[0], **drive[1])
+    url = fake_fal.url if drive is not None else f"http://127.0.0.1:{closed_port()}"
+    body = {"prompt": "fox"}
+    quote = ledger.quote(DEV, body)
+    assert quote.amount == ESTIMATE
+    with Recording(UpstreamConfig(url=url, timeout=0.5, retries=1, backoff=0.01)) as up:
+        if failure is None:
+            outcome = run_governed(ledger.governor, up, agent="bot", quote=quote, body=body, fal_key=KEY)
+            tx = outcome.transaction
+        else:
+            with pytest.raises(UpstreamError) as raised:
+                run_governed(ledger.governor, up, agent="bot", quote=quote, body=body, fal_key=KEY)
+            tx = raised.value.details["transaction"]
+    assert type(up.raised) is failure if failure else up.raised is None
+    assert fake_fal.count() == (0 if drive is None else 1)  # nothing sent twice, whatever happened
+
+    stored = ledger.governor.transaction(tx.id)
+    assert tx.status == stored.status == status
+    expected_spent = {"nothing": Decimal(0), "estimate": ESTIMATE, "actual": Decimal("0.01395")}[counts]
+    assert stored.actual_cost == (expected_spent if counts == "actual" else None)
+    # What the budget counts: nothing is held any more; spent is what this outcome means for money.
+    assert rule_usage(ledger.engine, budget.id) == (expected_spent, Decimal(0), 1)
+    assert rule_usage(ledger.engine, requests.id)[2] == 1  # it was authorized, so it counts as a request
+    # And the governor decides the next request with exactly that counted.
+    verdict = next(v for v in ledger.governor.check("bot", quote).verdicts if v.rule.name == "budget")
+    assert verdict.usage_after == expected_spent + ESTIMATE
 
 
 @pytest.mark.parametrize("bad_key", ["", "with space", "line\nbreak", "tab\t", "caf\u00e9"])
@@ -161,46 +235,57 @@ def test_error_message_is_fals_detail_as_one_line(body, text, expected):
 # --- configuration ---------------------------------------------------------------------------
 
 def test_config_defaults_to_fal_run_and_two_minutes():
-    config = UpstreamConfig.from_env()
+    config = config_from({})
     assert (config.url, config.timeout, config.connect_timeout) == (DEFAULT_URL, DEFAULT_TIMEOUT, CONNECT_TIMEOUT)
     assert config.url == "https://fal.run" and config.timeout == 120
+    assert UpstreamConfig.from_settings(Settings()) == config
 
 
-def test_config_reads_the_environment(monkeypatch):
-    monkeypatch.setenv("PIXELGOV_UPSTREAM_URL", "http://127.0.0.1:9/base/")
-    monkeypatch.setenv("PIXELGOV_UPSTREAM_TIMEOUT", "2.5")
-    config = UpstreamConfig.from_env()
+def test_config_reads_the_environment():
+    config = config_from({"PIXELGOV_UPSTREAM_URL": "http://127.0.0.1:9/base/", "PIXELGOV_UPSTREAM_TIMEOUT": "2.5"})
     assert config.url == "http://127.0.0.1:9/base"
     assert config.timeout == 2.5
     assert config.connect_timeout == 2.5  # never longer than the whole wait
 
 
-def test_config_arguments_override_the_environment(monkeypatch):
+def test_config_reads_no_environment_of_its_own(monkeypatch):
+    """Settings are read once, at the edge: what is in os.environ later changes nothing."""
     monkeypatch.setenv("PIXELGOV_UPSTREAM_URL", "http://env.example")
     monkeypatch.setenv("PIXELGOV_UPSTREAM_TIMEOUT", "99")
-    config = UpstreamConfig.from_env(url="https://cli.example", timeout=30)
+    config = UpstreamConfig.from_settings(Settings())
+    assert (config.url, config.timeout) == (DEFAULT_URL, DEFAULT_TIMEOUT)
+
+
+def test_config_arguments_override_the_environment():
+    config = config_from({"PIXELGOV_UPSTREAM_URL": "http://env.example", "PIXELGOV_UPSTREAM_TIMEOUT": "99"},
+                         url="https://cli.example", timeout=30)
     assert (config.url, config.timeout, config.connect_timeout) == ("https://cli.example", 30, CONNECT_TIMEOUT)
 
 
-@pytest.mark.parametrize("url", ["fal.run", "ftp://fal.run", "file:///etc/passwd", "javascript:alert(1)"])
+@pytest.mark.parametrize("url", ["fal.run", "ftp://fal.run", "file:///etc/passwd", "javascript:alert(1)",
+                                 "http://", "http://[::1", "http://host:99999"])
 def test_a_url_that_is_not_http_is_invalid(url):
     with pytest.raises(InvalidRequest) as raised:
-        UpstreamConfig.from_env(url=url)
+        config_from({}, url=url)
     assert raised.value.field == "upstream"
+    with pytest.raises(InvalidRequest) as from_env:
+        config_from({"PIXELGOV_UPSTREAM_URL": url})
+    assert from_env.value.field == "upstream"
 
 
-@pytest.mark.parametrize("raw", ["soon", "1s", "0", "-3", "nan", "inf", "1e400"])
-def test_a_bad_timeout_in_the_environment_is_invalid(monkeypatch, raw):
-    monkeypatch.setenv("PIXELGOV_UPSTREAM_TIMEOUT", raw)
+@pytest.mark.parametrize("raw", ["soon", "1s", "0", "-3", "nan", "inf", "1e400", "3601"])
+def test_a_bad_timeout_in_the_environment_is_invalid(raw):
     with pytest.raises(InvalidRequest) as raised:
-        UpstreamConfig.from_env()
+        config_from({"PIXELGOV_UPSTREAM_TIMEOUT": raw})
+    assert raised.value.field == "PIXELGOV_UPSTREAM_TIMEOUT"
+    assert "PIXELGOV_UPSTREAM_TIMEOUT" in raised.value.message
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), "soon", 1e9])
+def test_a_bad_timeout_argument_is_invalid(timeout):
+    with pytest.raises(InvalidRequest) as raised:
+        config_from({}, timeout=timeout)
     assert raised.value.field == "timeout"
-
-
-@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf")])
-def test_a_non_positive_timeout_argument_is_invalid(timeout):
-    with pytest.raises(InvalidRequest):
-        UpstreamConfig.from_env(timeout=timeout)
 
 
 def test_the_fal_key_comes_from_the_environment_trimmed(monkeypatch):

@@ -14,7 +14,7 @@ import click
 
 from pricing.errors import InvalidRequest, PixelgovError
 
-from .common import report_error
+from .common import SETTINGS_KEY, report_error
 
 _COMMANDS = {
     "models": "ledger.cli.pricing_cmds:models",
@@ -28,6 +28,8 @@ _COMMANDS = {
     "alerts": "ledger.cli.admin_cmds:alerts",
     "db": "ledger.cli.admin_cmds:db",
     "audit": "ledger.cli.admin_cmds:audit",
+    "report": "ledger.cli.report_cmds:report",
+    "serve": "ledger.cli.serve_cmd:serve",
 }
 
 
@@ -43,8 +45,13 @@ class LazyGroup(click.Group):
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV_KEY] = list(args)  # checked in `invoke`, where errors are reported as ours
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            _check_text(ctx.meta.get(_ARGV_KEY, []))
             return super().invoke(ctx)
         except PixelgovError as error:
             report_error(ctx, error)
@@ -53,17 +60,31 @@ class LazyGroup(click.Group):
             where = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
             report_error(ctx, InvalidRequest(f"{error.format_message()}{where}", reason="usage"))
         except Exception as error:  # noqa: BLE001 - database driver errors become one clear line
-            translated = _translate(error)
+            translated = _translate(ctx, error)
             if translated is None:
                 raise
             report_error(ctx, translated)
 
 
-def _translate(error: Exception) -> PixelgovError | None:
+_ARGV_KEY = "pixelgov.argv"
+
+
+def _check_text(args: list[str]) -> None:
+    """Refuse arguments that are not valid UTF-8 (the OS hands them over as surrogate escapes):
+    they could be neither stored nor printed."""
+    for position, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(f"argument {position} is not valid UTF-8 text: {arg!r}", reason="encoding") from None
+
+
+def _translate(ctx: click.Context, error: Exception) -> PixelgovError | None:
     if "sqlalchemy" in sys.modules:
         from ..db import translate_db_error
 
-        return translate_db_error(error)
+        settings = (ctx.obj or {}).get(SETTINGS_KEY)
+        return translate_db_error(error, timeout=settings.db_timeout if settings else None)
     return None
 
 
@@ -80,7 +101,7 @@ def cli(ctx: click.Context, db_url: str | None) -> None:
     pixelgov run fal-ai/flux/dev --agent bot --prompt "a red fox" --dry-run
     """
     ctx.ensure_object(dict)
-    ctx.obj["db_url"] = db_url
+    ctx.obj["db_url"] = db_url  # the environment is read once, by the first command that needs it
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .common import emit_json, emit_record, emit_rows, ledger_engine, output_options
+from .common import emit_json, emit_record, emit_rows, ledger_of, output_options, settings_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 AGENT_COLUMNS = ["id", "name", "status", "has_api_key", "description", "created_at"]
@@ -16,16 +16,23 @@ RULE_COLUMNS = ["id", "name", "type", "limit", "period", "window", "models", "ag
 
 
 def _admin(ctx: click.Context) -> Any:
-    from ..admin import Admin
+    return ledger_of(ctx).admin
 
-    return Admin(ledger_engine(ctx))
+
+def _json_rows(records: Any) -> list[dict[str, Any]]:
+    return [r.to_json() for r in records]
 
 
 # --- agents ------------------------------------------------------------------------------------
 
 @click.group()
 def agents() -> None:
-    """Agents: create, list, show, update, rotate-key."""
+    """Agents: create, list, show, update, rotate-key.
+
+    \b
+    pixelgov agents create marketing-bot
+    pixelgov agents update marketing-bot --status paused
+    """
 
 
 @agents.command("create")
@@ -40,7 +47,7 @@ def agents_create(ctx: click.Context, name: str, description: str | None, no_key
     \b
     pixelgov agents create marketing-bot --description "social images"
     """
-    doc = _admin(ctx).create_agent(name, description, with_key=not no_key)
+    doc = _admin(ctx).create_agent(name, description, with_key=not no_key).to_json()
     emit_record(doc, fmt)
     if fmt == "table" and "api_key" in doc:
         click.echo("\nstore the api_key now: it is not shown again", err=True)
@@ -55,7 +62,7 @@ def agents_list(ctx: click.Context, fmt: str) -> None:
     \b
     pixelgov agents list --format csv
     """
-    emit_rows(_admin(ctx).agents(), AGENT_COLUMNS, fmt)
+    emit_rows(_json_rows(_admin(ctx).agents()), AGENT_COLUMNS, fmt)
 
 
 @agents.command("show")
@@ -68,7 +75,7 @@ def agents_show(ctx: click.Context, name: str, fmt: str) -> None:
     \b
     pixelgov agents show marketing-bot
     """
-    emit_record(_admin(ctx).agent(name), fmt)
+    emit_record(_admin(ctx).agent(name).to_json(), fmt)
 
 
 @agents.command("update")
@@ -87,7 +94,7 @@ def agents_update(ctx: click.Context, name: str, status: str | None, description
         from ..errors import InvalidRequest
 
         raise InvalidRequest("nothing to update: give --status or --description")
-    emit_record(_admin(ctx).update_agent(name, status=status, description=description), fmt)
+    emit_record(_admin(ctx).update_agent(name, status=status, description=description).to_json(), fmt)
 
 
 @agents.command("rotate-key")
@@ -100,7 +107,7 @@ def agents_rotate_key(ctx: click.Context, name: str, fmt: str) -> None:
     \b
     pixelgov agents rotate-key marketing-bot
     """
-    emit_record(_admin(ctx).rotate_key(name), fmt)
+    emit_record(_admin(ctx).rotate_key(name).to_json(), fmt)
 
 
 # --- rules -------------------------------------------------------------------------------------
@@ -139,7 +146,12 @@ def _spec(ctx: click.Context, enabled: bool | None, **values: Any) -> Any:
 
 @click.group()
 def rules() -> None:
-    """Spending rules: create, list, show, update, delete."""
+    """Spending rules: create, list, show, update, delete.
+
+    \b
+    pixelgov rules create --name bot-daily --type spend-limit --limit 5 --period day
+    pixelgov rules list
+    """
 
 
 @rules.command("create")
@@ -147,7 +159,7 @@ def rules() -> None:
 @click.option("--disable", is_flag=True, help="Create the rule disabled.")
 @output_options("table", "json")
 @click.pass_context
-def rules_create(ctx: click.Context, disable: bool, fmt: str, **values: Any) -> None:
+def rules_create(ctx: click.Context, /, disable: bool, fmt: str, **values: Any) -> None:
     """Create a spending rule.
 
     \b
@@ -156,7 +168,7 @@ def rules_create(ctx: click.Context, disable: bool, fmt: str, **values: Any) -> 
     pixelgov rules create --name flux-only --type model-allowlist --models 'fal-ai/flux/*'
     pixelgov rules create --name big-request --type request-cap --limit 0.10 --action alert
     """
-    emit_record(_admin(ctx).create_rule(_spec(ctx, False if disable else None, **values)), fmt)
+    emit_record(_admin(ctx).create_rule(_spec(ctx, False if disable else None, **values)).to_json(), fmt)
 
 
 @rules.command("update")
@@ -165,14 +177,14 @@ def rules_create(ctx: click.Context, disable: bool, fmt: str, **values: Any) -> 
 @click.option("--enable/--disable", "enabled", default=None)
 @output_options("table", "json")
 @click.pass_context
-def rules_update(ctx: click.Context, name_or_id: str, enabled: bool | None, fmt: str, **values: Any) -> None:
+def rules_update(ctx: click.Context, /, name_or_id: str, enabled: bool | None, fmt: str, **values: Any) -> None:
     """Change a rule. Changing its period, window or scope recounts it from the ledger.
 
     \b
     pixelgov rules update bot-daily --limit 10
     pixelgov rules update bot-daily --disable
     """
-    emit_record(_admin(ctx).update_rule(name_or_id, _spec(ctx, enabled, **values)), fmt)
+    emit_record(_admin(ctx).update_rule(name_or_id, _spec(ctx, enabled, **values)).to_json(), fmt)
 
 
 @rules.command("list")
@@ -184,7 +196,7 @@ def rules_list(ctx: click.Context, fmt: str) -> None:
     \b
     pixelgov rules list
     """
-    emit_rows(_admin(ctx).rules(), RULE_COLUMNS, fmt)
+    emit_rows(_json_rows(_admin(ctx).rules()), RULE_COLUMNS, fmt)
 
 
 @rules.command("show")
@@ -197,7 +209,7 @@ def rules_show(ctx: click.Context, name_or_id: str, fmt: str) -> None:
     \b
     pixelgov rules show bot-daily
     """
-    emit_record(_admin(ctx).rule(name_or_id), fmt)
+    emit_record(_admin(ctx).rule(name_or_id).to_json(), fmt)
 
 
 @rules.command("delete")
@@ -210,7 +222,7 @@ def rules_delete(ctx: click.Context, name_or_id: str, fmt: str) -> None:
     \b
     pixelgov rules delete bot-daily
     """
-    doc = _admin(ctx).delete_rule(name_or_id)
+    doc = _admin(ctx).delete_rule(name_or_id).to_json()
     if fmt == "json":
         emit_json({"deleted": doc})
     else:
@@ -221,7 +233,11 @@ def rules_delete(ctx: click.Context, name_or_id: str, fmt: str) -> None:
 
 @click.group()
 def alerts() -> None:
-    """Alerts raised by alert rules and alert_at thresholds."""
+    """Alerts raised by alert rules and alert_at thresholds.
+
+    \b
+    pixelgov alerts list
+    """
 
 
 @alerts.command("list")
@@ -234,7 +250,7 @@ def alerts_list(ctx: click.Context, limit: int, fmt: str) -> None:
     \b
     pixelgov alerts list --format json
     """
-    emit_rows(_admin(ctx).alerts(limit=limit), ["id", "rule", "kind", "agent", "transaction_id", "message",
+    emit_rows(_json_rows(_admin(ctx).alerts(limit=limit)), ["id", "rule", "kind", "agent", "transaction_id", "message",
                                                 "created_at"], fmt)
 
 
@@ -249,7 +265,7 @@ def audit(ctx: click.Context, entity: str | None, limit: int, fmt: str) -> None:
     \b
     pixelgov audit --entity rule
     """
-    emit_rows(_admin(ctx).audit(entity=entity, limit=limit),
+    emit_rows(_json_rows(_admin(ctx).audit(entity=entity, limit=limit)),
               ["id", "entity", "name", "action", "created_at"], fmt)
 
 
@@ -257,13 +273,18 @@ def audit(ctx: click.Context, entity: str | None, limit: int, fmt: str) -> None:
 
 @click.group()
 def db() -> None:
-    """Database schema: upgrade, current."""
+    """Database schema: upgrade, current, downgrade.
+
+    \b
+    pixelgov db current
+    pixelgov db upgrade
+    """
 
 
 def _url(ctx: click.Context) -> str:
-    from ..db import resolve_url
+    from ..db import default_url
 
-    return resolve_url((ctx.find_root().obj or {}).get("db_url"))
+    return settings_of(ctx).database_url or default_url()
 
 
 @db.command("upgrade")
@@ -275,11 +296,14 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
     \b
     pixelgov --db postgresql+psycopg://localhost/pixelgov db upgrade
     """
-    from ..db import current_revision, engine_for, upgrade
+    from ..db import current_revision, make_engine, upgrade_engine
 
-    url = _url(ctx)
-    upgrade(url, revision)
-    click.echo(f"database at revision {current_revision(engine_for(url))}")
+    engine = make_engine(_url(ctx), timeout=settings_of(ctx).db_timeout)
+    try:
+        upgrade_engine(engine, revision)
+        click.echo(f"database at revision {current_revision(engine)}")
+    finally:
+        engine.dispose()
 
 
 @db.command("downgrade")
@@ -291,11 +315,15 @@ def db_downgrade(ctx: click.Context, revision: str) -> None:
     \b
     pixelgov db downgrade base
     """
-    from ..db import current_revision, downgrade, engine_for
+    from ..db import current_revision, downgrade, make_engine
 
     url = _url(ctx)
     downgrade(url, revision)
-    click.echo(f"database at revision {current_revision(engine_for(url)) or 'base'}")
+    engine = make_engine(url, timeout=settings_of(ctx).db_timeout)
+    try:
+        click.echo(f"database at revision {current_revision(engine) or 'base'}")
+    finally:
+        engine.dispose()
 
 
 @db.command("current")
@@ -307,10 +335,13 @@ def db_current(ctx: click.Context, fmt: str) -> None:
     \b
     pixelgov db current
     """
-    from ..db import SCHEMA_HEAD, current_revision, engine_for
+    from ..db import SCHEMA_HEAD, current_revision, make_engine
 
-    url = _url(ctx)
-    rev = current_revision(engine_for(url))
-    doc = {"database": engine_for(url).url.render_as_string(hide_password=True), "revision": rev,
-           "head": SCHEMA_HEAD, "up_to_date": rev == SCHEMA_HEAD}
+    engine = make_engine(_url(ctx), timeout=settings_of(ctx).db_timeout)
+    try:
+        rev = current_revision(engine)
+        doc = {"database": engine.url.render_as_string(hide_password=True), "revision": rev,
+               "head": SCHEMA_HEAD, "up_to_date": rev == SCHEMA_HEAD}
+    finally:
+        engine.dispose()
     emit_record(doc, fmt)

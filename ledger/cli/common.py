@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -17,8 +18,24 @@ from pricing.schemas import parse_size
 
 from ..errors import NotFound, exit_code
 
+if TYPE_CHECKING:
+    from ..core import Ledger
+    from ..governor import Governor
+    from ..settings import Settings
+
 F = TypeVar("F", bound=Callable[..., Any])
 FORMAT_KEY = "pixelgov.format"
+SETTINGS_KEY = "settings"
+LEDGER_KEY = "ledger"
+#: Library errors name fields; on the command line, the flag that sets each one.
+FIELD_FLAGS = {
+    "name": "--name", "type": "--type", "limit": "--limit", "period": "--period", "window": "--window",
+    "models": "--models", "model": "--model", "operation": "--operation", "action": "--action",
+    "alert_at": "--alert-at", "input_size": "--input-size", "image_url": "--image-url", "params": "--params",
+    "idempotency_key": "--idempotency-key", "actual": "--actual", "response": "--response", "out": "--out",
+    "upstream": "--upstream-url", "timeout": "--timeout", "older_than": "--older-than",
+    "since": "--since", "until": "--until", "status": "--status", "database": "--db",
+}
 
 
 def _remember_format(ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -36,13 +53,38 @@ def output_options(*formats: str) -> Callable[[F], F]:
 
 
 def report_error(ctx: click.Context, error: PixelgovError) -> NoReturn:
-    """Print an error (JSON on stdout with --format json, else one line on stderr) and exit."""
+    """Print an error (JSON on stdout with --format json, else one line on stderr, with a hint
+    of the flag or command that fixes it) and exit with the error's exit code."""
     if ctx.meta.get(FORMAT_KEY) == "json":
         click.echo(json.dumps(error.to_json(), indent=2, default=str, ensure_ascii=False))
     else:
-        click.echo(f"error: {error.message}", err=True)
+        hint = cli_hint(error)
+        line = f"error: {error.message}" + (f" ({hint})" if hint else "")
+        click.echo(" ".join(line.split()), err=True)  # one line, whatever the message holds
     ctx.exit(exit_code(error))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def cli_hint(error: PixelgovError) -> str | None:
+    """What to type to fix `error`, in the CLI's own terms (library messages never name flags)."""
+    details = error.details
+    reason = details.get("reason")
+    if error.code == "schema_behind":
+        return "run `pixelgov db upgrade`"
+    if error.code == "model_not_found":
+        return "see `pixelgov models`"
+    if error.code == "not_found" and reason == "create_first" and "agent" in details:
+        return f"create it with `pixelgov agents create {details['agent']}`"
+    if error.code == "upstream_error" and reason == "unknown" and details.get("transaction") is not None:
+        tx_id = details["transaction"].id
+        return f"settle it with `pixelgov tx complete {tx_id}` or `pixelgov tx void {tx_id}`"
+    if reason == "input_size_unknown" or (error.code == "invalid_request" and details.get("field") == "input_size"
+                                          and reason == "missing"):
+        return "give --input-size WxH"
+    if reason == "duplicate":
+        return None
+    field = str(details.get("field"))
+    return FIELD_FLAGS.get(field) or _REQUEST_FLAGS.get(field)
 
 
 def emit_json(doc: Any) -> None:
@@ -115,6 +157,7 @@ _REQUEST_OPTIONS: list[tuple[str, str, str]] = [
     ("--scale", "scale", "Upscale factor, 2 or 4."),
     ("--input-size", "input_size", "Upscale input size WxH, when the image cannot be read."),
 ]
+_REQUEST_FLAGS = {field: flag for flag, field, _ in _REQUEST_OPTIONS}
 _INT_FIELDS = {"num_images", "num_inference_steps", "seed", "scale"}
 _NUMBER_FIELDS = {"guidance_scale", "strength"}
 
@@ -151,7 +194,6 @@ def pop_request_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert(field: str, raw: str) -> Any:
-    flag = "--" + next(f for f, name, _ in _REQUEST_OPTIONS if name == field).lstrip("-")
     if field == "image_size":
         text = raw.strip()
         return parse_size(text, field=field) if "x" in text.lower() and text[:1].isdigit() else text
@@ -161,31 +203,27 @@ def _convert(field: str, raw: str) -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise InvalidRequest(f"{field}: {flag} expects an integer (got {raw!r})", field=field) from None
+            raise InvalidRequest(f"{field}: expects an integer (got {raw!r})", field=field) from None
     if field in _NUMBER_FIELDS:
         try:
             value = float(raw)  # a model parameter, not money
         except ValueError:
-            raise InvalidRequest(f"{field}: {flag} expects a number (got {raw!r})", field=field) from None
+            raise InvalidRequest(f"{field}: expects a number (got {raw!r})", field=field) from None
+        if not math.isfinite(value):
+            raise InvalidRequest(f"{field}: expects a finite number (got {raw!r})", field=field)
         return int(value) if value.is_integer() and "." not in raw else value
     return raw
 
 
 def _load_params(params: str) -> dict[str, Any]:
-    source = "--params"
-    text = params
+    from pricing.jsondoc import parse_json, read_json_file
+
     if params.startswith("@"):
-        path = Path(params[1:])
-        source = f"--params file {path}"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InvalidRequest(f"params: cannot read {path} ({exc.strerror})", field="params") from None
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"params: {source} is not valid JSON ({exc.msg} at line {exc.lineno} "
-                             f"column {exc.colno})", field="params") from None
+        source = f"file {params[1:]}"
+        body = read_json_file(params[1:], field="params")
+    else:
+        source = "the request body"
+        body = parse_json(params, source=source, field="params")
     if not isinstance(body, dict):
         raise InvalidRequest(f"params: {source} must be a JSON object", field="params")
     return body
@@ -206,18 +244,50 @@ def is_tty() -> bool:
 
 # --- the ledger ------------------------------------------------------------------------------
 
-def ledger_engine(ctx: click.Context) -> Any:
-    """The database engine for this invocation, its schema checked (default SQLite: migrated)."""
-    from ..db import open_ledger
-
+def settings_of(ctx: click.Context) -> Settings:
+    """The settings of this invocation, read from the environment once, when a command first needs
+    them (so a malformed variable is reported in the command's own format, and `price` is not
+    refused for a ledger setting it never reads)."""
     root = ctx.find_root()
-    return open_ledger((root.obj or {}).get("db_url"))
+    root.ensure_object(dict)
+    settings = root.obj.get(SETTINGS_KEY)
+    if settings is None:
+        from ..settings import Settings
+
+        settings = root.obj[SETTINGS_KEY] = Settings.from_env(database_url=root.obj.get("db_url"))
+    return settings
 
 
-def governor(ctx: click.Context) -> Any:
-    from ..governor import Governor
+def price_book_of(ctx: click.Context) -> str | None:
+    """The price book path for the pricing-only commands: they read only `PIXELGOV_PRICE_BOOK`
+    (a malformed ledger setting does not stop a quote)."""
+    settings = (ctx.find_root().obj or {}).get(SETTINGS_KEY)
+    if settings is not None:
+        return settings.price_book_path
+    return os.environ.get("PIXELGOV_PRICE_BOOK") or None
 
-    return Governor(ledger_engine(ctx))
+
+def ledger_of(ctx: click.Context) -> Ledger:
+    """The ledger of this invocation, opened once (its schema checked; the default SQLite file is
+    created and migrated on first use) and closed when the command ends."""
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    found = root.obj.get(LEDGER_KEY)
+    if found is None:
+        from ..core import Ledger
+
+        found = root.obj[LEDGER_KEY] = Ledger(settings=settings_of(ctx))
+        root.call_on_close(found.close)
+    return found
+
+
+def ledger_engine(ctx: click.Context) -> Any:
+    """The database engine of this invocation's ledger."""
+    return ledger_of(ctx).engine
+
+
+def governor(ctx: click.Context) -> Governor:
+    return ledger_of(ctx).governor
 
 
 def parse_time(value: str | None, field: str) -> Any:
@@ -258,7 +328,9 @@ def tx_id_argument(fn: F) -> F:
     return click.argument("tx_id", type=int, callback=_known_tx_id)(fn)
 
 
-def emit_transaction(tx: Mapping[str, Any], fmt: str) -> None:
+def emit_transaction(record: Any, fmt: str) -> None:
+    """A transaction record: JSON, or its fields then its cost lines and facts as tables."""
+    tx = record.to_json()
     if fmt == "table":
         emit_record({k: v for k, v in tx.items() if k not in ("request", "cost_lines", "facts", "result")}, fmt)
         for section in ("cost_lines", "facts"):

@@ -9,15 +9,14 @@ import click
 from pricing.money import usd_str
 
 from ..errors import InvalidRequest, denial_error
-from ..quoting import quote_body
 from .common import (
-    TX_COLUMNS, emit_json, emit_rows, emit_transaction, governor, output_options, parse_time,
+    TX_COLUMNS, emit_json, emit_rows, emit_transaction, governor, ledger_of, output_options, parse_time,
     pop_request_options, request_options, stderr_lines, tx_id_argument,
 )
 
 
-def print_alerts(alerts: list[dict[str, Any]]) -> None:
-    stderr_lines(f"alert: {a['rule']}: {a['reason']}" for a in alerts)
+def print_alerts(alerts: Any) -> None:
+    stderr_lines(f"alert: {a.rule}: {a.reason}" for a in alerts)
 
 
 @click.command()
@@ -26,14 +25,15 @@ def print_alerts(alerts: list[dict[str, Any]]) -> None:
 @request_options
 @output_options("table", "json")
 @click.pass_context
-def check(ctx: click.Context, endpoint: str, agent: str, fmt: str, **options: Any) -> None:
+def check(ctx: click.Context, /, endpoint: str, agent: str, fmt: str, **options: Any) -> None:
     """Pre-flight: the quote and the rule decision. Writes nothing. Exit 3 when denied.
 
     \b
     pixelgov check fal-ai/flux/dev --agent bot --image-size square_hd
     """
     body = pop_request_options(options)
-    check_output(ctx, governor(ctx).check(agent, quote_body(endpoint, body)), fmt)
+    ledger = ledger_of(ctx)
+    check_output(ctx, ledger.governor.check(agent, ledger.quote(endpoint, body)), fmt)
 
 
 def check_output(ctx: click.Context, decision: Any, fmt: str) -> None:
@@ -56,8 +56,8 @@ def check_output(ctx: click.Context, decision: Any, fmt: str) -> None:
                 detail = f"{usd_str(v.usage_after)} of {detail} with this request"
             click.echo(f"  rule    {v.rule.name} ({v.rule.type}, {v.rule.action}): {state}: {detail}")
         for d in decision.denials:
-            if d["rule"] is None:
-                click.echo(f"  agent   DENIED: {d['reason']}")
+            if d.rule is None:
+                click.echo(f"  agent   DENIED: {d.reason}")
     print_alerts(decision.alerts)
     if not decision.allowed:
         ctx.exit(3)
@@ -70,7 +70,7 @@ def check_output(ctx: click.Context, decision: Any, fmt: str) -> None:
 @click.option("--idempotency-key", default=None, help="A retry with the same key returns the same transaction.")
 @output_options("table", "json")
 @click.pass_context
-def authorize(ctx: click.Context, endpoint: str, agent: str, idempotency_key: str | None, fmt: str,
+def authorize(ctx: click.Context, /, endpoint: str, agent: str, idempotency_key: str | None, fmt: str,
               **options: Any) -> None:
     """Create a pending transaction (a hold) for a caller that forwards the request itself.
 
@@ -78,22 +78,27 @@ def authorize(ctx: click.Context, endpoint: str, agent: str, idempotency_key: st
     pixelgov authorize fal-ai/flux/dev --agent bot --prompt "a fox" --idempotency-key job-42
     pixelgov tx complete 17 --response fal-response.json
     """
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
-        raise InvalidRequest("idempotency_key: 1–200 characters", field="idempotency_key")
+    from ..governor import validate_idempotency_key
+
+    validate_idempotency_key(idempotency_key)
     body = pop_request_options(options)
-    quote = quote_body(endpoint, body)
-    result = governor(ctx).authorize(agent, quote, body, idempotency_key=idempotency_key)
+    ledger = ledger_of(ctx)
+    result = ledger.governor.authorize(agent, ledger.quote(endpoint, body), body, idempotency_key=idempotency_key)
     if result.decision:
         print_alerts(result.decision.alerts)
     if not result.allowed:
-        denials = result.transaction["denial"]["denials"] if result.transaction["denial"] else []
-        raise denial_error(result.transaction, denials, agent)
+        raise denial_error(result.transaction, result.transaction.denials, agent)
     emit_transaction(result.transaction, fmt)
 
 
 @click.group()
 def tx() -> None:
-    """Transactions: list, show, complete, void, expire, add-cost, add-fact."""
+    """Transactions: list, show, complete, void, expire, add-cost, add-fact.
+
+    \b
+    pixelgov tx list --agent bot --status pending
+    pixelgov tx show 1
+    """
 
 
 @tx.command("list")
@@ -113,7 +118,7 @@ def tx_list(ctx: click.Context, agent: str | None, status: str | None, since: st
     """
     rows = governor(ctx).transactions(agent=agent, status=status, since=parse_time(since, "since"),
                                       until=parse_time(until, "until"), limit=limit)
-    emit_rows(rows, TX_COLUMNS, fmt)
+    emit_rows([r.to_json() for r in rows], TX_COLUMNS, fmt)
 
 
 @tx.command("show")
@@ -145,23 +150,12 @@ def tx_complete(ctx: click.Context, tx_id: int, actual: str | None, response_fil
     pixelgov tx complete 17 --actual 0.0118
     pixelgov tx complete 17 --response fal-response.json
     """
-    from ..governor import parse_amount
-    from ..settlement import actual_from_response, load_response
+    from pricing.jsondoc import read_json_file
 
-    gov = governor(ctx)
     if actual is not None and response_file is not None:
-        raise InvalidRequest("actual: give --actual or --response, not both", field="actual")
-    tx = gov.transaction(tx_id, detail=True)
-    facts: dict[str, Any] = {}
-    if actual is not None:
-        amount = parse_amount(actual, "actual")
-        facts["actual_source"] = "given"
-    elif response_file is not None:
-        amount, facts = actual_from_response(tx, load_response(response_file))
-    else:
-        amount = parse_amount(tx["estimated_cost"], "estimate")
-        facts["actual_source"] = "estimate (no actual given)"
-    emit_transaction(gov.settle(tx_id, amount, facts_=facts), fmt)
+        raise InvalidRequest("actual: give an actual cost or a response, not both", field="actual")
+    response = read_json_file(response_file, field="response") if response_file is not None else None
+    emit_transaction(governor(ctx).complete(tx_id, actual=actual, response=response), fmt)
 
 
 @tx.command("void")

@@ -6,23 +6,24 @@ from typing import Any
 
 import click
 
-from pricing import active_book
+from pricing import book_for
 from pricing.money import usd_str
 
 from ..quoting import quote_body
-from .common import emit_record, emit_rows, output_options, pop_request_options, request_options
+from .common import emit_record, emit_rows, output_options, pop_request_options, request_options, price_book_of
 
 
 @click.command()
 @output_options("table", "json", "csv")
-def models(fmt: str) -> None:
+@click.pass_context
+def models(ctx: click.Context, fmt: str) -> None:
     """The price book: endpoints, operations, rates and size presets.
 
     \b
     pixelgov models
     pixelgov models --format json
     """
-    book = active_book()
+    book = book_for(price_book_of(ctx))
     rows = [
         {"endpoint": e.endpoint, "model": e.model, "operation": e.operation,
          "rate_per_megapixel": usd_str(e.rate)}
@@ -51,7 +52,8 @@ def models(fmt: str) -> None:
 @click.argument("endpoint")
 @request_options
 @output_options("table", "json")
-def price(endpoint: str, fmt: str, **options: Any) -> None:
+@click.pass_context
+def price(ctx: click.Context, /, endpoint: str, fmt: str, **options: Any) -> None:
     """Quote a request exactly, offline: no ledger, nothing sent.
 
     \b
@@ -59,7 +61,8 @@ def price(endpoint: str, fmt: str, **options: Any) -> None:
     pixelgov price fal-ai/flux/dev --image-size square_hd --num-images 4 --format json
     pixelgov price fal-ai/topaz/upscale/image --input-size 1024x768 --scale 2
     """
-    q = quote_body(endpoint, pop_request_options(options))
+    book = book_for(price_book_of(ctx))
+    q = quote_body(endpoint, pop_request_options(options), book=book)
     doc = q.to_json()
     if fmt == "json":
         emit_record(doc, fmt)

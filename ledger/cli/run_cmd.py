@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 import click
 
 from ..errors import InvalidRequest, UpstreamError
-from ..quoting import quote_body
-from .common import emit_json, governor, output_options, pop_request_options, request_options
+from .common import emit_json, ledger_of, output_options, pop_request_options, request_options, settings_of
 from .ledger_cmds import check_output, print_alerts
+
+
+def fal_key_from_env() -> str:
+    """The FAL key from the environment (the edge), checked; never kept beyond this run."""
+    from ..upstream import check_fal_key
+
+    key = os.environ.get("FAL_KEY", "").strip()
+    if not key:
+        raise InvalidRequest("FAL_KEY is not set: a real run needs your FAL API key in the FAL_KEY environment "
+                             "variable (or use --dry-run)", field="FAL_KEY")
+    return check_fal_key(key)
 
 
 @click.command()
@@ -20,40 +31,42 @@ from .ledger_cmds import check_output, print_alerts
 @click.option("--idempotency-key", default=None, help="A retry with the same key is not sent or charged again.")
 @click.option("--out", "out_dir", default=None, metavar="DIR", help="Download the images into DIR.")
 @click.option("--dry-run", is_flag=True, help="Quote and rule decision only: nothing written, nothing sent.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+@click.option("--timeout", default=None, metavar="SECONDS",
               help="Wait this long for the upstream's answer (env PIXELGOV_UPSTREAM_TIMEOUT, default 120).")
 @click.option("--upstream-url", default=None, metavar="URL", help="Env PIXELGOV_UPSTREAM_URL (default https://fal.run).")
 @output_options("table", "json")
 @click.pass_context
-def run(ctx: click.Context, endpoint: str, agent: str, idempotency_key: str | None, out_dir: str | None,
-        dry_run: bool, timeout: float | None, upstream_url: str | None, fmt: str, **options: Any) -> None:
+def run(ctx: click.Context, /, endpoint: str, agent: str, idempotency_key: str | None, out_dir: str | None,
+        dry_run: bool, timeout: str | None, upstream_url: str | None, fmt: str, **options: Any) -> None:
     """Authorize, forward to FAL and settle the real cost. Denied: nothing is sent (exit 3).
 
     \b
     pixelgov run fal-ai/flux/dev --agent bot --prompt "a red fox" --dry-run
     FAL_KEY=... pixelgov run fal-ai/flux/dev --agent bot --prompt "a red fox" --out images/
     """
+    from ..governor import validate_idempotency_key
+
     body = pop_request_options(options)
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
-        raise InvalidRequest("idempotency_key: 1–200 characters", field="idempotency_key")
-    quote = quote_body(endpoint, body)
-    gov = governor(ctx)
+    validate_idempotency_key(idempotency_key)
+    ledger = ledger_of(ctx)
+    quote = ledger.quote(endpoint, body)
     if dry_run:
-        check_output(ctx, gov.check(agent, quote), fmt)
+        check_output(ctx, ledger.governor.check(agent, quote), fmt)
         return
     from ..runner import run_governed, runnable
-    from ..upstream import Upstream, UpstreamConfig, fal_key_from_env
+    from ..upstream import Upstream, UpstreamConfig
 
+    # Everything that can be refused is refused before a hold is written.
     runnable(quote, body)
     fal_key = fal_key_from_env()
-    config = UpstreamConfig.from_env(url=upstream_url, timeout=timeout)
+    config = UpstreamConfig.from_settings(settings_of(ctx), url=upstream_url, timeout=timeout)
     directory = None
     if out_dir is not None:
         from ..downloads import ensure_writable
 
         directory = ensure_writable(out_dir)
     with Upstream(config) as upstream:
-        outcome = run_governed(gov, upstream, agent=agent, quote=quote, body=body, fal_key=fal_key,
+        outcome = run_governed(ledger.governor, upstream, agent=agent, quote=quote, body=body, fal_key=fal_key,
                                idempotency_key=idempotency_key,
                                after_authorize=lambda auth: print_alerts(auth.decision.alerts if auth.decision else []))
     tx = outcome.transaction
@@ -61,8 +74,8 @@ def run(ctx: click.Context, endpoint: str, agent: str, idempotency_key: str | No
         emit_json(outcome.to_json())
     else:
         note = " (idempotent retry: the earlier transaction, nothing sent)" if outcome.replayed else ""
-        click.echo(f"{tx['status']}: transaction {tx['id']}, estimated {tx['estimated_cost']}, "
-                   f"actual {tx['actual_cost']}{note}")
+        click.echo(f"{tx.status.value}: transaction {tx.id}, estimated {tx.to_json()['estimated_cost']}, "
+                   f"actual {tx.to_json()['actual_cost']}{note}")
         from ..downloads import image_urls
 
         for i, url in enumerate(image_urls(outcome.result)):
@@ -71,12 +84,9 @@ def run(ctx: click.Context, endpoint: str, agent: str, idempotency_key: str | No
         from ..downloads import save_images
 
         try:
-            paths = save_images(outcome.result, directory, tx["id"], progress=fmt != "json" and sys.stderr.isatty())
+            paths = save_images(outcome.result, directory, tx.id, progress=fmt != "json" and sys.stderr.isatty())
         except Exception as exc:  # noqa: BLE001 - a download problem is reported, the ledger is already right
-            raise UpstreamError(f"transaction {tx['id']} is settled but downloading its images failed: {exc}",
+            raise UpstreamError(f"transaction {tx.id} is settled but downloading its images failed: {exc}",
                                 transaction=tx) from None
         for path in paths:
             click.echo(f"saved {path}", err=True)
-
-
-
