@@ -61,27 +61,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes (and their threads), from /proc."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of these processes (with their threads), from /proc."""
+    found = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             pass
-    return total / os.sysconf("SC_CLK_TCK")
+    return found
 
 
-def postgres_pids() -> list[int]:
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two readings by the processes alive at both (a pooled database
+    connection closed meanwhile takes its figure with it: the database column is a lower bound)."""
+    return sum(after[pid] - before[pid] for pid in before if pid in after)
+
+
+def postgres_pids(database: str) -> list[int]:
+    """The PostgreSQL backends serving `database` (their process title names it)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
-                    pids.append(int(entry.name))
+                title = (entry / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
-                pass
+                continue
+            if title.startswith("postgres:") and f" {database} " in title:
+                pids.append(int(entry.name))
     return pids
 
 
@@ -134,10 +142,12 @@ def prepare(url: str, layout: str) -> list[str]:
             ledger.admin.create_rule(rule(name="shared-rate", type="rate-limit", limit=100_000_000, period="day"))
         else:
             for i in range(AGENTS):
-                ledger.admin.create_rule(rule(name=f"budget-{i}", type="spend-limit", limit="1000000", period="day",
-                                              agent=f"bench-{i}"))
-                ledger.admin.create_rule(rule(name=f"rate-{i}", type="rate-limit", limit=100_000_000, period="day",
-                                              agent=f"bench-{i}"))
+                ledger.admin.create_rule(
+                    rule(name=f"budget-{i}", type="spend-limit", limit="1000000", period="day", agent=f"bench-{i}")
+                )
+                ledger.admin.create_rule(
+                    rule(name=f"rate-{i}", type="rate-limit", limit=100_000_000, period="day", agent=f"bench-{i}")
+                )
     return keys
 
 
@@ -146,14 +156,16 @@ def auth(keys: list[str] | None, i: int) -> dict[str, str]:
     return {"Authorization": f"Key {keys[i % len(keys)] if keys else SERVER_KEY}"}
 
 
-async def open_loop(url: str, path: str, keys: list[str] | None, rate: float,
-                    seconds: float) -> tuple[list[float], int]:
+async def open_loop(
+    url: str, path: str, keys: list[str] | None, rate: float, seconds: float
+) -> tuple[list[float], int]:
     """Requests at a fixed rate (open loop): each one's latency from its scheduled send time."""
     n = int(rate * seconds)
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
         async def one(i: int, at: float) -> None:
             nonlocal errors
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
@@ -175,13 +187,15 @@ async def open_loop(url: str, path: str, keys: list[str] | None, rate: float,
     return latencies, errors
 
 
-async def closed_loop(url: str, path: str, keys: list[str] | None, concurrency: int,
-                      seconds: float) -> tuple[int, float, int]:
+async def closed_loop(
+    url: str, path: str, keys: list[str] | None, concurrency: int, seconds: float
+) -> tuple[int, float, int]:
     """`concurrency` clients sending back to back for `seconds`: (requests done, elapsed, errors)."""
     done = errors = 0
     stop = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
         async def worker(w: int) -> None:
             nonlocal done, errors
             i = w
@@ -210,8 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="seconds per phase (default 10; quick 3)")
     parser.add_argument("--rate", type=float, default=100.0, help="open-loop requests/s (default 100)")
     parser.add_argument("--concurrency", type=int, default=16, help="clients at saturation (default 16)")
-    parser.add_argument("--pg", default=os.environ.get("PIXELGOV_BENCH_POSTGRES_URL", DEFAULT_PG),
-                        help=f"PostgreSQL URL for the benchmark's own database (default {DEFAULT_PG})")
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("PIXELGOV_BENCH_POSTGRES_URL", DEFAULT_PG),
+        help=f"PostgreSQL URL for the benchmark's own database (default {DEFAULT_PG})",
+    )
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
     args = parser.parse_args(argv)
     seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -226,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"PostgreSQL skipped: {why}")
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    print(f"{seconds:g} s per phase, open loop at {args.rate:g} requests/s, saturation with {args.concurrency} "
-          f"clients; {os.cpu_count()} CPU(s)\n")
+    print(
+        f"{seconds:g} s per phase, open loop at {args.rate:g} requests/s, saturation with {args.concurrency} "
+        f"clients, {args.workers} gateway worker(s); {os.cpu_count()} CPU(s), load average "
+        f"{os.getloadavg()[0]:.1f} at the start\n"
+    )
     rows = []
     with process([sys.executable, str(ROOT / "tests" / "fake_fal.py")], env, "FAKE_FAL_URL=") as (fake, line):
         fake_url = line.strip().split("=", 1)[1]
@@ -235,19 +256,35 @@ def main(argv: list[str] | None = None) -> int:
             for layout in ("per-agent", "shared"):
                 keys = prepare(db_url, layout)
                 port = free_port()
-                gw_env = {**env, "PIXELGOV_DATABASE_URL": db_url, "PIXELGOV_UPSTREAM_URL": fake_url,
-                          "FAL_KEY": SERVER_KEY}
-                serve = [sys.executable, "-c", "from ledger.cli import main; main()", "serve", "--port", str(port)]
+                gw_env = {
+                    **env,
+                    "PIXELGOV_DATABASE_URL": db_url,
+                    "PIXELGOV_UPSTREAM_URL": fake_url,
+                    "FAL_KEY": SERVER_KEY,
+                }
+                serve = [
+                    sys.executable,
+                    "-c",
+                    "from ledger.cli import main; main()",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(args.workers),
+                ]
                 with process(serve, gw_env, "Uvicorn running") as (gw, _):
                     gw_url = f"http://127.0.0.1:{port}"
                     direct, _e1 = asyncio.run(open_loop(fake_url, f"/{ENDPOINT}", None, args.rate, seconds))
                     governed, e2 = asyncio.run(open_loop(gw_url, f"/{ENDPOINT}", keys, args.rate, seconds))
                     sat_direct = asyncio.run(closed_loop(fake_url, f"/{ENDPOINT}", None, args.concurrency, seconds))
-                    pids = {"gateway": [gw.pid, *_threads_children(gw.pid)], "fake": [fake.pid],
-                            "database": postgres_pids() if db_name == "postgresql" else []}
+                    pids = {
+                        "gateway": [gw.pid, *_threads_children(gw.pid)],  # the workers, with --workers N
+                        "fake": [fake.pid],
+                        "database": postgres_pids(db_url.rsplit("/", 1)[1]) if db_name == "postgresql" else [],
+                    }
                     before = {k: cpu_seconds(v) for k, v in pids.items()}
                     sat = asyncio.run(closed_loop(gw_url, f"/{ENDPOINT}", keys, args.concurrency, seconds))
-                    cpu = {k: cpu_seconds(v) - before[k] for k, v in pids.items()}
+                    cpu = {k: cpu_used(before[k], cpu_seconds(v)) for k, v in pids.items()}
                 rows.append((db_name, layout, direct, governed, e2, sat_direct, sat, cpu))
 
     print("| database | budgets | direct p50 / p99 | governed p50 / p99 | added p50 / p99 | errors |")
@@ -255,18 +292,24 @@ def main(argv: list[str] | None = None) -> int:
     for db_name, layout, direct, governed, errors, *_ in rows:
         d50, d99 = fmt(direct)
         g50, g99 = fmt(governed)
-        print(f"| {db_name} | {layout} | {d50:.2f} / {d99:.2f} ms | {g50:.2f} / {g99:.2f} ms | "
-              f"**{g50 - d50:.2f} / {g99 - d99:.2f} ms** | {errors} |")
+        print(
+            f"| {db_name} | {layout} | {d50:.2f} / {d99:.2f} ms | {g50:.2f} / {g99:.2f} ms | "
+            f"**{g50 - d50:.2f} / {g99 - d99:.2f} ms** | {errors} |"
+        )
     print()
-    print("| database | budgets | straight to the fake | through the gateway | gateway CPU per request "
-          "| database CPU per request | fake CPU per request |")
+    print(
+        "| database | budgets | straight to the fake | through the gateway | gateway CPU per request "
+        "| database CPU per request (lower bound) | fake CPU per request |"
+    )
     print("|---|---|---|---|---|---|---|")
     for db_name, layout, _d, _g, _e, sat_direct, sat, cpu in rows:
         n, elapsed, errors = sat
         per = 1000 / max(n, 1)
-        print(f"| {db_name} | {layout} | {sat_direct[0] / sat_direct[1]:.0f}/s | **{n / elapsed:.0f}/s** "
-              f"({errors} errors) | {cpu['gateway'] * per:.2f} ms ({cpu['gateway'] / elapsed:.0%} of a core) | "
-              f"{cpu['database'] * per:.2f} ms | {cpu['fake'] * per:.2f} ms |")
+        print(
+            f"| {db_name} | {layout} | {sat_direct[0] / sat_direct[1]:.0f}/s | **{n / elapsed:.0f}/s** "
+            f"({errors} errors) | {cpu['gateway'] * per:.2f} ms ({cpu['gateway'] / elapsed:.0%} of a core) | "
+            f"{cpu['database'] * per:.2f} ms | {cpu['fake'] * per:.2f} ms |"
+        )
     return 0
 
 

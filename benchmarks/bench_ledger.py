@@ -38,12 +38,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ledger import Ledger, Settings  # noqa: E402
-from ledger import db as ledger_db  # noqa: E402
-from ledger.governor import Governor, request_hash  # noqa: E402
-from ledger.rules import RuleSpec  # noqa: E402
-from pricing import quote  # noqa: E402
-from pricing.money import to_nano  # noqa: E402
+from ledger import Ledger, Settings
+from ledger import db as ledger_db
+from ledger.governor import Governor, request_hash
+from ledger.rules import RuleSpec
+from pricing import quote
+from pricing.money import to_nano
 
 ENDPOINT = "fal-ai/flux/dev"
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/pixelgov_bench"
@@ -55,7 +55,7 @@ HOUR, DAY = 3600, 86400
 
 
 def pg_dsn(url: str) -> str:
-    scheme, rest = url.split("://", 1)
+    _scheme, rest = url.split("://", 1)
     return "postgresql://" + rest
 
 
@@ -121,18 +121,66 @@ def setup_rules(url: str, agents: list[str], *, shared_window: bool = True, per_
     scopes = agents if per_agent else [None]
     for scope in scopes:
         suffix = f"-{scope}" if scope else ""
-        ids["rules"].append((admin.create_rule(RuleSpec(name=f"daily{suffix}", type="spend-limit", limit=HUGE_USD,
-                                                        period="day", agent=scope, given=given)).id, "day"))
+        ids["rules"].append(
+            (
+                admin.create_rule(
+                    RuleSpec(
+                        name=f"daily{suffix}",
+                        type="spend-limit",
+                        limit=HUGE_USD,
+                        period="day",
+                        agent=scope,
+                        given=given,
+                    )
+                ).id,
+                "day",
+            )
+        )
         if not per_agent:
-            ids["rules"].append((admin.create_rule(RuleSpec(
-                name="rolling-24h", type="spend-limit", limit=HUGE_USD, window="24h",
-                given={"name", "type", "limit", "window"})).id, "window"))
-        ids["rules"].append((admin.create_rule(RuleSpec(name=f"rate{suffix}", type="rate-limit", limit=HUGE_COUNT,
-                                                        period="day", agent=scope, given=given)).id, "day"))
+            ids["rules"].append(
+                (
+                    admin.create_rule(
+                        RuleSpec(
+                            name="rolling-24h",
+                            type="spend-limit",
+                            limit=HUGE_USD,
+                            window="24h",
+                            given={"name", "type", "limit", "window"},
+                        )
+                    ).id,
+                    "window",
+                )
+            )
+        ids["rules"].append(
+            (
+                admin.create_rule(
+                    RuleSpec(
+                        name=f"rate{suffix}",
+                        type="rate-limit",
+                        limit=HUGE_COUNT,
+                        period="day",
+                        agent=scope,
+                        given=given,
+                    )
+                ).id,
+                "day",
+            )
+        )
     if per_agent and shared_window:
-        ids["rules"].append((admin.create_rule(RuleSpec(
-            name="shared-rolling-24h", type="spend-limit", limit=HUGE_USD, window="24h",
-            given={"name", "type", "limit", "window"})).id, "window"))
+        ids["rules"].append(
+            (
+                admin.create_rule(
+                    RuleSpec(
+                        name="shared-rolling-24h",
+                        type="spend-limit",
+                        limit=HUGE_USD,
+                        window="24h",
+                        given={"name", "type", "limit", "window"},
+                    )
+                ).id,
+                "window",
+            )
+        )
     ids["rules"].sort()
     return ids
 
@@ -178,20 +226,29 @@ class Baseline:
             self.p = "?"
         p = self.p
         k = len(rules)
-        self.sql_tx = ("INSERT INTO transactions (agent_id, endpoint, model, operation, request_json, request_hash, "
-                       "price_book, estimated_cost, status, created_at) "
-                       f"VALUES ({', '.join([p] * 10)}) RETURNING id")
+        self.sql_tx = (
+            "INSERT INTO transactions (agent_id, endpoint, model, operation, request_json, request_hash, "
+            "price_book, estimated_cost, status, created_at) "
+            f"VALUES ({', '.join([p] * 10)}) RETURNING id"
+        )
         self.sql_line = f"INSERT INTO cost_lines (transaction_id, kind, amount, created_at) VALUES ({p}, {p}, {p}, {p})"
-        self.sql_counters = ("INSERT INTO rule_counters (rule_id, bucket, spent, held, requests) VALUES "
-                             + ", ".join([f"({p}, {p}, 0, {p}, 1)"] * k)
-                             + " ON CONFLICT (rule_id, bucket) DO UPDATE SET held = rule_counters.held + excluded.held,"
-                             " requests = rule_counters.requests + excluded.requests")
-        self.sql_holds = ("INSERT INTO holds (transaction_id, rule_id, bucket) VALUES "
-                          + ", ".join([f"({p}, {p}, {p})"] * k))
-        self.sql_settle = (f"UPDATE transactions SET status = 'completed', actual_cost = {p}, completed_at = {p} "
-                           f"WHERE id = {p} AND status = 'pending'")
-        self.sql_release = (f"UPDATE rule_counters SET held = held - {p}, spent = spent + {p} "
-                            "WHERE (rule_id, bucket) IN (" + ", ".join([f"({p}, {p})"] * k) + ")")
+        self.sql_counters = (
+            "INSERT INTO rule_counters (rule_id, bucket, spent, held, requests) VALUES "
+            + ", ".join([f"({p}, {p}, 0, {p}, 1)"] * k)
+            + " ON CONFLICT (rule_id, bucket) DO UPDATE SET held = rule_counters.held + excluded.held,"
+            " requests = rule_counters.requests + excluded.requests"
+        )
+        self.sql_holds = "INSERT INTO holds (transaction_id, rule_id, bucket) VALUES " + ", ".join(
+            [f"({p}, {p}, {p})"] * k
+        )
+        self.sql_settle = (
+            f"UPDATE transactions SET status = 'completed', actual_cost = {p}, completed_at = {p} "
+            f"WHERE id = {p} AND status = 'pending'"
+        )
+        self.sql_release = (
+            f"UPDATE rule_counters SET held = held - {p}, spent = spent + {p} "
+            "WHERE (rule_id, bucket) IN (" + ", ".join([f"({p}, {p})"] * k) + ")"
+        )
 
     def ts(self, now: datetime) -> Any:
         naive = now.replace(tzinfo=None)
@@ -208,8 +265,21 @@ class Baseline:
         ts, epoch = self.ts(now), int(now.timestamp())
         keys = [(rid, bucket_of(kind, epoch)) for rid, kind in self.rules]
         self.begin(cur)
-        tx_id = cur.execute(self.sql_tx, (self.agent_id, q.endpoint, q.model, q.operation, self.request_json,
-                                          self.digest, q.price_book, self.est, "pending", ts)).fetchone()[0]
+        tx_id = cur.execute(
+            self.sql_tx,
+            (
+                self.agent_id,
+                q.endpoint,
+                q.model,
+                q.operation,
+                self.request_json,
+                self.digest,
+                q.price_book,
+                self.est,
+                "pending",
+                ts,
+            ),
+        ).fetchone()[0]
         cur.execute(self.sql_line, (tx_id, "estimate", self.est, ts))
         cur.execute(self.sql_counters, [v for rid, b in keys for v in (rid, b, self.est)])
         cur.execute(self.sql_holds, [v for rid, b in keys for v in (tx_id, rid, b)])
@@ -252,8 +322,10 @@ def bench_throughput(url: str, label: str, n: int, rounds: int) -> dict[str, flo
     forget(url)
     gm, bm = statistics.median(g), statistics.median(b)
     ratio = statistics.median(x / y for x, y in zip(g, b))
-    print(f"  {label:<11} governed {gm:7.0f} ops/s   baseline {bm:7.0f} ops/s   ratio {ratio:6.1%}  "
-          f"(median of {rounds} paired rounds of {n})")
+    print(
+        f"  {label:<11} governed {gm:7.0f} ops/s   baseline {bm:7.0f} ops/s   ratio {ratio:6.1%}  "
+        f"(median of {rounds} paired rounds of {n})"
+    )
     print(f"  {'':<11} rounds: governed {' '.join(f'{x:.0f}' for x in g)}")
     print(f"  {'':<11}         baseline {' '.join(f'{x:.0f}' for x in b)}")
     return {"governed": gm, "baseline": bm, "ratio": ratio}
@@ -287,11 +359,29 @@ def history(rows: int, agent_ids: list[int], rules: list[tuple[int, str]], now: 
         actual = None
         if status == "completed":
             actual = est if rng.random() < 0.9 else est // 2
-        denial = json.dumps({"rule": "daily", "type": "spend-limit", "reason": "bench history"}) \
-            if status == "denied" else None
-        txs.append((tx_id, agent_ids[i % len(agent_ids)], ENDPOINT, ENDPOINT, "generate", "{}", digest,
-                    q_small.price_book, est, actual, status, denial, created,
-                    None if status == "denied" else done))
+        denial = (
+            json.dumps({"rule": "daily", "type": "spend-limit", "reason": "bench history"})
+            if status == "denied"
+            else None
+        )
+        txs.append(
+            (
+                tx_id,
+                agent_ids[i % len(agent_ids)],
+                ENDPOINT,
+                ENDPOINT,
+                "generate",
+                "{}",
+                digest,
+                q_small.price_book,
+                est,
+                actual,
+                status,
+                denial,
+                created,
+                None if status == "denied" else done,
+            )
+        )
         if status != "denied":
             lines.append((tx_id, "estimate", est, created))
             if actual is not None:
@@ -305,8 +395,22 @@ def history(rows: int, agent_ids: list[int], rules: list[tuple[int, str]], now: 
     return txs, lines, holds, counters
 
 
-TX_COLS = ("id", "agent_id", "endpoint", "model", "operation", "request_json", "request_hash", "price_book",
-           "estimated_cost", "actual_cost", "status", "denial_json", "created_at", "completed_at")
+TX_COLS = (
+    "id",
+    "agent_id",
+    "endpoint",
+    "model",
+    "operation",
+    "request_json",
+    "request_hash",
+    "price_book",
+    "estimated_cost",
+    "actual_cost",
+    "status",
+    "denial_json",
+    "created_at",
+    "completed_at",
+)
 
 
 def bulk_load(url: str, rows: int, agent_ids: list[int], rules: list[tuple[int, str]]) -> float:
@@ -319,17 +423,19 @@ def bulk_load(url: str, rows: int, agent_ids: list[int], rules: list[tuple[int, 
         txs, lines, holds, counters = history(rows, agent_ids, rules, now, first)
         fmt = "%Y-%m-%d %H:%M:%S.%f"
         txs = [(*t[:12], t[12].strftime(fmt), t[13].strftime(fmt) if t[13] else None) for t in txs]
-        lines = [(*l[:3], l[3].strftime(fmt)) for l in lines]
+        lines = [(*line[:3], line[3].strftime(fmt)) for line in lines]
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(f"INSERT INTO transactions ({', '.join(TX_COLS)}) VALUES ({', '.join('?' * len(TX_COLS))})",
-                         txs)
-        conn.executemany("INSERT INTO cost_lines (transaction_id, kind, amount, created_at) VALUES (?, ?, ?, ?)",
-                         lines)
+        conn.executemany(
+            f"INSERT INTO transactions ({', '.join(TX_COLS)}) VALUES ({', '.join('?' * len(TX_COLS))})", txs
+        )
+        conn.executemany("INSERT INTO cost_lines (transaction_id, kind, amount, created_at) VALUES (?, ?, ?, ?)", lines)
         conn.executemany("INSERT INTO holds (transaction_id, rule_id, bucket) VALUES (?, ?, ?)", holds)
-        conn.executemany("INSERT INTO rule_counters (rule_id, bucket, spent, held, requests) VALUES (?, ?, ?, ?, ?) "
-                         "ON CONFLICT (rule_id, bucket) DO UPDATE SET spent = spent + excluded.spent, "
-                         "held = held + excluded.held, requests = requests + excluded.requests",
-                         [(r, b, *c) for (r, b), c in counters.items()])
+        conn.executemany(
+            "INSERT INTO rule_counters (rule_id, bucket, spent, held, requests) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (rule_id, bucket) DO UPDATE SET spent = spent + excluded.spent, "
+            "held = held + excluded.held, requests = requests + excluded.requests",
+            [(r, b, *c) for (r, b), c in counters.items()],
+        )
         conn.execute("COMMIT")
         conn.execute("ANALYZE")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -350,14 +456,17 @@ def bulk_load(url: str, rows: int, agent_ids: list[int], rules: list[tuple[int, 
                 with cur.copy("COPY holds (transaction_id, rule_id, bucket) FROM STDIN") as copy:
                     for h in holds:
                         copy.write_row(h)
-                cur.executemany("INSERT INTO rule_counters (rule_id, bucket, spent, held, requests) "
-                                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (rule_id, bucket) DO UPDATE SET "
-                                "spent = rule_counters.spent + excluded.spent, held = rule_counters.held + "
-                                "excluded.held, requests = rule_counters.requests + excluded.requests",
-                                [(r, b, *c) for (r, b), c in counters.items()])
+                cur.executemany(
+                    "INSERT INTO rule_counters (rule_id, bucket, spent, held, requests) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (rule_id, bucket) DO UPDATE SET "
+                    "spent = rule_counters.spent + excluded.spent, held = rule_counters.held + "
+                    "excluded.held, requests = rule_counters.requests + excluded.requests",
+                    [(r, b, *c) for (r, b), c in counters.items()],
+                )
                 for table in ("transactions", "cost_lines"):
-                    cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                                f"(SELECT MAX(id) FROM {table}))")
+                    cur.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))"
+                    )
             conn.commit()
             conn.autocommit = True
             conn.execute("VACUUM ANALYZE")
@@ -376,7 +485,7 @@ def latency_round(gov: Governor, agent: str, q: Any, n: int) -> list[float]:
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def bench_latency(url_empty: str, url_big: str, label: str, rows: int, n: int, rounds: int) -> None:
@@ -389,14 +498,15 @@ def bench_latency(url_empty: str, url_big: str, label: str, rows: int, n: int, r
     with open_ledger(url_big).engine.connect() as conn:
         from sqlalchemy import text
 
-        counts = {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
-                  for t in ("transactions", "cost_lines", "holds", "rule_counters")}
+        counts = {
+            t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
+            for t in ("transactions", "cost_lines", "holds", "rule_counters")
+        }
     print(f"  {label}: loaded {', '.join(f'{v:,} {k}' for k, v in counts.items())} in {took:.1f}s")
     q = quote(ENDPOINT, {})
-    govs = {name: open_ledger(u).governor
-            for name, u in (("empty", url_empty), ("big", url_big))}
+    govs = {name: open_ledger(u).governor for name, u in (("empty", url_empty), ("big", url_big))}
     samples: dict[str, list[float]] = {"empty": [], "big": []}
-    for name, gov in govs.items():
+    for gov in govs.values():
         latency_round(gov, "agent-0", q, max(30, n // 10))  # warm up
     for _ in range(rounds):  # alternate so both see the same background load
         for name, gov in govs.items():
@@ -405,8 +515,10 @@ def bench_latency(url_empty: str, url_big: str, label: str, rows: int, n: int, r
     p99 = {k: pct(v, 99) * 1000 for k, v in samples.items()}
     print(f"  {label:<11} authorize, 0 prior:        median {med['empty']:6.2f} ms   p99 {p99['empty']:6.2f} ms")
     print(f"  {label:<11} authorize, {rows:,} prior: median {med['big']:6.2f} ms   p99 {p99['big']:6.2f} ms")
-    print(f"  {label:<11} ratio (large / empty):     median {med['big'] / med['empty']:5.2f}x   "
-          f"p99 {p99['big'] / p99['empty']:5.2f}x")
+    print(
+        f"  {label:<11} ratio (large / empty):     median {med['big'] / med['empty']:5.2f}x   "
+        f"p99 {p99['big'] / p99['empty']:5.2f}x"
+    )
     forget(url_empty)
     forget(url_big)
 
@@ -428,7 +540,7 @@ def client(url: str, agent: str, seconds: float, barrier: Any, results: Any) -> 
             gov.settle(auth.transaction.id, q.amount)
             done += 1
         results.put(("ok", done, time.perf_counter() - t0))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+    except BaseException as exc:
         results.put(("error", repr(exc), 0.0))
 
 
@@ -455,8 +567,10 @@ def bench_concurrency(url: str, seconds: float) -> None:
     single = run_clients(url, 1, seconds)
     many = run_clients(url, 8, seconds)
     print(f"  postgresql  1 client process:  {single:8.0f} ops/s")
-    print(f"  postgresql  8 client processes: {many:8.0f} ops/s   ({many / single:.2f}x one client; "
-          f"{os.cpu_count()} cores; 3 rules per request, one of them shared by all 8 agents)")
+    print(
+        f"  postgresql  8 client processes: {many:8.0f} ops/s   ({many / single:.2f}x one client; "
+        f"{os.cpu_count()} cores; 3 rules per request, one of them shared by all 8 agents)"
+    )
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -465,8 +579,11 @@ def bench_concurrency(url: str, seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer operations and 100,000 prior rows")
-    parser.add_argument("--pg", default=os.environ.get("PIXELGOV_BENCH_POSTGRES_URL", DEFAULT_PG),
-                        help=f"a PostgreSQL URL for a dedicated benchmark database (default {DEFAULT_PG})")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("PIXELGOV_BENCH_POSTGRES_URL", DEFAULT_PG),
+        help=f"a PostgreSQL URL for a dedicated benchmark database (default {DEFAULT_PG})",
+    )
     parser.add_argument("--skip-pg", action="store_true")
     parser.add_argument("--rows", type=int, default=None, help="prior transactions for the latency run")
     parser.add_argument("--only", choices=("a", "b", "c"), action="append", help="run only these parts")
@@ -476,12 +593,19 @@ def main() -> None:
     rows = args.rows or (100_000 if args.quick else 1_000_000)
     lat_n = 300 if args.quick else 1000
     seconds = 5.0 if args.quick else 10.0
-    pg = None if args.skip_pg else (args.pg if "+" in args.pg.split("://")[0]
-                                    else args.pg.replace("postgresql://", "postgresql+psycopg://", 1))
+    pg = (
+        None
+        if args.skip_pg
+        else (
+            args.pg if "+" in args.pg.split("://")[0] else args.pg.replace("postgresql://", "postgresql+psycopg://", 1)
+        )
+    )
     tmp = Path(tempfile.mkdtemp(prefix="pixelgov-bench-"))
     sqlite_url = f"sqlite:///{tmp / 'bench.db'}"
-    print(f"pixelgov ledger benchmark — python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, "
-          f"{os.cpu_count()} cores, {'quick' if args.quick else 'full'} run")
+    print(
+        f"pixelgov ledger benchmark — python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, "
+        f"{os.cpu_count()} cores, {'quick' if args.quick else 'full'} run"
+    )
     test_db = dbname(os.environ.get("PIXELGOV_TEST_POSTGRES_URL", "postgresql://127.0.0.1/test"))
     if pg and dbname(pg) in (test_db, "test", "postgres"):
         print(f"refusing to use the database {dbname(pg)!r} (its schema would be dropped): give --pg a dedicated one")
@@ -490,19 +614,19 @@ def main() -> None:
         try:
             ensure_pg_database(pg)
             ensure_pg_database(with_dbname(pg, dbname(pg) + "_big"))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             print(f"PostgreSQL at {pg} unreachable ({type(exc).__name__}: {exc}); skipping PostgreSQL")
             pg = None
     try:
         if "a" in parts:
-            print("\na. authorize + settle per second, 3 matching rules, 1 client; "
-                  "hand-written driver baseline alongside")
+            print(
+                "\na. authorize + settle per second, 3 matching rules, 1 client; hand-written driver baseline alongside"
+            )
             sq = bench_throughput(sqlite_url, "sqlite", n, rounds)
             print(f"     sqlite target ≥ 25% of baseline: {'met' if sq['ratio'] >= 0.25 else 'NOT met'}")
             if pg:
                 pq = bench_throughput(pg, "postgresql", n, rounds)
-                print(f"     postgresql target ≥ 50% of baseline: "
-                      f"{'met' if pq['ratio'] >= 0.5 else 'NOT met'}")
+                print(f"     postgresql target ≥ 50% of baseline: {'met' if pq['ratio'] >= 0.5 else 'NOT met'}")
         if "b" in parts:
             print(f"\nb. authorize latency, empty ledger vs. {rows:,} prior transactions ({lat_n} each, alternating)")
             bench_latency(sqlite_url, f"sqlite:///{tmp / 'bench_big.db'}", "sqlite", rows, lat_n, 4)

@@ -23,17 +23,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pydantic_core import SchemaValidator  # noqa: E402
-from pydantic_core import core_schema as cs  # noqa: E402
+from pydantic_core import SchemaValidator
+from pydantic_core import core_schema as cs
 
-import pricing  # noqa: E402
-from pricing import default_book  # noqa: E402
+import pricing
+from pricing import default_book
 
 QUOTES_TARGET = 100_000
 COLD_START_TARGET = 1.5

@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gen_ledger import DEFAULT_END, generate  # noqa: E402
+from gen_ledger import DEFAULT_END, generate
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 MONTH = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
@@ -88,80 +88,143 @@ def _export_baseline(conn: Any, pg: bool) -> int:
     """The same rows and cost lines, selected plainly and written with csv.writer."""
     out = io.StringIO()
     writer = csv.writer(out)
-    rows = _run(conn, pg, "SELECT id, agent_id, endpoint, model, operation, status, estimated_cost, actual_cost, "
-                          "created_at, images, billable_mp_nano, price_book FROM transactions WHERE status IN "
-                          "('completed', 'unknown') AND created_at >= ? AND created_at < ? ORDER BY id",
-                (_ts(MONTH[0], pg), _ts(MONTH[1], pg)))
+    rows = _run(
+        conn,
+        pg,
+        "SELECT id, agent_id, endpoint, model, operation, status, estimated_cost, actual_cost, "
+        "created_at, images, billable_mp_nano, price_book FROM transactions WHERE status IN "
+        "('completed', 'unknown') AND created_at >= ? AND created_at < ? ORDER BY id",
+        (_ts(MONTH[0], pg), _ts(MONTH[1], pg)),
+    )
     writer.writerows(rows)
-    writer.writerows(_run(conn, pg, "SELECT c.transaction_id, c.amount, c.note, c.created_at FROM cost_lines c "
-                                    "JOIN transactions t ON t.id = c.transaction_id WHERE c.kind = 'adjustment' "
-                                    "AND t.created_at >= ? AND t.created_at < ? ORDER BY c.transaction_id, c.id",
-                          (_ts(MONTH[0], pg), _ts(MONTH[1], pg))))
+    writer.writerows(
+        _run(
+            conn,
+            pg,
+            "SELECT c.transaction_id, c.amount, c.note, c.created_at FROM cost_lines c "
+            "JOIN transactions t ON t.id = c.transaction_id WHERE c.kind = 'adjustment' "
+            "AND t.created_at >= ? AND t.created_at < ? ORDER BY c.transaction_id, c.id",
+            (_ts(MONTH[0], pg), _ts(MONTH[1], pg)),
+        )
+    )
     return len(rows)
 
 
 def _rule_baseline(conn: Any, pg: bool) -> list[Any]:
+    """The same figures: denials per rule named, and the per-(agent, endpoint) sums that rules scope."""
     if pg:
-        return _run(conn, pg, "SELECT d->>'rule', count(*) FROM transactions t CROSS JOIN LATERAL "
-                              "jsonb_array_elements(t.denial_json::jsonb -> 'denials') d WHERE t.status = 'denied' "
-                              "GROUP BY 1 ORDER BY 2 DESC")
-    return _run(conn, pg, "SELECT json_extract(j.value, '$.rule'), count(*) FROM transactions t, "
-                          "json_each(t.denial_json, '$.denials') j WHERE t.status = 'denied' GROUP BY 1 ORDER BY 2 DESC")
+        denials = _run(
+            conn,
+            pg,
+            "SELECT d->>'rule', count(*) FROM transactions t CROSS JOIN LATERAL "
+            "jsonb_array_elements(t.denial_json::jsonb -> 'denials') d "
+            "WHERE t.status = 'denied' GROUP BY 1 ORDER BY 2 DESC",
+        )
+    else:
+        denials = _run(
+            conn,
+            pg,
+            "SELECT json_extract(j.value, '$.rule'), count(*) FROM transactions t, "
+            "json_each(t.denial_json, '$.denials') j WHERE t.status = 'denied' "
+            "GROUP BY 1 ORDER BY 2 DESC",
+        )
+    return [denials, _run(conn, pg, f"SELECT agent_id, endpoint, {_sums()} FROM transactions GROUP BY 1, 2")]
 
 
 def cases(export_dir: Path) -> list[Case]:
     m0, m1 = MONTH
-    p0, p1 = PREVIOUS
     return [
-        Case("summary --period 2026-10",
-             lambda r: r.summary(period="2026-10"),
-             lambda c, pg: [_run(c, pg, f"SELECT status, {_sums()} FROM transactions WHERE created_at >= ? AND "
-                                        "created_at < ? GROUP BY status", (_ts(a, pg), _ts(b, pg)))
-                            for a, b in (MONTH, PREVIOUS)],
-             lambda s: len(s.by_status)),
-        Case("summary (all time)",
-             lambda r: r.summary(),
-             lambda c, pg: _run(c, pg, f"SELECT status, {_sums()} FROM transactions GROUP BY status"),
-             lambda s: len(s.by_status)),
-        Case("spend --by agent",
-             lambda r: r.spend(["agent"]),
-             lambda c, pg: _run(c, pg, f"SELECT agent_id, {_sums()} FROM transactions GROUP BY agent_id"),
-             lambda s: len(s.rows)),
-        Case("spend --by agent,model,day",
-             lambda r: r.spend(["agent", "model", "day"]),
-             lambda c, pg: _run(c, pg, f"SELECT agent_id, model, {_day(pg)}, {_sums()} FROM transactions "
-                                       "GROUP BY 1, 2, 3"),
-             lambda s: len(s.rows)),
-        Case("spend --by model,week --since 90d",
-             lambda r: r.spend(["model", "week"], since=QUARTER_START),
-             lambda c, pg: _run(c, pg, f"SELECT model, {_week(pg)}, {_sums()} FROM transactions "
-                                       "WHERE created_at >= ? GROUP BY 1, 2", (_ts(QUARTER_START, pg),)),
-             lambda s: len(s.rows)),
-        Case("leaderboard --by agent --top 10",
-             lambda r: r.leaderboard("agent", top=10),
-             lambda c, pg: _run(c, pg, f"SELECT agent_id, {_sums()} FROM transactions GROUP BY agent_id "
-                                       "ORDER BY 4 DESC LIMIT 10"),
-             lambda s: len(s.entries)),
-        Case("leaderboard --by rule",
-             lambda r: r.leaderboard("rule", top=10),
-             _rule_baseline,
-             lambda s: len(s.entries)),
-        Case("chart --by day",
-             lambda r: r.chart("day"),
-             lambda c, pg: _run(c, pg, f"SELECT {_day(pg)}, {_sums()} FROM transactions GROUP BY 1"),
-             lambda s: len(s.points)),
-        Case("statement --month 2026-10",
-             lambda r: r.statement("2026-10"),
-             lambda c, pg: [_run(c, pg, f"SELECT agent_id, model, {_sums()} FROM transactions WHERE created_at >= ? "
-                                        "AND created_at < ? GROUP BY 1, 2", (_ts(m0, pg), _ts(m1, pg))),
-                            _run(c, pg, "SELECT c.transaction_id, c.amount, c.note FROM cost_lines c JOIN "
-                                        "transactions t ON t.id = c.transaction_id WHERE c.kind = 'adjustment' AND "
-                                        "t.created_at >= ? AND t.created_at < ?", (_ts(m0, pg), _ts(m1, pg)))],
-             lambda s: sum(len(a.lines) for a in s.agents)),
-        Case("export --focus (2026-10)",
-             lambda r: r.export_focus(export_dir / "focus.csv", since=m0, until=m1),
-             _export_baseline,
-             lambda s: s.rows),
+        Case(
+            "summary --period 2026-10",
+            lambda r: r.summary(period="2026-10"),
+            lambda c, pg: [
+                _run(
+                    c,
+                    pg,
+                    f"SELECT status, {_sums()} FROM transactions WHERE created_at >= ? AND "
+                    "created_at < ? GROUP BY status",
+                    (_ts(a, pg), _ts(b, pg)),
+                )
+                for a, b in (MONTH, PREVIOUS)
+            ],
+            lambda s: len(s.by_status),
+        ),
+        Case(
+            "summary (all time)",
+            lambda r: r.summary(),
+            lambda c, pg: _run(c, pg, f"SELECT status, {_sums()} FROM transactions GROUP BY status"),
+            lambda s: len(s.by_status),
+        ),
+        Case(
+            "spend --by agent",
+            lambda r: r.spend(["agent"]),
+            lambda c, pg: _run(c, pg, f"SELECT agent_id, {_sums()} FROM transactions GROUP BY agent_id"),
+            lambda s: len(s.rows),
+        ),
+        Case(
+            "spend --by agent,model,day",
+            lambda r: r.spend(["agent", "model", "day"]),
+            lambda c, pg: _run(
+                c, pg, f"SELECT agent_id, model, {_day(pg)}, {_sums()} FROM transactions GROUP BY 1, 2, 3"
+            ),
+            lambda s: len(s.rows),
+        ),
+        Case(
+            "spend --by model,week --since 90d",
+            lambda r: r.spend(["model", "week"], since=QUARTER_START),
+            lambda c, pg: _run(
+                c,
+                pg,
+                f"SELECT model, {_week(pg)}, {_sums()} FROM transactions WHERE created_at >= ? GROUP BY 1, 2",
+                (_ts(QUARTER_START, pg),),
+            ),
+            lambda s: len(s.rows),
+        ),
+        Case(
+            "leaderboard --by agent --top 10",
+            lambda r: r.leaderboard("agent", top=10),
+            lambda c, pg: _run(
+                c, pg, f"SELECT agent_id, {_sums()} FROM transactions GROUP BY agent_id ORDER BY 4 DESC LIMIT 10"
+            ),
+            lambda s: len(s.entries),
+        ),
+        Case(
+            "leaderboard --by rule", lambda r: r.leaderboard("rule", top=10), _rule_baseline, lambda s: len(s.entries)
+        ),
+        Case(
+            "chart --by day",
+            lambda r: r.chart("day"),
+            lambda c, pg: _run(c, pg, f"SELECT {_day(pg)}, {_sums()} FROM transactions GROUP BY 1"),
+            lambda s: len(s.points),
+        ),
+        Case(
+            "statement --month 2026-10",
+            lambda r: r.statement("2026-10"),
+            lambda c, pg: [
+                _run(
+                    c,
+                    pg,
+                    f"SELECT agent_id, model, {_sums()} FROM transactions WHERE created_at >= ? "
+                    "AND created_at < ? GROUP BY 1, 2",
+                    (_ts(m0, pg), _ts(m1, pg)),
+                ),
+                _run(
+                    c,
+                    pg,
+                    "SELECT c.transaction_id, c.amount, c.note FROM cost_lines c JOIN "
+                    "transactions t ON t.id = c.transaction_id WHERE c.kind = 'adjustment' AND "
+                    "t.created_at >= ? AND t.created_at < ?",
+                    (_ts(m0, pg), _ts(m1, pg)),
+                ),
+            ],
+            lambda s: sum(len(a.lines) for a in s.agents),
+        ),
+        Case(
+            "export --focus (2026-10)",
+            lambda r: r.export_focus(export_dir / "focus.csv", since=m0, until=m1),
+            _export_baseline,
+            lambda s: s.rows,
+        ),
     ]
 
 
@@ -191,18 +254,21 @@ def bench(label: str, url: str, repeat: int, export_dir: Path) -> None:
                 base.append(timed(lambda: case.baseline(conn, pg))[0])  # noqa: B023
             mine, theirs = statistics.median(ours), statistics.median(base)
             verdict = "ok" if mine <= target and mine <= 2 * theirs else "MISSED"
-            print(f"{case.name:36s} {case.count(result):>7,d} {mine:>8.3f}s {theirs:>8.3f}s {mine / theirs:>5.2f}x"
-                  f"  ≤{target:g}s, ≤2x: {verdict}", flush=True)
+            print(
+                f"{case.name:36s} {case.count(result):>7,d} {mine:>8.3f}s {theirs:>8.3f}s {mine / theirs:>5.2f}x"
+                f"  ≤{target:g}s, ≤2x: {verdict}",
+                flush=True,
+            )
 
 
 @contextmanager
 def _driver(url: str) -> Iterator[Any]:
     if url.startswith("sqlite"):
-        conn = sqlite3.connect(url.split(":///", 1)[1])
+        lite = sqlite3.connect(url.split(":///", 1)[1])
         try:
-            yield conn
+            yield lite
         finally:
-            conn.close()
+            lite.close()
         return
     import psycopg
     from sqlalchemy.engine import make_url
@@ -223,8 +289,7 @@ def pg_store(server: str) -> Iterator[str]:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield make_url(server).set(drivername="postgresql+psycopg", database=name).render_as_string(
-            hide_password=False)
+        yield make_url(server).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -241,8 +306,10 @@ def main() -> None:
     parser.add_argument("--pg-db", default=None, help="an existing generated PostgreSQL ledger URL (kept)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pixelgov-bench-reports-"))
-    print(f"finance reports, {args.n:,} transactions generated over 180 days to {DEFAULT_END.date()} "
-          f"(median of {args.repeat})")
+    print(
+        f"finance reports, {args.n:,} transactions generated over 180 days to {DEFAULT_END.date()} "
+        f"(median of {args.repeat})"
+    )
     try:
         if not args.skip_sqlite:
             url = f"sqlite:///{args.sqlite_db}" if args.sqlite_db else f"sqlite:///{work / 'ledger.db'}"

@@ -34,9 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import httpx  # noqa: E402
-
-from fake_fal import FakeFal  # noqa: E402
+import httpx
+from fake_fal import FakeFal
 
 ENDPOINT = "fal-ai/flux/dev"
 BODY = {"prompt": "a red fox in the snow", "image_size": "landscape_4_3"}
@@ -47,6 +46,7 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/pixelgov_bench"
 
 
 # --- statistics ------------------------------------------------------------------------------
+
 
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
@@ -61,6 +61,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 # --- the ledger ------------------------------------------------------------------------------
 
+
 def prepare_ledger(url: str) -> None:
     """A migrated, empty ledger with the two rules every run is checked against."""
     from sqlalchemy import text
@@ -73,10 +74,24 @@ def prepare_ledger(url: str) -> None:
             names = ", ".join(t.name for t in Base.metadata.sorted_tables)
             with ledger.engine.begin() as conn:
                 conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        ledger.admin.create_rule(RuleSpec(name="bench-budget", type="spend-limit", limit="1000000", period="day",
-                                          given={"name", "type", "limit", "period"}))
-        ledger.admin.create_rule(RuleSpec(name="bench-rate", type="rate-limit", limit="100000000", period="day",
-                                          given={"name", "type", "limit", "period"}))
+        ledger.admin.create_rule(
+            RuleSpec(
+                name="bench-budget",
+                type="spend-limit",
+                limit="1000000",
+                period="day",
+                given={"name", "type", "limit", "period"},
+            )
+        )
+        ledger.admin.create_rule(
+            RuleSpec(
+                name="bench-rate",
+                type="rate-limit",
+                limit="100000000",
+                period="day",
+                given={"name", "type", "limit", "period"},
+            )
+        )
 
 
 def postgres_url(requested: str) -> tuple[str | None, str]:
@@ -95,7 +110,7 @@ def postgres_url(requested: str) -> tuple[str | None, str]:
         with psycopg.connect(f"{server}/postgres", connect_timeout=3, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return requested, ""
-    except Exception as exc:  # noqa: BLE001 - any failure means: skip PostgreSQL
+    except Exception as exc:
         return None, f"cannot create database {name!r} ({type(exc).__name__})"
 
 
@@ -107,16 +122,24 @@ def latencies(url: str, ids: list[int]) -> dict[int, float]:
     from ledger.models import facts
 
     with Ledger(url) as ledger, ledger.engine.connect() as conn:
-        rows = conn.execute(select(facts.c.transaction_id, facts.c.value)
-                            .where(facts.c.key == "latency_ms", facts.c.transaction_id.in_(ids)))
+        rows = conn.execute(
+            select(facts.c.transaction_id, facts.c.value).where(
+                facts.c.key == "latency_ms", facts.c.transaction_id.in_(ids)
+            )
+        )
         return {r[0]: float(r[1]) for r in rows}
 
 
 # --- the measurements ------------------------------------------------------------------------
 
+
 def bench_bare(fake: FakeFal, n: int) -> list[float]:
-    headers = {"Authorization": f"Key {FAL_KEY}", "Content-Type": "application/json",
-               "Accept": "application/json", "User-Agent": "pixelgov/0.1"}
+    headers = {
+        "Authorization": f"Key {FAL_KEY}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": "pixelgov/0.1",
+    }
     times = []
     with httpx.Client(timeout=30) as client:
         for i in range(n + 3):
@@ -140,10 +163,13 @@ def bench_in_process(fake: FakeFal, url: str, n: int) -> tuple[list[float], list
     walls: dict[int, float] = {}
     with Upstream(UpstreamConfig(url=fake.url, timeout=30)) as upstream:
         for i in range(n + 3):
+
             def one() -> Any:
                 # quoting is part of governance: priced from the request as given, every time
-                return run_governed(gov, upstream, agent=AGENT, quote=ledger.quote(ENDPOINT, BODY), body=BODY,
-                                    fal_key=FAL_KEY)
+                return run_governed(
+                    gov, upstream, agent=AGENT, quote=ledger.quote(ENDPOINT, BODY), body=BODY, fal_key=FAL_KEY
+                )
+
             ms, outcome = timed(one)
             assert outcome.transaction.status == "completed", outcome.transaction
             if i >= 3:
@@ -158,8 +184,21 @@ def bench_cli(fake: FakeFal, url: str, n: int) -> tuple[list[float], list[float]
 
     prepare_ledger(url)
     env = {**os.environ, "FAL_KEY": FAL_KEY, "PIXELGOV_UPSTREAM_URL": fake.url}
-    args = [str(PIXELGOV), "--db", url, "run", ENDPOINT, "--agent", AGENT, "--prompt", BODY["prompt"],
-            "--image-size", BODY["image_size"], "--format", "json"]
+    args = [
+        str(PIXELGOV),
+        "--db",
+        url,
+        "run",
+        ENDPOINT,
+        "--agent",
+        AGENT,
+        "--prompt",
+        BODY["prompt"],
+        "--image-size",
+        BODY["image_size"],
+        "--format",
+        "json",
+    ]
     walls: dict[int, float] = {}
     for i in range(n + 1):
         ms, done = timed(lambda: subprocess.run(args, env=env, capture_output=True, text=True))
@@ -181,13 +220,17 @@ def bench_python_start(n: int, imports: str) -> list[float]:
 
 # --- report ----------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--n", type=int, default=None, help="in-process requests per database (default 300; quick 40)")
     parser.add_argument("--cli-n", type=int, default=None, help="CLI invocations (default 30; quick 6)")
-    parser.add_argument("--pg", default=os.environ.get("PIXELGOV_BENCH_POSTGRES_URL", DEFAULT_PG),
-                        help=f"PostgreSQL URL for the benchmark's own database (default {DEFAULT_PG})")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("PIXELGOV_BENCH_POSTGRES_URL", DEFAULT_PG),
+        help=f"PostgreSQL URL for the benchmark's own database (default {DEFAULT_PG})",
+    )
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
     args = parser.parse_args(argv)
     n = args.n or (40 if args.quick else 300)
@@ -214,23 +257,48 @@ def main(argv: list[str] | None = None) -> int:
         for name, url in targets:
             walls, overheads = bench_in_process(fake, url, n)
             upstream = [w - o for w, o in zip(walls, overheads)]
-            rows.append((f"(a) run_governed, {name}", len(walls), statistics.median(walls),
-                         statistics.median(upstream), statistics.median(overheads), p99(overheads)))
-            notes.append(f"(a) {name}: median(run) - median(bare POST) = "
-                         f"{statistics.median(walls) - bare_med:.2f} ms")
+            rows.append(
+                (
+                    f"(a) run_governed, {name}",
+                    len(walls),
+                    statistics.median(walls),
+                    statistics.median(upstream),
+                    statistics.median(overheads),
+                    p99(overheads),
+                )
+            )
+            notes.append(f"(a) {name}: median(run) - median(bare POST) = {statistics.median(walls) - bare_med:.2f} ms")
 
         cli_url = f"sqlite:///{Path(tmp) / 'bench-cli.db'}"
         walls, overheads = bench_cli(fake, cli_url, cli_n)
         upstream = [w - o for w, o in zip(walls, overheads)]
-        rows.append(("(b) pixelgov run (CLI), sqlite", len(walls), statistics.median(walls),
-                     statistics.median(upstream), statistics.median(overheads), p99(overheads)))
+        rows.append(
+            (
+                "(b) pixelgov run (CLI), sqlite",
+                len(walls),
+                statistics.median(walls),
+                statistics.median(upstream),
+                statistics.median(overheads),
+                p99(overheads),
+            )
+        )
         for imports in ("click, pydantic", "click, pydantic, sqlalchemy, httpx"):
             start = bench_python_start(max(5, cli_n // 2), imports)
-            rows.append((f'python -c "import {imports}"', len(start), statistics.median(start), 0.0,
-                         statistics.median(start), p99(start)))
+            rows.append(
+                (
+                    f'python -c "import {imports}"',
+                    len(start),
+                    statistics.median(start),
+                    0.0,
+                    statistics.median(start),
+                    p99(start),
+                )
+            )
 
-    print(f"pixelgov governance overhead per request — {ENDPOINT}, fake FAL on 127.0.0.1, "
-          f"2 deny rules in scope, Python {sys.version.split()[0]}")
+    print(
+        f"pixelgov governance overhead per request — {ENDPOINT}, fake FAL on 127.0.0.1, "
+        f"2 deny rules in scope, Python {sys.version.split()[0]}"
+    )
     header = ("scenario", "n", "total med", "upstream med", "overhead med", "overhead p99")
     widths = [max(len(header[0]), *(len(r[0]) for r in rows)), 5, 10, 13, 13, 13]
     print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
@@ -239,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = [name.ljust(widths[0]), str(count).rjust(widths[1])]
         cells += [f"{v:.2f}".rjust(w) for v, w in zip((total, up, over, over99), widths[2:])]
         print("  ".join(cells))
-    print("(milliseconds; overhead = total - the upstream latency the runner measured for that request;\n"
-          " the python rows are bare interpreter starts with the CLI's dependencies, for context)")
+    print(
+        "(milliseconds; overhead = total - the upstream latency the runner measured for that request;\n"
+        " the python rows are bare interpreter starts with the CLI's dependencies, for context)"
+    )
     for note in notes:
         print(note)
     return 0

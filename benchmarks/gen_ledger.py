@@ -49,27 +49,63 @@ HOLD_TTL = 900
 DEFAULT_END = datetime(2026, 11, 25, tzinfo=UTC)
 
 #: (endpoint, weight) of generate endpoints; each also gets an image-to-image transform.
-GENERATE = [("fal-ai/flux/schnell", 30), ("fal-ai/flux/dev", 35), ("fal-ai/flux-pro", 8),
-            ("fal-ai/stable-diffusion-xl", 10), ("fal-ai/fast-sdxl", 4)]
-SIZES = [("landscape_4_3", 40), ("square_hd", 25), ("portrait_4_3", 10), ("landscape_16_9", 10),
-         ("portrait_16_9", 5), ("square", 5), ({"width": 1280, "height": 720}, 5)]
+GENERATE = [
+    ("fal-ai/flux/schnell", 30),
+    ("fal-ai/flux/dev", 35),
+    ("fal-ai/flux-pro", 8),
+    ("fal-ai/stable-diffusion-xl", 10),
+    ("fal-ai/fast-sdxl", 4),
+]
+SIZES = [
+    ("landscape_4_3", 40),
+    ("square_hd", 25),
+    ("portrait_4_3", 10),
+    ("landscape_16_9", 10),
+    ("portrait_16_9", 5),
+    ("square", 5),
+    ({"width": 1280, "height": 720}, 5),
+]
 COUNTS = [(1, 60), (2, 20), (3, 5), (4, 15)]
 TRANSFORM_SHARE = 0.08
 UPSCALE = "fal-ai/topaz/upscale/image"
 UPSCALE_SHARE = 0.05
 UPSCALE_INPUTS = [((1024, 768), 40), ((1024, 1024), 30), ((512, 512), 20), ((1920, 1080), 10)]
-STATUSES = [("completed", 830), ("denied", 60), ("failed", 40), ("expired", 30), ("voided", 20),
-            ("unknown", 20)]
-RULES = [("global-daily", "spend-limit", "day"), ("global-monthly", "spend-limit", "month"),
-         ("burst", "rate-limit", "minute"), ("pro-cap", "request-cap", None), ("flux-only", "model-allowlist", None),
-         ("hourly-spend", "spend-limit", "hour"), ("weekly-spend", "spend-limit", "week"),
-         ("big-batch-cap", "request-cap", None)]
+STATUSES = [("completed", 830), ("denied", 60), ("failed", 40), ("expired", 30), ("voided", 20), ("unknown", 20)]
+RULES = [
+    ("global-daily", "spend-limit", "day"),
+    ("global-monthly", "spend-limit", "month"),
+    ("burst", "rate-limit", "minute"),
+    ("pro-cap", "request-cap", None),
+    ("flux-only", "model-allowlist", None),
+    ("hourly-spend", "spend-limit", "hour"),
+    ("weekly-spend", "spend-limit", "week"),
+    ("big-batch-cap", "request-cap", None),
+]
 AGENT_RULES = 5  #: the busiest agents each also have a daily budget of their own
 NOTES = ["FAL credit", "support refund", "price correction", "duplicate charge reversed", "goodwill credit"]
-TX_COLUMNS = ("id", "agent_id", "endpoint", "model", "operation", "request_json", "request_hash", "price_book",
-              "estimated_cost", "actual_cost", "status", "idempotency_key", "denial_json", "upstream_request_id",
-              "upstream_status", "outcome", "response_json", "created_at", "completed_at", "images",
-              "billable_mp_nano")
+TX_COLUMNS = (
+    "id",
+    "agent_id",
+    "endpoint",
+    "model",
+    "operation",
+    "request_json",
+    "request_hash",
+    "price_book",
+    "estimated_cost",
+    "actual_cost",
+    "status",
+    "idempotency_key",
+    "denial_json",
+    "upstream_request_id",
+    "upstream_status",
+    "outcome",
+    "response_json",
+    "created_at",
+    "completed_at",
+    "images",
+    "billable_mp_nano",
+)
 LINE_COLUMNS = ("id", "transaction_id", "kind", "amount", "note", "created_at")
 FACT_COLUMNS = ("id", "transaction_id", "key", "value", "created_at")
 
@@ -114,10 +150,20 @@ def catalog() -> tuple[list[Variant], list[float]]:
         if q.operation == "upscale":
             stored["input_size"] = f"{q.input_width}x{q.input_height}"
         canonical = json.dumps({"endpoint": endpoint, "body": body}, sort_keys=True, separators=(",", ":"))
-        variants.append(Variant(
-            endpoint, q.model, q.operation, q.images, to_nano(q.billable_megapixels), to_nano(q.amount),
-            to_nano(q.amount) // q.images, f"{q.width}x{q.height}", json.dumps(stored),
-            hashlib.sha256(canonical.encode()).hexdigest()))
+        variants.append(
+            Variant(
+                endpoint,
+                q.model,
+                q.operation,
+                q.images,
+                to_nano(q.billable_megapixels),
+                to_nano(q.amount),
+                to_nano(q.amount) // q.images,
+                f"{q.width}x{q.height}",
+                json.dumps(stored),
+                hashlib.sha256(canonical.encode()).hexdigest(),
+            )
+        )
         weights.append(weight)
 
     gen_total = sum(w for _, w in GENERATE)
@@ -127,8 +173,12 @@ def catalog() -> tuple[list[Variant], list[float]]:
                 w = (1 - TRANSFORM_SHARE - UPSCALE_SHARE) * ew / gen_total * sw / 100 * cw / 100
                 add(endpoint, {"prompt": "a red fox in the snow", "image_size": size, "num_images": count}, w)
             if isinstance(size, str) and size in ("landscape_4_3", "square_hd", "portrait_4_3"):
-                body = {"prompt": "the same, as a watercolour", "image_url": "https://example.com/in.png",
-                        "image_size": size, "strength": 0.75}
+                body = {
+                    "prompt": "the same, as a watercolour",
+                    "image_url": "https://example.com/in.png",
+                    "image_size": size,
+                    "strength": 0.75,
+                }
                 add(endpoint + "/image-to-image", body, TRANSFORM_SHARE * ew / gen_total / 3)
     for (w_in, h_in), iw in UPSCALE_INPUTS:
         for scale, scw in ((2, 80), (4, 20)):
@@ -144,9 +194,16 @@ def timestamps(n: int, end: datetime, days: float, rng: random.Random) -> list[f
     return sorted(stop - span * (1 - math.sqrt(rng.random())) for _ in range(n))
 
 
-def rows(n: int, *, agents: int, end: datetime, days: float, seed: int, book_version: str,
-         rule_names: Sequence[tuple[str, str]]) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]],
-                                                                list[tuple[Any, ...]]]]:
+def rows(
+    n: int,
+    *,
+    agents: int,
+    end: datetime,
+    days: float,
+    seed: int,
+    book_version: str,
+    rule_names: Sequence[tuple[str, str]],
+) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
     """Chunks of (transactions, cost lines, facts) rows, timestamps as epoch seconds."""
     rng = random.Random(seed)
     variants, cum = catalog()
@@ -202,10 +259,31 @@ def rows(n: int, *, agents: int, end: datetime, days: float, seed: int, book_ver
                 failing = rng.sample(rule_names, 2 if rand() < 0.1 else 1)
                 entries = [{"rule": name, "type": kind, "reason": f"{name}: limit reached"} for name, kind in failing]
                 denial = json.dumps({**entries[0], "denials": entries})
-            txs.append((tx_id, owners[j], v.endpoint, v.model, v.operation, v.request_json, v.request_hash,
-                        book_version, est, actual, status, f"job-{tx_id}" if rand() < 0.2 else None, denial,
-                        upstream_id, upstream_status, outcome, None, created, completed, v.images,
-                        v.billable_mp_nano))
+            txs.append(
+                (
+                    tx_id,
+                    owners[j],
+                    v.endpoint,
+                    v.model,
+                    v.operation,
+                    v.request_json,
+                    v.request_hash,
+                    book_version,
+                    est,
+                    actual,
+                    status,
+                    f"job-{tx_id}" if rand() < 0.2 else None,
+                    denial,
+                    upstream_id,
+                    upstream_status,
+                    outcome,
+                    None,
+                    created,
+                    completed,
+                    v.images,
+                    v.billable_mp_nano,
+                )
+            )
             if status == "denied":
                 continue
             line_id += 1
@@ -237,6 +315,7 @@ def rows(n: int, *, agents: int, end: datetime, days: float, seed: int, book_ver
 
 # --- writers ---------------------------------------------------------------------------------
 
+
 class SqliteWriter:
     """Rows through sqlite3 `executemany`, all in one transaction (foreign keys checked once, at the end)."""
 
@@ -256,8 +335,9 @@ class SqliteWriter:
     def count(self, table: str) -> int:
         return self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
-    def write(self, table: str, columns: Sequence[str], values: Sequence[Sequence[Any]],
-              ts_columns: Sequence[str] = ()) -> None:
+    def write(
+        self, table: str, columns: Sequence[str], values: Sequence[Sequence[Any]], ts_columns: Sequence[str] = ()
+    ) -> None:
         idx = [columns.index(c) for c in ts_columns]
         if idx:
             values = [self._convert(row, idx) for row in values]
@@ -295,8 +375,9 @@ class PgWriter:
     def count(self, table: str) -> int:
         return self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
 
-    def write(self, table: str, columns: Sequence[str], values: Sequence[Sequence[Any]],
-              ts_columns: Sequence[str] = ()) -> None:
+    def write(
+        self, table: str, columns: Sequence[str], values: Sequence[Sequence[Any]], ts_columns: Sequence[str] = ()
+    ) -> None:
         idx = [columns.index(c) for c in ts_columns]
         cols = ", ".join(f'"{c}"' for c in columns)
         with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
@@ -310,8 +391,9 @@ class PgWriter:
 
     def finish(self) -> None:
         for table in ("agents", "spending_rules", "transactions", "cost_lines", "facts"):
-            self.conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                              f"GREATEST((SELECT max(id) FROM {table}), 1))")
+            self.conn.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), GREATEST((SELECT max(id) FROM {table}), 1))"
+            )
         self.conn.commit()
         self.conn.autocommit = True
         self.conn.execute("ANALYZE")  # what autovacuum would do shortly after a load this size
@@ -339,8 +421,16 @@ def migrate(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
-def generate(url: str, n: int, *, agents: int = 50, days: float = 180, end: datetime = DEFAULT_END,
-             seed: int = 1, progress: Callable[[str], None] | None = None) -> Stats:
+def generate(
+    url: str,
+    n: int,
+    *,
+    agents: int = 50,
+    days: float = 180,
+    end: datetime = DEFAULT_END,
+    seed: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> Stats:
     """Migrate the database at `url` and fill it with `n` transactions (it must hold none)."""
     began = time.perf_counter()
     migrate(url)
@@ -349,21 +439,58 @@ def generate(url: str, n: int, *, agents: int = 50, days: float = 180, end: date
         raise SystemExit(f"{url} already holds transactions: generate into an empty database")
     stats = Stats(agents=agents, by_status={})
     created = end - timedelta(days=days + 1)
-    out.write("agents", ("id", "name", "description", "status", "created_at", "updated_at"),
-              [(i, f"agent-{i:03d}", "generated", "active", created.timestamp(), created.timestamp())
-               for i in range(1, agents + 1)], ("created_at", "updated_at"))
+    out.write(
+        "agents",
+        ("id", "name", "description", "status", "created_at", "updated_at"),
+        [
+            (i, f"agent-{i:03d}", "generated", "active", created.timestamp(), created.timestamp())
+            for i in range(1, agents + 1)
+        ],
+        ("created_at", "updated_at"),
+    )
     rules = [(name, kind, period, None) for name, kind, period in RULES]
     rules += [(f"agent-{i:03d}-daily", "spend-limit", "day", i) for i in range(1, min(agents, AGENT_RULES) + 1)]
-    out.write("spending_rules", ("id", "name", "type", "limit_amount", "limit_count", "period", "models_json",
-                                 "agent_id", "action", "enabled", "version", "created_at", "updated_at"),
-              [(i, name, kind, None if kind in ("rate-limit", "model-allowlist") else 50 * 10**9,
-                600 if kind == "rate-limit" else None, period,
-                json.dumps(["fal-ai/flux/*"]) if kind == "model-allowlist" else None, agent_id, "deny", True, 1,
-                created.timestamp(), created.timestamp())
-               for i, (name, kind, period, agent_id) in enumerate(rules, 1)], ("created_at", "updated_at"))
+    out.write(
+        "spending_rules",
+        (
+            "id",
+            "name",
+            "type",
+            "limit_amount",
+            "limit_count",
+            "period",
+            "models_json",
+            "agent_id",
+            "action",
+            "enabled",
+            "version",
+            "created_at",
+            "updated_at",
+        ),
+        [
+            (
+                i,
+                name,
+                kind,
+                None if kind in ("rate-limit", "model-allowlist") else 50 * 10**9,
+                600 if kind == "rate-limit" else None,
+                period,
+                json.dumps(["fal-ai/flux/*"]) if kind == "model-allowlist" else None,
+                agent_id,
+                "deny",
+                True,
+                1,
+                created.timestamp(),
+                created.timestamp(),
+            )
+            for i, (name, kind, period, agent_id) in enumerate(rules, 1)
+        ],
+        ("created_at", "updated_at"),
+    )
     rule_names = [(name, kind) for name, kind, _, _ in rules]
-    for txs, lines, notes in rows(n, agents=agents, end=end, days=days, seed=seed,
-                                  book_version=default_book().version, rule_names=rule_names):
+    for txs, lines, notes in rows(
+        n, agents=agents, end=end, days=days, seed=seed, book_version=default_book().version, rule_names=rule_names
+    ):
         out.write("transactions", TX_COLUMNS, txs, ("created_at", "completed_at"))
         out.write("cost_lines", LINE_COLUMNS, lines, ("created_at",))
         out.write("facts", FACT_COLUMNS, notes, ("created_at",))
@@ -390,10 +517,19 @@ def main() -> None:
     args = parser.parse_args()
     end = datetime.fromisoformat(args.end)
     end = end if end.tzinfo else end.replace(tzinfo=UTC)
-    stats = generate(args.db, args.transactions, agents=args.agents, days=args.days, end=end, seed=args.seed,
-                     progress=lambda line: print(line, file=sys.stderr))
-    print(f"{stats.transactions:,} transactions, {stats.cost_lines:,} cost lines, {stats.facts:,} facts, "
-          f"{stats.agents} agents in {stats.seconds:.1f} s")
+    stats = generate(
+        args.db,
+        args.transactions,
+        agents=args.agents,
+        days=args.days,
+        end=end,
+        seed=args.seed,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+    print(
+        f"{stats.transactions:,} transactions, {stats.cost_lines:,} cost lines, {stats.facts:,} facts, "
+        f"{stats.agents} agents in {stats.seconds:.1f} s"
+    )
     print("by status: " + ", ".join(f"{k} {v:,}" for k, v in sorted((stats.by_status or {}).items())))
 
 

@@ -23,8 +23,22 @@ from pricing.errors import ImageTooLarge, InvalidRequest, ModelNotFound, Pixelgo
 
 from .errors import Conflict, DatabaseUnavailable, Denied, NotFound, RateLimited, SchemaBehind, UpstreamError
 from .records import (
-    Agent, AgentRef, AgentStatus, Alert, AuditEntry, Authorization, CostLine, Decision, Denial, Fact, RuleAction,
-    RuleType, SpendingRule, Transaction, TransactionDetail, TxStatus,
+    Agent,
+    AgentRef,
+    AgentStatus,
+    Alert,
+    AuditEntry,
+    Authorization,
+    CostLine,
+    Decision,
+    Denial,
+    Fact,
+    RuleAction,
+    RuleType,
+    SpendingRule,
+    Transaction,
+    TransactionDetail,
+    TxStatus,
 )
 from .settings import Settings
 
@@ -33,10 +47,36 @@ if TYPE_CHECKING:
     from .rules import RuleSpec
 
 __all__ = [
-    "Agent", "AgentRef", "AgentStatus", "Alert", "AuditEntry", "Authorization", "Conflict", "CostLine",
-    "DatabaseUnavailable", "Decision", "Denial", "Denied", "Fact", "ImageTooLarge", "InvalidRequest", "Ledger",
-    "ModelNotFound", "NotFound", "PixelgovError", "PriceBookError", "RateLimited", "RuleAction", "RuleSpec",
-    "RuleType", "SchemaBehind", "Settings", "SpendingRule", "Transaction", "TransactionDetail", "TxStatus",
+    "Agent",
+    "AgentRef",
+    "AgentStatus",
+    "Alert",
+    "AuditEntry",
+    "Authorization",
+    "Conflict",
+    "CostLine",
+    "DatabaseUnavailable",
+    "Decision",
+    "Denial",
+    "Denied",
+    "Fact",
+    "ImageTooLarge",
+    "InvalidRequest",
+    "Ledger",
+    "ModelNotFound",
+    "NotFound",
+    "PixelgovError",
+    "PriceBookError",
+    "RateLimited",
+    "RuleAction",
+    "RuleSpec",
+    "RuleType",
+    "SchemaBehind",
+    "Settings",
+    "SpendingRule",
+    "Transaction",
+    "TransactionDetail",
+    "TxStatus",
     "UpstreamError",
 ]
 

@@ -22,12 +22,13 @@ from .db import reading, writing
 from .errors import Conflict, InvalidRequest, NotFound, PixelgovError
 from .models import agents, alerts, audit_log, cost_lines, holds, rule_counters, spending_rules, transactions
 from .periods import buckets
-from .records import Agent, AgentStatus, Alert, AuditEntry, SpendingRule, TxStatus
+from .records import Agent, AgentStatus, Alert, AuditEntry, SpendingRule
 from .rules import Rule, RuleSpec, rule_record, validate_spec
 from .spend import COUNTS_REQUEST, counted
 from .validation import validate_agent_name
 
 API_KEY_PREFIX = "pgv_"
+MAX_RULE_ID = 2**31 - 1  #: rule ids are INTEGER
 #: Changing any of these recounts the rule from the ledger (its old buckets meant something else).
 _COUNTING_FIELDS = ("period", "window_seconds", "agent_id", "model_glob", "operation")
 
@@ -40,19 +41,42 @@ def new_api_key() -> str:
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def write_audit(conn: Connection, entity: str, entity_id: int, name: str, action: str,
-                before: dict[str, Any] | None, after: dict[str, Any] | None, now: datetime) -> None:
-    conn.execute(insert(audit_log).values(
-        entity=entity, entity_id=entity_id, entity_name=name, action=action,
-        before_json=json.dumps(before, default=str) if before is not None else None,
-        after_json=json.dumps(after, default=str) if after is not None else None, created_at=now))
+def write_audit(
+    conn: Connection,
+    entity: str,
+    entity_id: int,
+    name: str,
+    action: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    now: datetime,
+) -> None:
+    conn.execute(
+        insert(audit_log).values(
+            entity=entity,
+            entity_id=entity_id,
+            entity_name=name,
+            action=action,
+            before_json=json.dumps(before, default=str) if before is not None else None,
+            after_json=json.dumps(after, default=str) if after is not None else None,
+            created_at=now,
+        )
+    )
 
 
 def agent_record(row: Any, api_key: str | None = None) -> Agent:
     """An `Agent` from an agents row (`api_key` only right after it was made: shown once)."""
-    return Agent(id=row.id, name=row.name, description=row.description, status=AgentStatus(row.status),
-                 has_api_key=row.api_key_hash is not None, api_key_prefix=row.api_key_prefix,
-                 created_at=row.created_at, updated_at=row.updated_at, api_key=api_key)
+    return Agent(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        status=AgentStatus(row.status),
+        has_api_key=row.api_key_hash is not None,
+        api_key_prefix=row.api_key_prefix,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        api_key=api_key,
+    )
 
 
 class StaleVersion(PixelgovError):
@@ -76,9 +100,14 @@ class ServiceKey:
     def to_json(self) -> dict[str, Any]:
         from .clock import iso
 
-        doc: dict[str, Any] = {"id": self.id, "name": self.name, "key_prefix": self.key_prefix,
-                               "created_at": iso(self.created_at), "revoked_at": iso(self.revoked_at),
-                               "active": self.revoked_at is None}
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "key_prefix": self.key_prefix,
+            "created_at": iso(self.created_at),
+            "revoked_at": iso(self.revoked_at),
+            "active": self.revoked_at is None,
+        }
         if self.key is not None:
             doc["key"] = self.key
         return doc
@@ -108,10 +137,19 @@ class Admin:
         key = new_api_key() if with_key else None
         try:
             with writing(self.engine) as conn:
-                agent_id = conn.execute(insert(agents).values(
-                    name=name, description=description, status=AgentStatus.active,
-                    api_key_hash=hash_api_key(key) if key else None, api_key_prefix=key[:10] if key else None,
-                    created_at=now, updated_at=now).returning(agents.c.id)).scalar_one()
+                agent_id = conn.execute(
+                    insert(agents)
+                    .values(
+                        name=name,
+                        description=description,
+                        status=AgentStatus.active,
+                        api_key_hash=hash_api_key(key) if key else None,
+                        api_key_prefix=key[:10] if key else None,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .returning(agents.c.id)
+                ).scalar_one()
                 agent = agent_record(self._agent_row(conn, agent_id))
                 write_audit(conn, "agent", agent_id, name, "create", None, agent.to_json(), now)
         except IntegrityError:
@@ -124,10 +162,21 @@ class Admin:
         now = self.clock()
         with writing(self.engine) as conn:
             row = self._agent_by_name(conn, name)
-            conn.execute(update(agents).where(agents.c.id == row.id).values(
-                api_key_hash=hash_api_key(key), api_key_prefix=key[:10], updated_at=now))
-            write_audit(conn, "agent", row.id, name, "rotate-key", {"api_key_prefix": row.api_key_prefix},
-                        {"api_key_prefix": key[:10]}, now)
+            conn.execute(
+                update(agents)
+                .where(agents.c.id == row.id)
+                .values(api_key_hash=hash_api_key(key), api_key_prefix=key[:10], updated_at=now)
+            )
+            write_audit(
+                conn,
+                "agent",
+                row.id,
+                name,
+                "rotate-key",
+                {"api_key_prefix": row.api_key_prefix},
+                {"api_key_prefix": key[:10]},
+                now,
+            )
             return agent_record(self._agent_row(conn, row.id), key)
 
     def update_agent(self, name: str, *, status: str | None = None, description: str | None = None) -> Agent:
@@ -183,30 +232,52 @@ class Admin:
         try:
             with writing(self.engine) as conn:
                 agent_id = self._scope_agent(conn, spec.agent)
-                rule_id = conn.execute(insert(spending_rules).values(
-                    **values, agent_id=agent_id, version=1, created_at=now, updated_at=now,
-                ).returning(spending_rules.c.id)).scalar_one()
+                rule_id = conn.execute(
+                    insert(spending_rules)
+                    .values(
+                        **values,
+                        agent_id=agent_id,
+                        version=1,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .returning(spending_rules.c.id)
+                ).scalar_one()
                 self._count_existing(conn, rule_id, now)
                 rule = self._rule_record(conn, rule_id)
                 write_audit(conn, "rule", rule_id, rule.name, "create", None, rule.to_json(), now)
                 return rule
         except IntegrityError:
-            raise Conflict(f"a rule named {values['name']!r} already exists", field="name", reason="duplicate") from None
+            raise Conflict(
+                f"a rule named {values['name']!r} already exists", field="name", reason="duplicate"
+            ) from None
 
-    def update_rule(self, name_or_id: str, spec: RuleSpec) -> SpendingRule:
-        """Change the fields `spec.given` names; changing what a rule counts recounts it."""
+    def update_rule(self, name_or_id: str, spec: RuleSpec, *, version: int | None = None) -> SpendingRule:
+        """Change the fields `spec.given` names; changing what a rule counts recounts it. With
+        `version`, the change applies only if the rule is still at that version (checked under the
+        rule's row lock, in the same transaction): StaleVersion naming the current one otherwise."""
         now = self.clock()
         try:
             with writing(self.engine) as conn:
                 row = self._rule_row(conn, name_or_id, lock=True)
+                if version is not None and row.version != version:
+                    raise StaleVersion(
+                        f"rule {row.name!r} is at version {row.version}, not {version}: read it again and retry",
+                        rule=row.name,
+                        current_version=row.version,
+                    )
                 existing = Rule.from_row(row)
                 values = validate_spec(spec, existing=existing)
                 values["agent_id"] = self._scope_agent(conn, spec.agent) if "agent" in spec.given else row.agent_id
                 before = self._rule_record(conn, row.id).to_json()
-                conn.execute(update(spending_rules).where(spending_rules.c.id == row.id).values(
-                    **values, version=row.version + 1, updated_at=now))
+                conn.execute(
+                    update(spending_rules)
+                    .where(spending_rules.c.id == row.id)
+                    .values(**values, version=row.version + 1, updated_at=now)
+                )
                 if any(values[f] != getattr(row, f) for f in _COUNTING_FIELDS) or (
-                        values["enabled"] and not row.enabled):
+                    values["enabled"] and not row.enabled
+                ):
                     self._count_existing(conn, row.id, now)
                 after = self._rule_record(conn, row.id)
                 write_audit(conn, "rule", row.id, after.name, "update", before, after.to_json(), now)
@@ -234,9 +305,11 @@ class Admin:
     def rules(self) -> list[SpendingRule]:
         """Every spending rule, by id."""
         with reading(self.engine) as conn:
-            rows = conn.execute(select(spending_rules, agents.c.name.label("agent_name"))
-                                .outerjoin(agents, agents.c.id == spending_rules.c.agent_id)
-                                .order_by(spending_rules.c.id)).all()
+            rows = conn.execute(
+                select(spending_rules, agents.c.name.label("agent_name"))
+                .outerjoin(agents, agents.c.id == spending_rules.c.agent_id)
+                .order_by(spending_rules.c.id)
+            ).all()
             return [rule_record(Rule.from_row(r), r.agent_name) for r in rows]
 
     def _reset_counting(self, conn: Connection, rule_id: int) -> None:
@@ -258,13 +331,28 @@ class Admin:
             conn.execute(text("LOCK TABLE transactions IN SHARE MODE"))
         _, low = buckets(rule.period, rule.window_seconds, now)
         t = transactions.c
-        adjustments = (select(cost_lines.c.transaction_id, func.sum(cost_lines.c.amount).label("amount"))
-                       .where(cost_lines.c.kind == "adjustment").group_by(cost_lines.c.transaction_id).subquery())
-        query = (select(t.id, t.agent_id, t.endpoint, t.model, t.operation, t.status, t.estimated_cost,
-                        t.actual_cost, t.created_at, adjustments.c.amount.label("adjusted"))
-                 .outerjoin(adjustments, adjustments.c.transaction_id == t.id)
-                 .where(t.created_at >= datetime.fromtimestamp(low, UTC), t.created_at <= now,
-                        t.status.in_(COUNTS_REQUEST)))
+        adjustments = (
+            select(cost_lines.c.transaction_id, func.sum(cost_lines.c.amount).label("amount"))
+            .where(cost_lines.c.kind == "adjustment")
+            .group_by(cost_lines.c.transaction_id)
+            .subquery()
+        )
+        query = (
+            select(
+                t.id,
+                t.agent_id,
+                t.endpoint,
+                t.model,
+                t.operation,
+                t.status,
+                t.estimated_cost,
+                t.actual_cost,
+                t.created_at,
+                adjustments.c.amount.label("adjusted"),
+            )
+            .outerjoin(adjustments, adjustments.c.transaction_id == t.id)
+            .where(t.created_at >= datetime.fromtimestamp(low, UTC), t.created_at <= now, t.status.in_(COUNTS_REQUEST))
+        )
         if rule.agent_id is not None:
             query = query.where(t.agent_id == rule.agent_id)
         counters: dict[int, list[Any]] = {}
@@ -275,13 +363,21 @@ class Admin:
             bucket, _ = buckets(rule.period, rule.window_seconds, tx.created_at)
             spent, held, requests = counters.setdefault(bucket, [ZERO, ZERO, 0])
             now_counted = counted(tx.status, tx.estimated_cost, tx.actual_cost, tx.adjusted or ZERO)
-            counters[bucket] = [spent + now_counted.spent, held + now_counted.held,
-                                requests + (1 if tx.status in COUNTS_REQUEST else 0)]
+            counters[bucket] = [
+                spent + now_counted.spent,
+                held + now_counted.held,
+                requests + (1 if tx.status in COUNTS_REQUEST else 0),
+            ]
             placed.append({"transaction_id": tx.id, "rule_id": rule_id, "bucket": bucket})
         if counters:
-            conn.execute(insert(rule_counters).values([
-                {"rule_id": rule_id, "bucket": b, "spent": v[0], "held": v[1], "requests": v[2]}
-                for b, v in sorted(counters.items())]))
+            conn.execute(
+                insert(rule_counters).values(
+                    [
+                        {"rule_id": rule_id, "bucket": b, "spent": v[0], "held": v[1], "requests": v[2]}
+                        for b, v in sorted(counters.items())
+                    ]
+                )
+            )
             conn.execute(insert(holds).values(placed))
 
     def _scope_agent(self, conn: Connection, name: str | None) -> int | None:
@@ -290,14 +386,18 @@ class Admin:
         validate_agent_name(name)
         row = conn.execute(select(agents.c.id).where(agents.c.name == name)).first()
         if row is None:
-            raise NotFound(f"unknown agent {name!r}: a rule can name only an existing agent", agent=name,
-                           reason="create_first")
+            raise NotFound(
+                f"unknown agent {name!r}: a rule can name only an existing agent", agent=name, reason="create_first"
+            )
         return int(row.id)
 
     def _rule_row(self, conn: Connection, name_or_id: str, *, lock: bool = False) -> Any:
         cond = spending_rules.c.name == str(name_or_id)
-        if str(name_or_id).isdigit():
-            cond = cond | (spending_rules.c.id == int(name_or_id))
+        text = str(name_or_id)
+        if (
+            text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= MAX_RULE_ID
+        ):  # an id the column can hold
+            cond = cond | (spending_rules.c.id == int(text))
         query = select(spending_rules).where(cond).order_by((spending_rules.c.name == str(name_or_id)).desc())
         row = conn.execute(query.with_for_update() if lock else query).first()
         if row is None:
@@ -305,9 +405,11 @@ class Admin:
         return row
 
     def _rule_record(self, conn: Connection, rule_id: int) -> SpendingRule:
-        row = conn.execute(select(spending_rules, agents.c.name.label("agent_name"))
-                           .outerjoin(agents, agents.c.id == spending_rules.c.agent_id)
-                           .where(spending_rules.c.id == rule_id)).one()
+        row = conn.execute(
+            select(spending_rules, agents.c.name.label("agent_name"))
+            .outerjoin(agents, agents.c.id == spending_rules.c.agent_id)
+            .where(spending_rules.c.id == rule_id)
+        ).one()
         return rule_record(Rule.from_row(row), row.agent_name)
 
     # --- alerts and audit -----------------------------------------------------------------------
@@ -315,11 +417,13 @@ class Admin:
     def alerts(self, *, limit: int = 100) -> list[Alert]:
         """Alerts, newest first."""
         with reading(self.engine) as conn:
-            rows = conn.execute(select(alerts, agents.c.name.label("agent_name"))
-                                .outerjoin(agents, agents.c.id == alerts.c.agent_id)
-                                .order_by(alerts.c.id.desc()).limit(limit)).all()
-        return [Alert(r.id, r.rule_name, r.kind, r.agent_name, r.transaction_id, r.message, r.created_at)
-                for r in rows]
+            rows = conn.execute(
+                select(alerts, agents.c.name.label("agent_name"))
+                .outerjoin(agents, agents.c.id == alerts.c.agent_id)
+                .order_by(alerts.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [Alert(r.id, r.rule_name, r.kind, r.agent_name, r.transaction_id, r.message, r.created_at) for r in rows]
 
     def audit(self, *, entity: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """The audit log of agent and rule changes, newest first (`entity`: agent or rule)."""
@@ -328,16 +432,27 @@ class Admin:
             query = query.where(audit_log.c.entity == entity)
         with reading(self.engine) as conn:
             rows = conn.execute(query).all()
-        return [AuditEntry(r.id, r.entity, r.entity_id, r.entity_name, r.action,
-                           json.loads(r.before_json) if r.before_json else None,
-                           json.loads(r.after_json) if r.after_json else None, r.created_at)
-                for r in rows]
+        return [
+            AuditEntry(
+                r.id,
+                r.entity,
+                r.entity_id,
+                r.entity_name,
+                r.action,
+                json.loads(r.before_json) if r.before_json else None,
+                json.loads(r.after_json) if r.after_json else None,
+                r.created_at,
+            )
+            for r in rows
+        ]
 
     def counts(self) -> dict[str, int]:
         """How many agents and rules there are."""
         with reading(self.engine) as conn:
-            return {"agents": conn.execute(select(func.count()).select_from(agents)).scalar_one(),
-                    "rules": conn.execute(select(func.count()).select_from(spending_rules)).scalar_one()}
+            return {
+                "agents": conn.execute(select(func.count()).select_from(agents)).scalar_one(),
+                "rules": conn.execute(select(func.count()).select_from(spending_rules)).scalar_one(),
+            }
 
     # --- service keys (the gateway) -------------------------------------------------------------
 
@@ -350,9 +465,16 @@ class Admin:
         now = self.clock()
         try:
             with writing(self.engine) as conn:
-                key_id = conn.execute(insert(service_keys).values(
-                    name=name, key_hash=hash_api_key(key), key_prefix=key[:10], created_at=now,
-                ).returning(service_keys.c.id)).scalar_one()
+                key_id = conn.execute(
+                    insert(service_keys)
+                    .values(
+                        name=name,
+                        key_hash=hash_api_key(key),
+                        key_prefix=key[:10],
+                        created_at=now,
+                    )
+                    .returning(service_keys.c.id)
+                ).scalar_one()
                 write_audit(conn, "service-key", key_id, name, "create", None, {"key_prefix": key[:10]}, now)
         except IntegrityError:
             raise Conflict(f"service key {name!r} already exists", field="name", reason="duplicate") from None
@@ -385,31 +507,9 @@ class Admin:
         from .models import service_keys
 
         with reading(self.engine) as conn:
-            row = conn.execute(select(service_keys).where(service_keys.c.key_hash == hash_api_key(key),
-                                                          service_keys.c.revoked_at.is_(None))).first()
+            row = conn.execute(
+                select(service_keys).where(
+                    service_keys.c.key_hash == hash_api_key(key), service_keys.c.revoked_at.is_(None)
+                )
+            ).first()
         return ServiceKey(row.id, row.name, row.key_prefix, row.created_at, row.revoked_at) if row else None
-
-    def update_rule_at_version(self, name_or_id: str, spec: RuleSpec, version: int) -> SpendingRule:
-        """`update_rule`, applied only if the rule is still at `version` (checked under the rule's row
-        lock, in the same transaction as the change); StaleVersion naming the current one otherwise."""
-        now = self.clock()
-        try:
-            with writing(self.engine) as conn:
-                row = self._rule_row(conn, name_or_id, lock=True)
-                if row.version != version:
-                    raise StaleVersion(f"rule {row.name!r} is at version {row.version}, not {version}: read it "
-                                       "again and retry", rule=row.name, current_version=row.version)
-                existing = Rule.from_row(row)
-                values = validate_spec(spec, existing=existing)
-                values["agent_id"] = self._scope_agent(conn, spec.agent) if "agent" in spec.given else row.agent_id
-                before = self._rule_record(conn, row.id).to_json()
-                conn.execute(update(spending_rules).where(spending_rules.c.id == row.id).values(
-                    **values, version=row.version + 1, updated_at=now))
-                if any(values[f] != getattr(row, f) for f in _COUNTING_FIELDS) or (
-                        values["enabled"] and not row.enabled):
-                    self._count_existing(conn, row.id, now)
-                after = self._rule_record(conn, row.id)
-                write_audit(conn, "rule", row.id, after.name, "update", before, after.to_json(), now)
-                return after
-        except IntegrityError:
-            raise Conflict(f"a rule named {spec.name!r} already exists", field="name") from None

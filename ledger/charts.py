@@ -10,6 +10,7 @@ states its size in points as matplotlib writes it (0.75 pt per CSS pixel, so the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,7 @@ class ChartImage:
     bars: int  #: per series (spend, denials): one per period
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "format": self.format, "width": self.width, "height": self.height,
-                "bars": self.bars}
+        return {"path": self.path, "format": self.format, "width": self.width, "height": self.height, "bars": self.bars}
 
 
 def check_size(width: int, height: int) -> None:
@@ -68,8 +68,10 @@ def render(chart: Chart, out: Any, *, fmt: str, width: int = 1000, height: int =
     xs = list(range(len(chart.points)))
     spend = [float(p.spend) for p in chart.points]  # plotting coordinates only: the amounts stay Decimal elsewhere
     denials = [p.denials for p in chart.points]
-    for ax, values, color, name in ((spend_ax, spend, SPEND_COLOR, "spend"), (denial_ax, denials, DENIAL_COLOR,
-                                                                              "denials")):
+    for ax, values, color, name in (
+        (spend_ax, spend, SPEND_COLOR, "spend"),
+        (denial_ax, denials, DENIAL_COLOR, "denials"),
+    ):
         bars = ax.bar(xs, values, width=0.8, color=color, linewidth=0)
         for i, bar in enumerate(bars):
             bar.set_gid(f"{name}-{i}")
@@ -77,13 +79,19 @@ def render(chart: Chart, out: Any, *, fmt: str, width: int = 1000, height: int =
         ax.margins(x=0.01)
     spend_ax.set_ylabel("spend (USD)")
     denial_ax.set_ylabel("denials")
-    total = sum((p.spend for p in chart.points), start=0)
+    total = sum((p.spend for p in chart.points), start=Decimal(0))
     span = f"{iso(chart.window.since) or 'start'} – {iso(chart.window.until) or 'now'}"
-    spend_ax.set_title(f"pixelgov: spend and denials per {chart.by} ({usd_str(total) if total else '0'} USD, {span})",
-                       fontsize=10)
+    spend_ax.set_title(
+        f"pixelgov: spend and denials per {chart.by} ({usd_str(total) if total else '0'} USD, {span})", fontsize=10
+    )
     step = max(1, -(-len(xs) // _MAX_LABELS))
-    denial_ax.set_xticks(xs[::step], [p.date.isoformat()[: 7 if chart.by == "month" else 10]
-                                      for p in chart.points][::step], rotation=30, ha="right", fontsize=8)
+    denial_ax.set_xticks(
+        xs[::step],
+        [p.date.isoformat()[: 7 if chart.by == "month" else 10] for p in chart.points][::step],
+        rotation=30,
+        ha="right",
+        fontsize=8,
+    )
     fig.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.18, hspace=0.12)
     fig.savefig(out, format=fmt, dpi=_DPI)
     return len(xs)

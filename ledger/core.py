@@ -39,8 +39,14 @@ class Ledger:
     A Ledger made from a URL owns its engine: `close()` (or `with`) disposes it.
     """
 
-    def __init__(self, target: str | Engine | None = None, *, settings: Settings | None = None,
-                 clock: Clock | None = None, migrate: bool = False) -> None:
+    def __init__(
+        self,
+        target: str | Engine | None = None,
+        *,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+        migrate: bool = False,
+    ) -> None:
         self.settings = settings or Settings()
         self.clock: Clock = clock or utcnow
         if isinstance(target, Engine):
@@ -66,8 +72,13 @@ class Ledger:
         """Check, authorize, settle, fail, void, expire; transactions."""
         from .governor import Governor
 
-        return Governor(self.engine, clock=self.clock, hold_ttl=self.settings.hold_ttl,
-                        auto_create=self.settings.auto_create_agents, book=self.book)
+        return Governor(
+            self.engine,
+            clock=self.clock,
+            hold_ttl=self.settings.hold_ttl,
+            auto_create=self.settings.auto_create_agents,
+            book=self.book,
+        )
 
     @cached_property
     def admin(self) -> Admin:
@@ -81,7 +92,7 @@ class Ledger:
         """Finance reports: summary, spend, leaderboards, charts, statements, FOCUS export."""
         from .reports import Reports
 
-        return Reports(self.engine, clock=self.clock)
+        return Reports(self.engine, clock=self.clock, book=self.book)
 
     def quote(self, endpoint: str, body: Mapping[str, Any]) -> Quote:
         """The exact price of a request from this ledger's price book (reads an upscale input's

@@ -38,8 +38,7 @@ def _create_private(path: Path) -> None:
         if path.is_dir():
             raise DatabaseUnavailable(f"database unavailable: {path} is a directory") from None
     except OSError as err:
-        raise DatabaseUnavailable(f"database unavailable: cannot create {path} "
-                                  f"({err.strerror or err})") from None
+        raise DatabaseUnavailable(f"database unavailable: cannot create {path} ({err.strerror or err})") from None
 
 
 def default_url() -> str:
@@ -105,9 +104,11 @@ def make_engine(url: str, *, timeout: float = DEFAULT_DB_TIMEOUT) -> Engine:
     if url.startswith("postgresql"):
         url = url.replace("postgresql://", "postgresql+psycopg://", 1) if "+" not in url.split("://")[0] else url
         return create_engine(
-            url, pool_pre_ping=False, pool_size=5, max_overflow=10,
-            connect_args={"connect_timeout": max(1, int(timeout)),
-                          "options": f"-c lock_timeout={int(timeout * 1000)}"},
+            url,
+            pool_pre_ping=False,
+            pool_size=5,
+            max_overflow=10,
+            connect_args={"connect_timeout": max(1, int(timeout)), "options": f"-c lock_timeout={int(timeout * 1000)}"},
         )
     return create_engine(url)
 
@@ -153,8 +154,12 @@ def check_schema(engine: Engine, *, migrate: bool = False) -> None:
         return
     where = engine.url.render_as_string(hide_password=True)
     state = f"is at revision {revision}" if revision else "has no pixelgov schema"
-    raise SchemaBehind(f"the database {where} {state}; it needs a schema upgrade to {SCHEMA_HEAD}",
-                       revision=revision, head=SCHEMA_HEAD, reason="upgrade")
+    raise SchemaBehind(
+        f"the database {where} {state}; it needs a schema upgrade to {SCHEMA_HEAD}",
+        revision=revision,
+        head=SCHEMA_HEAD,
+        reason="upgrade",
+    )
 
 
 def alembic_config(url: str) -> Any:
@@ -163,7 +168,7 @@ def alembic_config(url: str) -> Any:
     import migrations
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(list(migrations.__path__)[0])))
+    cfg.set_main_option("script_location", str(Path(next(iter(migrations.__path__)))))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
@@ -200,10 +205,16 @@ def downgrade(url: str, revision: str) -> None:
 def _alembic(step: Any, config: Any, revision: str) -> None:
     from alembic.util import CommandError
 
+    if not revision or not revision.strip():
+        raise InvalidRequest("revision: an empty revision; give one such as head", field="revision")
+    from alembic.script.revision import RevisionError
+
     try:
         step(config, revision)
-    except CommandError as err:
+    except (CommandError, RevisionError) as err:
         raise InvalidRequest(f"revision: {err}", field="revision") from None
+    except AssertionError:  # Alembic asserts on relative revisions past either end (e.g. head+1)
+        raise InvalidRequest(f"revision: {revision!r} is beyond the migrations there are", field="revision") from None
 
 
 def translate_db_error(error: BaseException, *, timeout: float | None = None) -> PixelgovError | None:

@@ -26,8 +26,9 @@ def ensure_writable(directory: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".pixelgov-write-test-"):
             pass
     except OSError as exc:
-        raise InvalidRequest(f"out: {directory} is not a writable directory ({exc.strerror or exc})",
-                             field="out") from None
+        raise InvalidRequest(
+            f"out: {directory} is not a writable directory ({exc.strerror or exc})", field="out"
+        ) from None
     return path
 
 
@@ -88,12 +89,13 @@ def save_images(result: Any, directory: Path, tx_id: int, *, progress: bool) -> 
             return saved
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      transient=False) as bar:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=False
+        ) as bar:
             for i, url in enumerate(urls):
                 task = bar.add_task(f"tx{tx_id}-{i}", total=None)
                 path = directory
-                for done, total, path in download(url, directory / f"tx{tx_id}-{i}", client):
+                for done, total, path in download(url, directory / f"tx{tx_id}-{i}", client):  # noqa: B007
                     bar.update(task, completed=done, total=total)
                 saved.append(path)
     return saved

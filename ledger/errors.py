@@ -12,9 +12,23 @@ if TYPE_CHECKING:
     from .records import Denial, Transaction
 
 __all__ = [
-    "Conflict", "DatabaseUnavailable", "InProgress", "Denied", "ImageTooLarge", "InvalidRequest", "ModelNotFound",
-    "NotFound", "PixelgovError", "PriceBookError", "RateLimited", "SchemaBehind", "UpstreamError",
-    "EXIT_CODES", "HTTP_STATUS", "denial_error", "exit_code",
+    "EXIT_CODES",
+    "HTTP_STATUS",
+    "Conflict",
+    "DatabaseUnavailable",
+    "Denied",
+    "ImageTooLarge",
+    "InProgress",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NotFound",
+    "PixelgovError",
+    "PriceBookError",
+    "RateLimited",
+    "SchemaBehind",
+    "UpstreamError",
+    "denial_error",
+    "exit_code",
 ]
 
 
@@ -41,8 +55,9 @@ class Denied(PixelgovError):
 
     code = "denied"
 
-    def __init__(self, message: str, *, denials: Sequence[Denial], transaction: Transaction | None = None,
-                 **details: Any) -> None:
+    def __init__(
+        self, message: str, *, denials: Sequence[Denial], transaction: Transaction | None = None, **details: Any
+    ) -> None:
         super().__init__(message, denials=list(denials), transaction=transaction, **details)
         self.denials = tuple(denials)
         self.transaction = transaction
@@ -73,17 +88,37 @@ class SchemaBehind(PixelgovError):
 
 
 EXIT_CODES = {
-    "invalid_request": 2, "model_not_found": 2, "image_too_large": 2, "not_found": 2,
-    "invalid_price_book": 2, "denied": 3, "rate_limited": 3, "upstream_error": 1, "conflict": 1,
-    "database_unavailable": 1, "schema_behind": 1, "body_too_large": 2, "upstream_timeout": 1, "cancelled": 2,
+    "invalid_request": 2,
+    "model_not_found": 2,
+    "image_too_large": 2,
+    "not_found": 2,
+    "denied": 3,
+    "rate_limited": 3,
+    "upstream_error": 1,
+    "conflict": 1,
+    "database_unavailable": 1,
+    "schema_behind": 1,
+    "body_too_large": 2,
+    "upstream_timeout": 1,
+    "cancelled": 2,
 }
 HTTP_STATUS = {
-    "invalid_request": 400, "model_not_found": 404, "image_too_large": 413, "not_found": 404,
-    "invalid_price_book": 500, "denied": 402, "rate_limited": 429, "upstream_error": 502,
-    "database_unavailable": 503, "schema_behind": 503, "unauthorized": 401, "conflict": 409,
+    "invalid_request": 400,
+    "model_not_found": 404,
+    "image_too_large": 413,
+    "not_found": 404,
+    "denied": 402,
+    "rate_limited": 429,
+    "upstream_error": 502,
+    "database_unavailable": 503,
+    "schema_behind": 503,
+    "unauthorized": 401,
+    "conflict": 409,
     # The gateway's own: a body over its size limit, an upstream that never answered (the
     # transaction is `unknown`), the result of a queued request that was cancelled.
-    "body_too_large": 413, "upstream_timeout": 504, "cancelled": 400,
+    "body_too_large": 413,
+    "upstream_timeout": 504,
+    "cancelled": 400,
 }
 
 

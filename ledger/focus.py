@@ -39,8 +39,9 @@ from pricing.errors import ModelNotFound
 from pricing.money import ZERO, usd_str
 
 from .clock import iso
-from .models import agents, cost_lines, transactions
+from .models import cost_lines, transactions
 from .records import TxStatus
+from .reports import agent_names
 from .spend import SPENT_AS, counted, sql_spent
 
 PROVIDER = "fal.ai"
@@ -50,18 +51,60 @@ UNIT = "Megapixels"
 BILLING_ACCOUNT = "fal"
 #: FOCUS 1.0 columns (mandatory and conditional), then the validator's pre-1.0 names, then ours.
 FOCUS_COLUMNS = (
-    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
-    "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargeFrequency", "ChargePeriodEnd",
-    "ChargePeriodStart", "CommitmentDiscountCategory", "CommitmentDiscountId", "CommitmentDiscountName",
-    "CommitmentDiscountStatus", "CommitmentDiscountType", "ConsumedQuantity", "ConsumedUnit", "ContractedCost",
-    "ContractedUnitPrice", "EffectiveCost", "InvoiceIssuerName", "ListCost", "ListUnitPrice", "PricingCategory",
-    "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "RegionId", "RegionName", "ResourceId",
-    "ResourceName", "ResourceType", "ServiceCategory", "ServiceName", "SkuId", "SkuPriceId", "SubAccountId",
-    "SubAccountName", "Tags",
+    "BilledCost",
+    "BillingAccountId",
+    "BillingAccountName",
+    "BillingCurrency",
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargeCategory",
+    "ChargeClass",
+    "ChargeDescription",
+    "ChargeFrequency",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+    "CommitmentDiscountCategory",
+    "CommitmentDiscountId",
+    "CommitmentDiscountName",
+    "CommitmentDiscountStatus",
+    "CommitmentDiscountType",
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "ContractedCost",
+    "ContractedUnitPrice",
+    "EffectiveCost",
+    "InvoiceIssuerName",
+    "ListCost",
+    "ListUnitPrice",
+    "PricingCategory",
+    "PricingQuantity",
+    "PricingUnit",
+    "ProviderName",
+    "PublisherName",
+    "RegionId",
+    "RegionName",
+    "ResourceId",
+    "ResourceName",
+    "ResourceType",
+    "ServiceCategory",
+    "ServiceName",
+    "SkuId",
+    "SkuPriceId",
+    "SubAccountId",
+    "SubAccountName",
+    "Tags",
 )
 VALIDATOR_COLUMNS = ("ChargeType", "InvoiceIssuer", "Provider", "Publisher", "ResourceID")
-EXTRA_COLUMNS = ("x_Agent", "x_TransactionId", "x_Status", "x_Endpoint", "x_Operation", "x_Images",
-                 "x_EstimatedCost", "x_PriceBook")
+EXTRA_COLUMNS = (
+    "x_Agent",
+    "x_TransactionId",
+    "x_Status",
+    "x_Endpoint",
+    "x_Operation",
+    "x_Images",
+    "x_EstimatedCost",
+    "x_PriceBook",
+)
 COLUMNS = (*FOCUS_COLUMNS, *VALIDATOR_COLUMNS, *EXTRA_COLUMNS)
 _SPENT = tuple(s.value for s in TxStatus if SPENT_AS[s] is not None)
 _BATCH = 10_000
@@ -85,9 +128,17 @@ class FocusExport:
         return self.usage_rows + self.adjustment_rows
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "format": "FOCUS 1.0", "since": iso(self.since), "until": iso(self.until),
-                "rows": self.rows, "usage_rows": self.usage_rows, "adjustment_rows": self.adjustment_rows,
-                "billed_cost": usd_str(self.billed_cost), "effective_cost": usd_str(self.effective_cost)}
+        return {
+            "path": self.path,
+            "format": "FOCUS 1.0",
+            "since": iso(self.since),
+            "until": iso(self.until),
+            "rows": self.rows,
+            "usage_rows": self.usage_rows,
+            "adjustment_rows": self.adjustment_rows,
+            "billed_cost": usd_str(self.billed_cost),
+            "effective_cost": usd_str(self.effective_cost),
+        }
 
 
 class _Periods:
@@ -117,7 +168,7 @@ class _Periods:
 
 
 def _text(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ts.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def _usd(nano: int) -> str:
@@ -126,28 +177,36 @@ def _usd(nano: int) -> str:
     return "-" + text if nano < 0 else text
 
 
-def write_focus(conn: Connection, out: TextIO, *, since: datetime | None, until: datetime | None,
-                book: PriceBook, path: str | None = None) -> FocusExport:
+def write_focus(
+    conn: Connection,
+    out: TextIO,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    book: PriceBook,
+    path: str | None = None,
+) -> FocusExport:
     """Write the FOCUS CSV of the transactions created in [since, until) to `out`."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
-    names = dict(conn.execute(select(agents.c.id, agents.c.name)).all())
+    names = agent_names(conn)
     periods = _Periods()
     rates: dict[tuple[str, str], str] = {}
     usage = adjustments = 0
     billed = effective = 0
-    for row in _usage_rows(conn, since, until, names, periods, book, rates):
-        writer.writerow(row[0])
+    for line, nano in _usage_lines(conn, since, until, names, periods, book, rates):
+        out.write(line)
         usage += 1
-        billed += row[1]
-        effective += row[1]
-    for line, billed_nano, effective_usd in _adjustment_rows(conn, since, until, names, periods, book.currency):
-        writer.writerow(line)
+        billed += nano
+        effective += nano
+    for fields, billed_nano, effective_usd in _adjustment_rows(conn, since, until, names, periods, book.currency):
+        writer.writerow(fields)
         adjustments += 1
         billed += billed_nano
         effective += int(effective_usd.scaleb(9))
-    return FocusExport(path, since, until, usage, adjustments, Decimal(billed).scaleb(-9),
-                       Decimal(effective).scaleb(-9))
+    return FocusExport(
+        path, since, until, usage, adjustments, Decimal(billed).scaleb(-9), Decimal(effective).scaleb(-9)
+    )
 
 
 def _window(since: datetime | None, until: datetime | None) -> list[Any]:
@@ -173,56 +232,227 @@ def _rate(book: PriceBook, rates: dict[tuple[str, str], str], endpoint: str, pri
     return found
 
 
-def _usage_rows(conn: Connection, since: datetime | None, until: datetime | None, names: dict[int, str],
-                periods: _Periods, book: PriceBook, rates: dict[tuple[str, str], str]
-                ) -> Iterator[tuple[list[Any], int]]:
+#: The columns of a usage row that change from row to row; the others are rendered once per
+#: (agent, endpoint, model, operation, status, price book, images, megapixels).
+_PER_ROW = {
+    "BilledCost": "cost",
+    "ContractedCost": "cost",
+    "EffectiveCost": "cost",
+    "ListCost": "cost",
+    "BillingPeriodEnd": "bill_end",
+    "BillingPeriodStart": "bill_start",
+    "ChargePeriodEnd": "end",
+    "ChargePeriodStart": "start",
+    "x_TransactionId": "tx",
+    "x_EstimatedCost": "est",
+}
+_MAX_TEMPLATES = 100_000
+
+
+def _quote(text: str) -> str:
+    """A CSV field as `csv.writer` writes it (QUOTE_MINIMAL)."""
+    if "," in text or '"' in text or "\n" in text or "\r" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _template(constant: dict[str, str]) -> str:
+    """A usage line with the constant columns rendered and `{slots}` for the per-row ones."""
+    fields = [
+        "{" + _PER_ROW[c] + "}" if c in _PER_ROW else _quote(constant.get(c, "")).replace("{", "{{").replace("}", "}}")
+        for c in COLUMNS
+    ]
+    return ",".join(fields) + "\n"
+
+
+def _usage_lines(
+    conn: Connection,
+    since: datetime | None,
+    until: datetime | None,
+    names: dict[int, str],
+    periods: _Periods,
+    book: PriceBook,
+    rates: dict[tuple[str, str], str],
+) -> Iterator[tuple[str, int]]:
+    """(CSV line, billed nano-USD) per transaction counted as spent, in id order."""
     t = transactions.c
     spent = sql_spent(t.status, t.estimated_cost, t.actual_cost, None)
-    query = (select(t.id, t.agent_id, t.endpoint, t.model, t.operation, type_coerce(t.status, String),
-                    type_coerce(t.estimated_cost, BigInteger), spent, type_coerce(t.created_at, String),
-                    t.images, t.billable_mp_nano, t.price_book)
-             .where(t.status.in_(_SPENT), *_window(since, until)).order_by(t.id))
-    currency = book.currency
-    for (tx_id, agent_id, endpoint, model, operation, status, est, nano, created, images, mp,
-         price_book) in conn.execution_options(yield_per=_BATCH).execute(query):
-        agent = names.get(agent_id, str(agent_id))
+    query = (
+        select(
+            t.id,
+            t.agent_id,
+            t.endpoint,
+            t.model,
+            t.operation,
+            type_coerce(t.status, String),
+            type_coerce(t.estimated_cost, BigInteger),
+            spent,
+            type_coerce(t.created_at, String),
+            t.images,
+            t.billable_mp_nano,
+            t.price_book,
+        )
+        .where(t.status.in_(_SPENT), *_window(since, until))
+        .order_by(t.id)
+    )
+    templates: dict[tuple[Any, ...], str] = {}
+    for (
+        tx_id,
+        agent_id,
+        endpoint,
+        model,
+        operation,
+        status,
+        est,
+        nano,
+        created,
+        images,
+        mp,
+        price_book,
+    ) in conn.execution_options(yield_per=_BATCH).execute(query):
+        key = (agent_id, endpoint, model, operation, status, price_book, images, mp)
+        template = templates.get(key)
+        if template is None:
+            if len(templates) >= _MAX_TEMPLATES:
+                templates.clear()
+            template = templates[key] = _template(
+                _usage_constants(
+                    names.get(agent_id, str(agent_id)),
+                    endpoint,
+                    model,
+                    operation,
+                    status,
+                    price_book,
+                    images,
+                    mp,
+                    _rate(book, rates, endpoint, price_book),
+                    book.currency,
+                )
+            )
         start, end, start_ts = periods.hour(created)
         bill_start, bill_end = periods.month(start_ts)
-        cost = _usd(int(nano))
-        quantity = _usd(int(mp)) if mp is not None else ""
-        rate = _rate(book, rates, endpoint, price_book)
-        resource_type = _RESOURCE_TYPES.get(operation, operation)
-        description = (f"{model} {operation}: {images if images is not None else '?'} image(s), "
-                       f"{quantity or '?'} billable MP")
-        tags = json.dumps({"agent": agent, "operation": operation, "status": status})
-        sku_price = f"{price_book}:{model}"
-        yield [cost, BILLING_ACCOUNT, PROVIDER, currency, bill_end, bill_start, "Usage", "", description,
-               "Usage-Based", end, start, "", "", "", "", "", quantity, UNIT if quantity else "", cost, rate, cost,
-               PROVIDER, cost, rate, "Standard", quantity, UNIT if quantity else "", PROVIDER, PROVIDER, "", "",
-               endpoint, endpoint, resource_type, SERVICE_CATEGORY, SERVICE_NAME, model, sku_price, agent, agent,
-               tags,
-               "Usage", PROVIDER, PROVIDER, PROVIDER, endpoint,
-               agent, tx_id, status, endpoint, operation, images if images is not None else "", _usd(int(est)),
-               price_book], int(nano)
+        nano = int(nano)
+        yield (
+            template.format(
+                cost=_usd(nano),
+                bill_end=bill_end,
+                bill_start=bill_start,
+                end=end,
+                start=start,
+                tx=tx_id,
+                est=_usd(int(est)),
+            ),
+            nano,
+        )
 
 
-def _adjustment_rows(conn: Connection, since: datetime | None, until: datetime | None, names: dict[int, str],
-                     periods: _Periods, currency: str) -> Iterator[tuple[list[Any], int, Decimal]]:
+def _usage_constants(
+    agent: str,
+    endpoint: str,
+    model: str,
+    operation: str,
+    status: str,
+    price_book: str,
+    images: int | None,
+    mp: int | None,
+    rate: str,
+    currency: str,
+) -> dict[str, str]:
+    quantity = _usd(int(mp)) if mp is not None else ""
+    unit = UNIT if quantity else ""
+    return {
+        "BillingAccountId": BILLING_ACCOUNT,
+        "BillingAccountName": PROVIDER,
+        "BillingCurrency": currency,
+        "ChargeCategory": "Usage",
+        "ChargeDescription": f"{model} {operation}: {images if images is not None else '?'}"
+        f" image(s), {quantity or '?'} billable MP",
+        "ChargeFrequency": "Usage-Based",
+        "ConsumedQuantity": quantity,
+        "ConsumedUnit": unit,
+        "ContractedUnitPrice": rate,
+        "InvoiceIssuerName": PROVIDER,
+        "ListUnitPrice": rate,
+        "PricingCategory": "Standard",
+        "PricingQuantity": quantity,
+        "PricingUnit": unit,
+        "ProviderName": PROVIDER,
+        "PublisherName": PROVIDER,
+        "ResourceId": endpoint,
+        "ResourceName": endpoint,
+        "ResourceType": _RESOURCE_TYPES.get(operation, operation),
+        "ServiceCategory": SERVICE_CATEGORY,
+        "ServiceName": SERVICE_NAME,
+        "SkuId": model,
+        "SkuPriceId": f"{price_book}:{model}",
+        "SubAccountId": agent,
+        "SubAccountName": agent,
+        "Tags": json.dumps({"agent": agent, "operation": operation, "status": status}),
+        "ChargeType": "Usage",
+        "InvoiceIssuer": PROVIDER,
+        "Provider": PROVIDER,
+        "Publisher": PROVIDER,
+        "ResourceID": endpoint,
+        "x_Agent": agent,
+        "x_Status": status,
+        "x_Endpoint": endpoint,
+        "x_Operation": operation,
+        "x_Images": "" if images is None else str(images),
+        "x_PriceBook": price_book,
+    }
+
+
+def _adjustment_rows(
+    conn: Connection,
+    since: datetime | None,
+    until: datetime | None,
+    names: dict[int, str],
+    periods: _Periods,
+    currency: str,
+) -> Iterator[tuple[list[Any], int, Decimal]]:
     """Adjustment lines in transaction and line order, each with the change it makes to its
     transaction's spend (`spend.counted` before and after it: the sum over a transaction's lines
     is exactly what its adjustments change)."""
     t, c = transactions.c, cost_lines.c
-    query = (select(c.transaction_id, c.amount, c.note, c.created_at, t.agent_id, t.endpoint, t.model,
-                    t.operation, type_coerce(t.status, String), t.estimated_cost, t.actual_cost,
-                    type_coerce(t.created_at, String), t.price_book)
-             .select_from(cost_lines.join(transactions, t.id == c.transaction_id))
-             .where(c.kind == "adjustment", *_window(since, until)).order_by(c.transaction_id, c.id))
+    query = (
+        select(
+            c.transaction_id,
+            c.amount,
+            c.note,
+            c.created_at,
+            t.agent_id,
+            t.endpoint,
+            t.model,
+            t.operation,
+            type_coerce(t.status, String),
+            t.estimated_cost,
+            t.actual_cost,
+            type_coerce(t.created_at, String),
+            t.price_book,
+        )
+        .select_from(cost_lines.join(transactions, t.id == c.transaction_id))
+        .where(c.kind == "adjustment", *_window(since, until))
+        .order_by(c.transaction_id, c.id)
+    )
     running: tuple[int, Decimal] | None = None
-    for (tx_id, amount, note, recorded, agent_id, endpoint, model, operation, status, est, actual, created,
-         price_book) in conn.execute(query):
+    for (
+        tx_id,
+        amount,
+        note,
+        recorded,
+        agent_id,
+        endpoint,
+        model,
+        operation,
+        status,
+        est,
+        actual,
+        created,
+        price_book,
+    ) in conn.execute(query):
         before = running[1] if running is not None and running[0] == tx_id else ZERO
         running = (tx_id, before + amount)
-        change = (counted(status, est, actual, before + amount).spent - counted(status, est, actual, before).spent)
+        change = counted(status, est, actual, before + amount).spent - counted(status, est, actual, before).spent
         agent = names.get(agent_id, str(agent_id))
         start, end, start_ts = periods.hour(created)
         bill_start, bill_end = periods.month(recorded)
@@ -231,12 +461,67 @@ def _adjustment_rows(conn: Connection, since: datetime | None, until: datetime |
         billed = usd_str(amount)
         description = f"{note or category.lower()} ({model}, transaction {tx_id})"
         tags = json.dumps({"agent": agent, "operation": operation, "status": status})
-        yield [billed, BILLING_ACCOUNT, PROVIDER, currency, bill_end, bill_start, category, correction, description,
-               "One-Time", end, start, "", "", "", "", "", "", "", billed, "", usd_str(change), PROVIDER, billed, "",
-               "", "", "", PROVIDER, PROVIDER, "", "", endpoint, endpoint, _RESOURCE_TYPES.get(operation, ""),
-               SERVICE_CATEGORY, SERVICE_NAME, model, f"{price_book}:{model}", agent, agent, tags,
-               category, PROVIDER, PROVIDER, PROVIDER, endpoint,
-               agent, tx_id, status, endpoint, operation, "", usd_str(est), price_book], _nano(amount), change
+        yield (
+            [
+                billed,
+                BILLING_ACCOUNT,
+                PROVIDER,
+                currency,
+                bill_end,
+                bill_start,
+                category,
+                correction,
+                description,
+                "One-Time",
+                end,
+                start,
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                billed,
+                "",
+                usd_str(change),
+                PROVIDER,
+                billed,
+                "",
+                "",
+                "",
+                "",
+                PROVIDER,
+                PROVIDER,
+                "",
+                "",
+                endpoint,
+                endpoint,
+                _RESOURCE_TYPES.get(operation, ""),
+                SERVICE_CATEGORY,
+                SERVICE_NAME,
+                model,
+                f"{price_book}:{model}",
+                agent,
+                agent,
+                tags,
+                category,
+                PROVIDER,
+                PROVIDER,
+                PROVIDER,
+                endpoint,
+                agent,
+                tx_id,
+                status,
+                endpoint,
+                operation,
+                "",
+                usd_str(est),
+                price_book,
+            ],
+            _nano(amount),
+            change,
+        )
 
 
 def _nano(amount: Decimal) -> int:

@@ -35,37 +35,63 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pricing import PriceBook, Quote, default_book
-from pricing.money import ZERO, MAX_USD, from_nano, parse_usd, to_nano, usd_str
+from pricing.money import MAX_USD, ZERO, from_nano, parse_usd, to_nano, usd_str
 
 from .clock import Clock, utcnow
 from .db import reading, writing
 from .errors import Conflict, InvalidRequest, NotFound
 from .hotpath import SQL, Driver, KeyRow, RuleCache, TxRow, tx_row
 from .models import alerts, holds, spending_rules, transactions
+from .periods import buckets
 from .queries import (
-    by_idempotency_key, find_agent, has_stale_holds, list_transactions, load_transaction, rules_in_scope,
-    stale_held, transaction_record,
+    by_idempotency_key,
+    find_agent,
+    has_stale_holds,
+    list_transactions,
+    load_transaction,
+    rules_in_scope,
+    stale_held,
+    transaction_record,
 )
 from .records import (
-    AgentRef, AgentStatus, Authorization, Decision, Denial, RuleAction, RuleType, Transaction, TxStatus,
+    AgentRef,
+    AgentStatus,
+    Authorization,
+    Decision,
+    Denial,
+    RuleAction,
+    Transaction,
+    TxStatus,
 )
 from .rules import Rule, Usage, Verdict, evaluate
-from .periods import buckets
 from .settings import DEFAULT_HOLD_TTL
 from .spend import Counted, counted, movement
 from .validation import validate_agent_name
 
 MAX_KEY_LENGTH = 200  #: the idempotency_key column's width
 #: Request fields whose name contains one of these are never stored (at any depth; `headers` whole).
-_SECRET_HINTS = ("key", "token", "secret", "password", "passwd", "authorization", "auth", "credential",
-                 "cookie", "session", "headers", "signature")
+_SECRET_HINTS = (
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "authorization",
+    "auth",
+    "credential",
+    "cookie",
+    "session",
+    "headers",
+    "signature",
+)
 
 
 def validate_idempotency_key(key: str | None) -> str | None:
     """The key, if the ledger can store it (1–200 characters); InvalidRequest otherwise."""
     if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
-        raise InvalidRequest(f"idempotency_key: 1–{MAX_KEY_LENGTH} characters (got {len(key)})",
-                             field="idempotency_key")
+        raise InvalidRequest(
+            f"idempotency_key: 1–{MAX_KEY_LENGTH} characters (got {len(key)})", field="idempotency_key"
+        )
     return key
 
 
@@ -87,12 +113,11 @@ def stored_request(body: Mapping[str, Any], quote: Quote) -> dict[str, Any]:
 def _without_secrets(value: Any) -> Any:
     """`value` with secret-like keys dropped at every depth and long data: URIs summarized."""
     if isinstance(value, Mapping):
-        return {k: _without_secrets(v) for k, v in value.items()
-                if not any(h in str(k).lower() for h in _SECRET_HINTS)}
+        return {k: _without_secrets(v) for k, v in value.items() if not any(h in str(k).lower() for h in _SECRET_HINTS)}
     if isinstance(value, list | tuple):
         return [_without_secrets(v) for v in value]
     if isinstance(value, str) and value.startswith("data:") and len(value) > 200:
-        return f"{value[:value.find(',') + 1]}…({len(value)} chars)"
+        return f"{value[: value.find(',') + 1]}…({len(value)} chars)"
     return value
 
 
@@ -107,8 +132,9 @@ def parse_amount(text: str | Decimal, field: str, *, allow_negative: bool = Fals
 def storable(amount: Decimal, field: str) -> Decimal:
     """`amount`, or InvalidRequest when the ledger could not store it (rather than a driver overflow)."""
     if abs(amount) > MAX_USD:
-        raise InvalidRequest(f"{field}: {usd_str(amount)} is above the largest amount the ledger holds "
-                             f"({usd_str(MAX_USD)})", field=field)
+        raise InvalidRequest(
+            f"{field}: {usd_str(amount)} is above the largest amount the ledger holds ({usd_str(MAX_USD)})", field=field
+        )
     return amount
 
 
@@ -117,8 +143,9 @@ class _StaleHolds(Exception):
 
 
 def _unknown_agent(name: str) -> NotFound:
-    return NotFound(f"unknown agent {name!r} (agents are not created on first use here)", agent=name,
-                    reason="create_first")
+    return NotFound(
+        f"unknown agent {name!r} (agents are not created on first use here)", agent=name, reason="create_first"
+    )
 
 
 class Governor:
@@ -131,8 +158,15 @@ class Governor:
     (`ledger.db.translate_db_error` turns those into `DatabaseUnavailable`).
     """
 
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow, hold_ttl: float = DEFAULT_HOLD_TTL,
-                 auto_create: bool = True, book: PriceBook | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Clock = utcnow,
+        hold_ttl: float = DEFAULT_HOLD_TTL,
+        auto_create: bool = True,
+        book: PriceBook | None = None,
+    ) -> None:
         """`hold_ttl`: seconds before a pending hold expires; `auto_create`: create agents on first
         use by name; `book`: the price book settlements re-price with (default: the shipped book)."""
         if not hold_ttl > 0:
@@ -173,8 +207,9 @@ class Governor:
                 decision = self._decide(d, agent, rules, quote, now, released=stale_held(conn, self._cutoff(now)))
             return decision
 
-    def authorize(self, agent_name: str, quote: Quote, body: Mapping[str, Any], *,
-                  idempotency_key: str | None = None) -> Authorization:
+    def authorize(
+        self, agent_name: str, quote: Quote, body: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> Authorization:
         """Record a transaction and hold its estimate in every matching budget, or record the denial.
 
         A retry with an `idempotency_key` the agent already used returns the first transaction
@@ -201,8 +236,9 @@ class Governor:
                     raise
                 return self._replay(conn, existing, digest, idempotency_key)
 
-    def _authorize(self, agent_name: str, quote: Quote, body: Mapping[str, Any], key: str | None,
-                   digest: str, *, may_expire: bool) -> Authorization:
+    def _authorize(
+        self, agent_name: str, quote: Quote, body: Mapping[str, Any], key: str | None, digest: str, *, may_expire: bool
+    ) -> Authorization:
         now = self.clock()
         sql = self._sql
         with writing(self.engine) as conn:
@@ -227,11 +263,21 @@ class Governor:
             est = to_nano(quote.amount)
             ts = d.ts(now)
             values = {
-                "agent_id": agent.id, "endpoint": quote.endpoint, "model": quote.model,
-                "operation": quote.operation, "request_json": json.dumps(stored_request(body, quote), default=str),
-                "request_hash": digest, "price_book": quote.price_book, "estimated_cost": est,
-                "status": status.value, "idempotency_key": key,
-                "denial_json": json.dumps(denial_doc) if denial_doc else None, "created_at": ts,
+                "agent_id": agent.id,
+                "endpoint": quote.endpoint,
+                "model": quote.model,
+                "operation": quote.operation,
+                "request_json": json.dumps(stored_request(body, quote), default=str),
+                "request_hash": digest,
+                "price_book": quote.price_book,
+                "estimated_cost": est,
+                "status": status.value,
+                "idempotency_key": key,
+                "denial_json": json.dumps(denial_doc) if denial_doc else None,
+                "created_at": ts,
+                # what reports sum instead of re-pricing every request (megapixels in nano-MP, exact)
+                "images": quote.images,
+                "billable_mp_nano": to_nano(quote.billable_megapixels),
             }
             if decision.allowed:
                 tx_id = self._insert_held(d, values, self._hold_rows(decision.verdicts, now))
@@ -243,8 +289,24 @@ class Governor:
                 d.execute(sql.insert_tx, values)
                 tx_id = d.lastrowid
             # The record from the values just written (they are what a re-select would read back).
-            tx = Transaction(tx_id, agent.name, quote.endpoint, quote.model, quote.operation, status, from_nano(est),
-                             None, quote.price_book, now, None, key, denial_doc, None, None, None)
+            tx = Transaction(
+                tx_id,
+                agent.name,
+                quote.endpoint,
+                quote.model,
+                quote.operation,
+                status,
+                from_nano(est),
+                None,
+                quote.price_book,
+                now,
+                None,
+                key,
+                denial_doc,
+                None,
+                None,
+                None,
+            )
         return Authorization(tx, decision)
 
     def _agent_and_rules(self, d: Driver, name: str) -> tuple[AgentRef | None, list[Rule]]:
@@ -256,8 +318,17 @@ class Governor:
         rules = [self._rules.get(r[2:]) for r in rows if r[2] is not None]
         return agent, rules
 
-    def _decide(self, d: Driver, agent: AgentRef, rules: Sequence[Rule], quote: Quote, now: datetime, *,
-                lock: bool = False, released: Mapping[tuple[int, int], Decimal] | None = None) -> Decision:
+    def _decide(
+        self,
+        d: Driver,
+        agent: AgentRef,
+        rules: Sequence[Rule],
+        quote: Quote,
+        now: datetime,
+        *,
+        lock: bool = False,
+        released: Mapping[tuple[int, int], Decimal] | None = None,
+    ) -> Decision:
         denials: list[Denial] = []
         alerts_: list[Denial] = []
         verdicts: list[Verdict] = []
@@ -269,8 +340,12 @@ class Governor:
             # Lock the counted rules in id order before reading their counters: the counter read
             # below is a new statement, so at READ COMMITTED it sees every commit made before the
             # locks were granted. (SQLite: BEGIN IMMEDIATE already holds the write lock.)
-            locked = {row.id: row for row in map(self._rules.get, d.all(
-                self._sql.lock_rules, {"rule_ids": [r.id for r in counted_rules]}))}
+            locked = {
+                row.id: row
+                for row in map(
+                    self._rules.get, d.all(self._sql.lock_rules, {"rule_ids": [r.id for r in counted_rules]})
+                )
+            }
             if any(locked.get(r.id) != r for r in counted_rules):
                 # A rule changed (or went) while this waited for its lock: decide with it as it now is.
                 rules = [locked[r.id] if r.counted else r for r in rules if not r.counted or r.id in locked]
@@ -292,9 +367,16 @@ class Governor:
                 (denials if rule.action == RuleAction.deny else alerts_).append(entry)
             elif rule.alert_at and verdict.usage_after is not None and rule.limit_amount:
                 if verdict.usage_after * 100 >= rule.limit_amount * rule.alert_at:
-                    alerts_.append(Denial(rule.name, "threshold", (
-                        f"{rule.name}: {usd_str(verdict.usage_after)} of {usd_str(rule.limit_amount)} "
-                        f"reaches the alert threshold of {rule.alert_at}%")))
+                    alerts_.append(
+                        Denial(
+                            rule.name,
+                            "threshold",
+                            (
+                                f"{rule.name}: {usd_str(verdict.usage_after)} of {usd_str(rule.limit_amount)} "
+                                f"reaches the alert threshold of {rule.alert_at}%"
+                            ),
+                        )
+                    )
         return Decision(quote, agent, tuple(denials), tuple(alerts_), tuple(verdicts))
 
     def _usage(self, d: Driver, rules: Sequence[Rule], now: datetime) -> dict[int, Usage]:
@@ -326,8 +408,16 @@ class Governor:
             return int(d.one(sql.insert_held_tx, params)[0])  # type: ignore[index]
         d.execute(sql.insert_tx, values)
         tx_id = d.lastrowid
-        d.execute(sql.insert_line, {"tx_id": tx_id, "kind": "estimate", "amount": values["estimated_cost"],
-                                    "note": None, "created_at": values["created_at"]})
+        d.execute(
+            sql.insert_line,
+            {
+                "tx_id": tx_id,
+                "kind": "estimate",
+                "amount": values["estimated_cost"],
+                "note": None,
+                "created_at": values["created_at"],
+            },
+        )
         if holds_:
             upsert_sql, holds_sql = sql.hold_counters(len(holds_))
             held: dict[str, Any] = {"tx_id": tx_id, "est": values["estimated_cost"]}
@@ -346,9 +436,15 @@ class Governor:
                 bucket, _ = buckets(rule.period, rule.window_seconds, now)
                 dedupe = f"threshold:{rule.id}:{rule.version}:{bucket}"
             ins = self._upsert(alerts).values(
-                rule_id=rule.id, rule_name=rule.name, agent_id=agent.id, transaction_id=tx_id,
-                kind="threshold" if dedupe else "rule", dedupe_key=dedupe, message=entry.reason,
-                created_at=now)
+                rule_id=rule.id,
+                rule_name=rule.name,
+                agent_id=agent.id,
+                transaction_id=tx_id,
+                kind="threshold" if dedupe else "rule",
+                dedupe_key=dedupe,
+                message=entry.reason,
+                created_at=now,
+            )
             conn.execute(ins.on_conflict_do_nothing() if dedupe else ins)
 
     # --- resolution -----------------------------------------------------------------------------
@@ -377,9 +473,18 @@ class Governor:
                 facts["actual_source"] = "estimate (no actual given)"
         return self.settle(tx_id, amount, facts=facts)
 
-    def settle(self, tx_id: int, actual: Decimal, *, facts: Mapping[str, Any] | None = None,
-               upstream_request_id: str | None = None, upstream_status: int | None = None,
-               response: Any = None, allow_expired: bool = False, alert: str | None = None) -> Transaction:
+    def settle(
+        self,
+        tx_id: int,
+        actual: Decimal,
+        *,
+        facts: Mapping[str, Any] | None = None,
+        upstream_request_id: str | None = None,
+        upstream_status: int | None = None,
+        response: Any = None,
+        allow_expired: bool = False,
+        alert: str | None = None,
+    ) -> Transaction:
         """Complete a transaction at its `actual` cost (USD): the hold is released and the actual
         counted as spent; an actual above the estimate is recorded as a `variance` fact. `alert`
         records an alert (kind "anomaly") in the same database transaction.
@@ -398,19 +503,38 @@ class Governor:
             notes = [("variance", usd_str(actual - est))] if actual > est else []
             notes += (facts or {}).items()
             moved = movement(counted(row.status, est), counted(TxStatus.completed, est, actual))
-            row = self._set_status(d, row, TxStatus.completed, now, line=("actual", actual), notes=notes,
-                                   actual_cost=actual, completed_at=now, upstream_request_id=upstream_request_id,
-                                   upstream_status=upstream_status,
-                                   response_json=json.dumps(response) if response is not None else None)
+            row = self._set_status(
+                d,
+                row,
+                TxStatus.completed,
+                now,
+                line=("actual", actual),
+                notes=notes,
+                actual_cost=actual,
+                completed_at=now,
+                upstream_request_id=upstream_request_id,
+                upstream_status=upstream_status,
+                response_json=json.dumps(response) if response is not None else None,
+            )
             self._move_counters(d, tx_id, moved, locked=self._pg)
             if alert is not None:
-                conn.execute(alerts.insert().values(rule_id=None, rule_name="(anomaly)", agent_id=row.agent_id,
-                                                    transaction_id=tx_id, kind="anomaly", dedupe_key=None,
-                                                    message=alert, created_at=now))
+                conn.execute(
+                    alerts.insert().values(
+                        rule_id=None,
+                        rule_name="(anomaly)",
+                        agent_id=row.agent_id,
+                        transaction_id=tx_id,
+                        kind="anomaly",
+                        dedupe_key=None,
+                        message=alert,
+                        created_at=now,
+                    )
+                )
             return transaction_record(row, row.agent_name)
 
-    def fail(self, tx_id: int, reason: str, *, upstream_status: int | None = None,
-             facts: Mapping[str, Any] | None = None) -> Transaction:
+    def fail(
+        self, tx_id: int, reason: str, *, upstream_status: int | None = None, facts: Mapping[str, Any] | None = None
+    ) -> Transaction:
         """The upstream refused or errored before generating: hold released, nothing spent."""
         return self._release(tx_id, TxStatus.failed, (TxStatus.pending,), reason, upstream_status, facts)
 
@@ -422,18 +546,33 @@ class Governor:
         """No answer after sending: the estimate stays counted as spent until settled or voided."""
         return self._release(tx_id, TxStatus.unknown, (TxStatus.pending,), reason, None, facts)
 
-    def _release(self, tx_id: int, to: TxStatus, allowed: tuple[TxStatus, ...], reason: str | None,
-                 upstream_status: int | None, facts: Mapping[str, Any] | None) -> Transaction:
+    def _release(
+        self,
+        tx_id: int,
+        to: TxStatus,
+        allowed: tuple[TxStatus, ...],
+        reason: str | None,
+        upstream_status: int | None,
+        facts: Mapping[str, Any] | None,
+    ) -> Transaction:
         now = self.clock()
         with writing(self.engine) as conn:
             d = Driver(conn)
-            row = self._lock_tx(d, tx_id, allowed, {"failed": "fail", "voided": "void",
-                                                     "unknown": "mark unknown"}[to.value])
+            row = self._lock_tx(
+                d, tx_id, allowed, {"failed": "fail", "voided": "void", "unknown": "mark unknown"}[to.value]
+            )
             est = row.estimated_cost
             moved = movement(counted(row.status, est), counted(to, est))
-            row = self._set_status(d, row, to, now, notes=(facts or {}).items(), outcome=reason,
-                                   upstream_status=upstream_status,
-                                   completed_at=now if to != TxStatus.unknown else None)
+            row = self._set_status(
+                d,
+                row,
+                to,
+                now,
+                notes=(facts or {}).items(),
+                outcome=reason,
+                upstream_status=upstream_status,
+                completed_at=now if to != TxStatus.unknown else None,
+            )
             self._move_counters(d, tx_id, moved, locked=self._pg)
             return transaction_record(row, row.agent_name)
 
@@ -455,17 +594,21 @@ class Governor:
     def _expire_stale(self, conn: Connection, now: datetime, older_than: float | None = None) -> list[int]:
         cutoff = self._cutoff(now, older_than)
         t = transactions.c
-        rows = conn.execute(update(transactions).where(t.status == TxStatus.pending, t.created_at < cutoff)
-                            .values(status=TxStatus.expired, completed_at=now,
-                                    outcome="hold expired (older than the hold TTL)")
-                            .returning(t.id, t.estimated_cost)).all()
+        rows = conn.execute(
+            update(transactions)
+            .where(t.status == TxStatus.pending, t.created_at < cutoff)
+            .values(status=TxStatus.expired, completed_at=now, outcome="hold expired (older than the hold TTL)")
+            .returning(t.id, t.estimated_cost)
+        ).all()
         if rows:
             ids = [r[0] for r in rows]
             if self._pg:
-                conn.execute(select(spending_rules.c.id)
-                             .where(spending_rules.c.id.in_(select(holds.c.rule_id)
-                                                            .where(holds.c.transaction_id.in_(ids))))
-                             .order_by(spending_rules.c.id).with_for_update(key_share=True))
+                conn.execute(
+                    select(spending_rules.c.id)
+                    .where(spending_rules.c.id.in_(select(holds.c.rule_id).where(holds.c.transaction_id.in_(ids))))
+                    .order_by(spending_rules.c.id)
+                    .with_for_update(key_share=True)
+                )
             d = Driver(conn)
             for tx_id, est in sorted(rows):
                 moved = movement(counted(TxStatus.pending, est), counted(TxStatus.expired, est))
@@ -479,13 +622,25 @@ class Governor:
             raise NotFound(f"no transaction {tx_id}", id=tx_id)
         row = tx_row(raw)
         if row.status not in allowed:
-            raise Conflict(f"cannot {verb} transaction {tx_id}: it is {row.status.value}, not "
-                           f"{' or '.join(s.value for s in allowed)}", id=tx_id, status=row.status.value)
+            raise Conflict(
+                f"cannot {verb} transaction {tx_id}: it is {row.status.value}, not "
+                f"{' or '.join(s.value for s in allowed)}",
+                id=tx_id,
+                status=row.status.value,
+            )
         return row
 
-    def _set_status(self, d: Driver, row: Any, to: TxStatus, now: datetime, *,
-                    line: tuple[str, Decimal] | None = None, notes: Iterable[tuple[str, Any]] = (),
-                    **values: Any) -> Any:
+    def _set_status(
+        self,
+        d: Driver,
+        row: Any,
+        to: TxStatus,
+        now: datetime,
+        *,
+        line: tuple[str, Decimal] | None = None,
+        notes: Iterable[tuple[str, Any]] = (),
+        **values: Any,
+    ) -> Any:
         """Move the transaction to `to`, setting the values given (None: left as is), and add its
         cost line and facts; returns the row as it now stands. PostgreSQL: one statement, which
         also locks the transaction's rules for the `_move_counters(locked=True)` that follows."""
@@ -513,11 +668,15 @@ class Governor:
             raise Conflict(f"transaction {row.id} changed while it was being resolved")
         if not self._pg:
             if line is not None:
-                d.execute(self._sql.insert_line, {"tx_id": row.id, "kind": line[0], "amount": to_nano(line[1]),
-                                                  "note": None, "created_at": ts})
+                d.execute(
+                    self._sql.insert_line,
+                    {"tx_id": row.id, "kind": line[0], "amount": to_nano(line[1]), "note": None, "created_at": ts},
+                )
             if facts_:
-                d.executemany(self._sql.insert_fact, [{"tx_id": row.id, "key": k, "value": v, "created_at": ts}
-                                                      for k, v in facts_])
+                d.executemany(
+                    self._sql.insert_fact,
+                    [{"tx_id": row.id, "key": k, "value": v, "created_at": ts} for k, v in facts_],
+                )
         shown = {k: v for k, v in values.items() if k in TxRow._fields}
         if "actual_cost" in shown:
             shown["actual_cost"] = from_nano(to_nano(shown["actual_cost"]))  # as stored: whole nano-USD
@@ -528,12 +687,13 @@ class Governor:
             return
         if self._pg and not locked:
             d.execute(self._sql.lock_rules_of_tx, {"tx_id": tx_id})
-        d.execute(self._sql.move_counters, {"held": to_nano(moved.held), "spent": to_nano(moved.spent),
-                                            "tx_id": tx_id})
+        d.execute(self._sql.move_counters, {"held": to_nano(moved.held), "spent": to_nano(moved.spent), "tx_id": tx_id})
 
     # --- notes ----------------------------------------------------------------------------------
 
-    def add_cost(self, tx_id: int, amount: Decimal, *, kind: str = "adjustment", note: str | None = None) -> Transaction:
+    def add_cost(
+        self, tx_id: int, amount: Decimal, *, kind: str = "adjustment", note: str | None = None
+    ) -> Transaction:
         """An adjustment (USD, positive or negative) to a completed transaction: a new cost line,
         counted in its budgets as `ledger.spend` says (a credit never takes it below zero)."""
         if kind != "adjustment":
@@ -545,11 +705,15 @@ class Governor:
             row = self._lock_tx(d, tx_id, (TxStatus.completed,), "adjust")
             before = from_nano(int(d.one(self._sql.adjustments, {"tx_id": tx_id})[0]))  # type: ignore[index]
             storable(before + amount, "amount")
-            d.execute(self._sql.insert_line, {"tx_id": tx_id, "kind": kind, "amount": to_nano(amount), "note": note,
-                                              "created_at": d.ts(now)})
+            d.execute(
+                self._sql.insert_line,
+                {"tx_id": tx_id, "kind": kind, "amount": to_nano(amount), "note": note, "created_at": d.ts(now)},
+            )
             est, actual = row.estimated_cost, row.actual_cost
-            moved = movement(counted(TxStatus.completed, est, actual, before),
-                             counted(TxStatus.completed, est, actual, before + amount))
+            moved = movement(
+                counted(TxStatus.completed, est, actual, before),
+                counted(TxStatus.completed, est, actual, before + amount),
+            )
             self._move_counters(d, tx_id, moved)
             return transaction_record(row, row.agent_name)
 
@@ -567,9 +731,18 @@ class Governor:
     def _add_facts(self, d: Driver, tx_id: int, values: Mapping[str, Any], now: datetime) -> None:
         if values:
             ts = d.ts(now)
-            d.executemany(self._sql.insert_fact, [
-                {"tx_id": tx_id, "key": k, "value": v if isinstance(v, str) else json.dumps(v, default=str),
-                 "created_at": ts} for k, v in values.items()])
+            d.executemany(
+                self._sql.insert_fact,
+                [
+                    {
+                        "tx_id": tx_id,
+                        "key": k,
+                        "value": v if isinstance(v, str) else json.dumps(v, default=str),
+                        "created_at": ts,
+                    }
+                    for k, v in values.items()
+                ],
+            )
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -578,8 +751,15 @@ class Governor:
         with reading(self.engine) as conn:
             return load_transaction(conn, tx_id, detail=detail)
 
-    def transactions(self, *, agent: str | None = None, status: str | None = None, since: datetime | None = None,
-                     until: datetime | None = None, limit: int = 100) -> list[Transaction]:
+    def transactions(
+        self,
+        *,
+        agent: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Transaction]:
         """Transactions newest first: `since` inclusive, `until` exclusive (aware datetimes)."""
         with reading(self.engine) as conn:
             return list_transactions(conn, agent=agent, status=status, since=since, until=until, limit=limit)
@@ -592,20 +772,34 @@ class Governor:
         from .admin import write_audit
         from .models import agents
 
-        created = conn.execute(self._upsert(agents).values(name=name, status=AgentStatus.active, created_at=now,
-                                                           updated_at=now).on_conflict_do_nothing()
-                               .returning(agents.c.id)).first()
+        created = conn.execute(
+            self._upsert(agents)
+            .values(name=name, status=AgentStatus.active, created_at=now, updated_at=now)
+            .on_conflict_do_nothing()
+            .returning(agents.c.id)
+        ).first()
         agent = find_agent(conn, name)
         assert agent is not None and agent.id is not None
         if created is not None:  # not when a concurrent first use created it (PostgreSQL waits for that one)
-            write_audit(conn, "agent", agent.id, name, "create", None, {"name": name, "status": "active",
-                                                                       "created": "on first use"}, now)
+            write_audit(
+                conn,
+                "agent",
+                agent.id,
+                name,
+                "create",
+                None,
+                {"name": name, "status": "active", "created": "on first use"},
+                now,
+            )
         return agent
 
     def _replay(self, conn: Connection, existing: Any, digest: str, key: str) -> Authorization:
         if existing.request_hash != digest:
-            raise Conflict(f"idempotency key {key!r} was already used for a different request "
-                           f"(transaction {existing.id})", field="idempotency_key", id=existing.id)
+            raise Conflict(
+                f"idempotency key {key!r} was already used for a different request (transaction {existing.id})",
+                field="idempotency_key",
+                id=existing.id,
+            )
         return Authorization(load_transaction(conn, existing.id), None, replayed=True)
 
     # --- the gateway's queue requests -----------------------------------------------------------
@@ -624,8 +818,9 @@ class Governor:
                 existing = queue_request_id_of(conn, tx_id)
                 if existing is not None:
                     return existing
-                conn.execute(queue_requests.insert().values(request_id=request_id, transaction_id=tx_id,
-                                                            created_at=now))
+                conn.execute(
+                    queue_requests.insert().values(request_id=request_id, transaction_id=tx_id, created_at=now)
+                )
                 return request_id
         except IntegrityError:  # a concurrent retry named it first
             with reading(self.engine) as conn:

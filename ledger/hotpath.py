@@ -36,7 +36,7 @@ class Driver:
     OperationalError…) so callers and `db.translate_db_error` see what Core would raise.
     """
 
-    __slots__ = ("conn", "cur", "pg", "_error")
+    __slots__ = ("_error", "conn", "cur", "pg")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -86,8 +86,7 @@ class Driver:
         gone = dialect.is_disconnect(err, dbapi_conn, self.cur)  # type: ignore[arg-type]
         if gone:
             self.conn.invalidate(err)
-        return exc.DBAPIError.instance(sql, params, err, self._error, connection_invalidated=gone,
-                                       dialect=dialect)
+        return exc.DBAPIError.instance(sql, params, err, self._error, connection_invalidated=gone, dialect=dialect)
 
 
 def bind_ts(value: datetime | None, pg: bool) -> Any:
@@ -152,9 +151,24 @@ def decode(row: Sequence[Any], decs: Sequence[Decoder]) -> list[Any]:
     return [v if f is None else f(v) for v, f in zip(row, decs)]
 
 
-TX_FIELDS = ("id", "agent_id", "endpoint", "model", "operation", "status", "estimated_cost", "actual_cost",
-             "price_book", "created_at", "completed_at", "idempotency_key", "denial_json",
-             "upstream_request_id", "upstream_status", "outcome")
+TX_FIELDS = (
+    "id",
+    "agent_id",
+    "endpoint",
+    "model",
+    "operation",
+    "status",
+    "estimated_cost",
+    "actual_cost",
+    "price_book",
+    "created_at",
+    "completed_at",
+    "idempotency_key",
+    "denial_json",
+    "upstream_request_id",
+    "upstream_status",
+    "outcome",
+)
 TxRow: Any = namedtuple("TxRow", (*TX_FIELDS, "agent_name"))  # type: ignore[misc]
 KeyRow: Any = namedtuple("KeyRow", ("id", "request_hash"))
 TX_DECODERS = [*decoders([transactions.c[name] for name in TX_FIELDS]), None]
@@ -192,8 +206,22 @@ class RuleCache:
 
 # --- the statements ---------------------------------------------------------------------------
 
-INSERT_TX_COLUMNS = ("agent_id", "endpoint", "model", "operation", "request_json", "request_hash", "price_book",
-                     "estimated_cost", "status", "idempotency_key", "denial_json", "created_at")
+INSERT_TX_COLUMNS = (
+    "agent_id",
+    "endpoint",
+    "model",
+    "operation",
+    "request_json",
+    "request_hash",
+    "price_book",
+    "estimated_cost",
+    "status",
+    "idempotency_key",
+    "denial_json",
+    "created_at",
+    "images",
+    "billable_mp_nano",
+)
 
 
 def _pg_param(name: str) -> str:
@@ -215,13 +243,20 @@ class Sql:
         self.agent_and_rules = (
             f"SELECT a.id, a.status, {rule_cols} FROM agents a LEFT JOIN spending_rules r "
             f"ON r.enabled = {'TRUE' if pg else '1'} AND (r.agent_id IS NULL OR r.agent_id = a.id) "
-            f"WHERE a.name = {p('name')} ORDER BY r.id")
-        self.by_key = (f"SELECT id, request_hash FROM transactions "
-                       f"WHERE agent_id = {p('agent_id')} AND idempotency_key = {p('key')}")
-        self.lock_rules = (f"SELECT {', '.join(c.name for c in RULE_COLUMNS)} FROM spending_rules "
-                           "WHERE id = ANY(%(rule_ids)s) ORDER BY id FOR NO KEY UPDATE")
-        self.lock_rules_of_tx = ("SELECT id FROM spending_rules WHERE id IN (SELECT rule_id FROM holds "
-                                 "WHERE transaction_id = %(tx_id)s) ORDER BY id FOR NO KEY UPDATE")
+            f"WHERE a.name = {p('name')} ORDER BY r.id"
+        )
+        self.by_key = (
+            f"SELECT id, request_hash FROM transactions "
+            f"WHERE agent_id = {p('agent_id')} AND idempotency_key = {p('key')}"
+        )
+        self.lock_rules = (
+            f"SELECT {', '.join(c.name for c in RULE_COLUMNS)} FROM spending_rules "
+            "WHERE id = ANY(%(rule_ids)s) ORDER BY id FOR NO KEY UPDATE"
+        )
+        self.lock_rules_of_tx = (
+            "SELECT id FROM spending_rules WHERE id IN (SELECT rule_id FROM holds "
+            "WHERE transaction_id = %(tx_id)s) ORDER BY id FOR NO KEY UPDATE"
+        )
         values = ", ".join(p(c) for c in INSERT_TX_COLUMNS)
         self.insert_tx = f"INSERT INTO transactions ({', '.join(INSERT_TX_COLUMNS)}) VALUES ({values})"
         if pg:
@@ -239,20 +274,30 @@ class Sql:
                 "FROM unnest(%(rule_ids)s::int[], %(buckets)s::bigint[]) AS x(rule_id, bucket) "
                 "ORDER BY x.rule_id ON CONFLICT (rule_id, bucket) DO UPDATE SET "
                 "held = rule_counters.held + excluded.held, requests = rule_counters.requests + excluded.requests) "
-                "SELECT id FROM t")
-        self.insert_line = ("INSERT INTO cost_lines (transaction_id, kind, amount, note, created_at) "
-                            f"VALUES ({p('tx_id')}, {p('kind')}, {p('amount')}, {p('note')}, {p('created_at')})")
-        self.insert_fact = ('INSERT INTO facts (transaction_id, "key", value, created_at) '
-                            f"VALUES ({p('tx_id')}, {p('key')}, {p('value')}, {p('created_at')})")
+                "SELECT id FROM t"
+            )
+        self.insert_line = (
+            "INSERT INTO cost_lines (transaction_id, kind, amount, note, created_at) "
+            f"VALUES ({p('tx_id')}, {p('kind')}, {p('amount')}, {p('note')}, {p('created_at')})"
+        )
+        self.insert_fact = (
+            'INSERT INTO facts (transaction_id, "key", value, created_at) '
+            f"VALUES ({p('tx_id')}, {p('key')}, {p('value')}, {p('created_at')})"
+        )
         tx_cols = ", ".join(f"t.{c}" for c in TX_FIELDS)
-        self.tx_row = (f"SELECT {tx_cols}, a.name FROM transactions t JOIN agents a ON a.id = t.agent_id "
-                       f"WHERE t.id = {p('tx_id')}")
+        self.tx_row = (
+            f"SELECT {tx_cols}, a.name FROM transactions t JOIN agents a ON a.id = t.agent_id WHERE t.id = {p('tx_id')}"
+        )
         self.lock_tx = self.tx_row + (" FOR UPDATE OF t" if pg else "")
-        self.adjustments = (f"SELECT COALESCE(SUM(amount), 0) FROM cost_lines "
-                            f"WHERE transaction_id = {p('tx_id')} AND kind = 'adjustment'")
-        self.move_counters = (f"UPDATE rule_counters SET held = held + {p('held')}, spent = spent + {p('spent')} "
-                              "WHERE (rule_id, bucket) IN "
-                              f"(SELECT rule_id, bucket FROM holds WHERE transaction_id = {p('tx_id')})")
+        self.adjustments = (
+            f"SELECT COALESCE(SUM(amount), 0) FROM cost_lines "
+            f"WHERE transaction_id = {p('tx_id')} AND kind = 'adjustment'"
+        )
+        self.move_counters = (
+            f"UPDATE rule_counters SET held = held + {p('held')}, spent = spent + {p('spent')} "
+            "WHERE (rule_id, bucket) IN "
+            f"(SELECT rule_id, bucket FROM holds WHERE transaction_id = {p('tx_id')})"
+        )
         self._cache: dict[Any, Any] = {}
 
     def usage(self, n: int) -> str:
@@ -260,10 +305,13 @@ class Sql:
         key = ("usage", n)
         if key not in self._cache:
             p = self.p
-            where = " OR ".join(f"(rule_id = {p(f'r{i}')} AND bucket BETWEEN {p(f'lo{i}')} AND {p(f'hi{i}')})"
-                                for i in range(n))
-            self._cache[key] = (f"SELECT rule_id, SUM(spent), SUM(held), SUM(requests) FROM rule_counters "
-                                f"WHERE {where} GROUP BY rule_id")
+            where = " OR ".join(
+                f"(rule_id = {p(f'r{i}')} AND bucket BETWEEN {p(f'lo{i}')} AND {p(f'hi{i}')})" for i in range(n)
+            )
+            self._cache[key] = (
+                f"SELECT rule_id, SUM(spent), SUM(held), SUM(requests) FROM rule_counters "
+                f"WHERE {where} GROUP BY rule_id"
+            )
         sql: str = self._cache[key]
         return sql
 
@@ -275,9 +323,10 @@ class Sql:
                 "INSERT INTO rule_counters (rule_id, bucket, spent, held, requests) VALUES "
                 + ", ".join(f"(:r{i}, :b{i}, 0, :est, 1)" for i in range(n))
                 + " ON CONFLICT (rule_id, bucket) DO UPDATE SET held = rule_counters.held + excluded.held, "
-                  "requests = rule_counters.requests + excluded.requests",
+                "requests = rule_counters.requests + excluded.requests",
                 "INSERT INTO holds (transaction_id, rule_id, bucket) VALUES "
-                + ", ".join(f"(:tx_id, :r{i}, :b{i})" for i in range(n)))
+                + ", ".join(f"(:tx_id, :r{i}, :b{i})" for i in range(n)),
+            )
         pair: tuple[str, str] = self._cache[key]
         return pair
 
@@ -297,21 +346,25 @@ class Sql:
             if self.pg:
                 parts = [f"u AS ({update_sql} RETURNING id)"]
                 if line:
-                    parts.append("l AS (INSERT INTO cost_lines (transaction_id, kind, amount, note, created_at) "
-                                 "SELECT u.id, %(line_kind)s, %(line_amount)s, NULL, %(created_at)s FROM u)")
-                parts.append('f AS (INSERT INTO facts (transaction_id, "key", value, created_at) '
-                             "SELECT u.id, x.k, x.v, %(created_at)s FROM u CROSS JOIN "
-                             "unnest(%(fact_keys)s::text[], %(fact_values)s::text[]) WITH ORDINALITY AS x(k, v, n) "
-                             "ORDER BY x.n)")
-                parts.append("lk AS (SELECT id FROM spending_rules WHERE id IN "
-                             "(SELECT rule_id FROM holds WHERE transaction_id = %(tx_id)s) ORDER BY id "
-                             "FOR NO KEY UPDATE)")
-                update_sql = (f"WITH {', '.join(parts)} "
-                              "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM lk)")
+                    parts.append(
+                        "l AS (INSERT INTO cost_lines (transaction_id, kind, amount, note, created_at) "
+                        "SELECT u.id, %(line_kind)s, %(line_amount)s, NULL, %(created_at)s FROM u)"
+                    )
+                parts.append(
+                    'f AS (INSERT INTO facts (transaction_id, "key", value, created_at) '
+                    "SELECT u.id, x.k, x.v, %(created_at)s FROM u CROSS JOIN "
+                    "unnest(%(fact_keys)s::text[], %(fact_values)s::text[]) WITH ORDINALITY AS x(k, v, n) "
+                    "ORDER BY x.n)"
+                )
+                parts.append(
+                    "lk AS (SELECT id FROM spending_rules WHERE id IN "
+                    "(SELECT rule_id FROM holds WHERE transaction_id = %(tx_id)s) ORDER BY id "
+                    "FOR NO KEY UPDATE)"
+                )
+                update_sql = f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM lk)"
             self._cache[key] = update_sql
         sql: str = self._cache[key]
         return sql
 
 
 SQL = {False: Sql(False), True: Sql(True)}
-

@@ -19,7 +19,10 @@ MAX_REDIRECTS = 3
 
 
 def probe_size(
-    image_url: str, *, max_bytes: int = HEADER_LIMIT, timeout: float = DEFAULT_TIMEOUT,
+    image_url: str,
+    *,
+    max_bytes: int = HEADER_LIMIT,
+    timeout: float = DEFAULT_TIMEOUT,
     max_redirects: int = MAX_REDIRECTS,
 ) -> tuple[int, int]:
     """(width, height) of the image at `image_url`; InvalidRequest when it cannot be known."""
@@ -49,7 +52,8 @@ def _final(data: bytes) -> tuple[int, int]:
 def _refuse(reason: str) -> InvalidRequest:
     return InvalidRequest(
         f"image_url: the input image's size cannot be read: {reason}; give input_size WxH",
-        field="image_url", reason="input_size_unknown",
+        field="image_url",
+        reason="input_size_unknown",
     )
 
 
@@ -59,9 +63,10 @@ def _from_url(url: str, max_bytes: int, timeout: float, max_redirects: int) -> t
     deadline = time.monotonic() + timeout
     data = b""
     try:
-        with httpx.Client(
-            follow_redirects=True, max_redirects=max_redirects, timeout=httpx.Timeout(timeout)
-        ) as client, client.stream("GET", url, headers={"Range": f"bytes=0-{max_bytes - 1}"}) as resp:
+        with (
+            httpx.Client(follow_redirects=True, max_redirects=max_redirects, timeout=httpx.Timeout(timeout)) as client,
+            client.stream("GET", url, headers={"Range": f"bytes=0-{max_bytes - 1}"}) as resp,
+        ):
             if resp.status_code >= 400:
                 raise _refuse(f"{url} answered HTTP {resp.status_code}")
             for chunk in resp.iter_bytes():  # as received: a chunk size would buffer past the deadline

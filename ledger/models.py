@@ -14,8 +14,20 @@ from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-    TypeDecorator, UniqueConstraint, text,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -72,8 +84,14 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements 
 
 
 def _enum(cls: type[StrEnum], length: int) -> Enum:
-    return Enum(cls, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e],
-                validate_strings=True, create_constraint=False)
+    return Enum(
+        cls,
+        native_enum=False,
+        length=length,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+        create_constraint=False,
+    )
 
 
 class Base(DeclarativeBase):
@@ -129,8 +147,15 @@ class CostLine(Base):
     """Append-only money movements of a transaction: estimate, actual, adjustment."""
 
     __tablename__ = "cost_lines"
-    __table_args__ = (Index("ix_cost_lines_adjustments", "transaction_id", "amount",
-                            sqlite_where=text("kind = 'adjustment'"), postgresql_where=text("kind = 'adjustment'")),)
+    __table_args__ = (
+        Index(
+            "ix_cost_lines_adjustments",
+            "transaction_id",
+            "amount",
+            sqlite_where=text("kind = 'adjustment'"),
+            postgresql_where=text("kind = 'adjustment'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     transaction_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)

@@ -6,7 +6,8 @@ prices the same way. Light: httpx is imported only to read a URL's header.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pricing import PriceBook, Quote, default_book, quote, validate_request
 

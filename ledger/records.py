@@ -95,8 +95,12 @@ class CostLine:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape of the contract (amounts as decimal strings, timestamps ISO-8601 with Z)."""
-        return {"kind": self.kind, "amount": usd_str(self.amount), "note": self.note,
-                "created_at": iso(self.created_at)}
+        return {
+            "kind": self.kind,
+            "amount": usd_str(self.amount),
+            "note": self.note,
+            "created_at": iso(self.created_at),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +165,22 @@ class Transaction:
     def to_json(self) -> dict[str, Any]:
         """The JSON shape of the contract (amounts as decimal strings, timestamps ISO-8601 with Z)."""
         doc: dict[str, Any] = {
-            "id": self.id, "agent": self.agent, "endpoint": self.endpoint, "model": self.model,
-            "operation": self.operation, "status": self.status.value,
-            "estimated_cost": usd_str(self.estimated_cost), "estimated_price": display_price(self.estimated_cost),
-            "actual_cost": usd_str(self.actual_cost), "price_book": self.price_book,
-            "created_at": iso(self.created_at), "completed_at": iso(self.completed_at),
-            "idempotency_key": self.idempotency_key, "denial": self.denial,
-            "upstream_request_id": self.upstream_request_id, "upstream_status": self.upstream_status,
+            "id": self.id,
+            "agent": self.agent,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "operation": self.operation,
+            "status": self.status.value,
+            "estimated_cost": usd_str(self.estimated_cost),
+            "estimated_price": display_price(self.estimated_cost),
+            "actual_cost": usd_str(self.actual_cost),
+            "price_book": self.price_book,
+            "created_at": iso(self.created_at),
+            "completed_at": iso(self.completed_at),
+            "idempotency_key": self.idempotency_key,
+            "denial": self.denial,
+            "upstream_request_id": self.upstream_request_id,
+            "upstream_status": self.upstream_status,
             "outcome": self.outcome,
         }
         if self.detail is not None:
@@ -204,9 +217,15 @@ class Agent:
     def to_json(self) -> dict[str, Any]:
         """The JSON shape of the contract (amounts as decimal strings, timestamps ISO-8601 with Z)."""
         doc: dict[str, Any] = {
-            "id": self.id, "name": self.name, "description": self.description, "status": self.status.value,
-            "has_api_key": self.has_api_key, "api_key_prefix": self.api_key_prefix,
-            "created_at": iso(self.created_at), "updated_at": iso(self.updated_at)}
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "status": self.status.value,
+            "has_api_key": self.has_api_key,
+            "api_key_prefix": self.api_key_prefix,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
         if self.api_key is not None:
             doc["api_key"] = self.api_key
         return doc
@@ -235,11 +254,20 @@ class SpendingRule:
     def to_json(self) -> dict[str, Any]:
         """The JSON shape of the contract (amounts as decimal strings, timestamps ISO-8601 with Z)."""
         return {
-            "id": self.id, "name": self.name, "type": self.type.value,
+            "id": self.id,
+            "name": self.name,
+            "type": self.type.value,
             "limit": usd_str(self.limit) if isinstance(self.limit, Decimal) else self.limit,
-            "period": self.period, "window": self.window, "models": list(self.models) if self.models else None,
-            "agent": self.agent, "model": self.model, "operation": self.operation, "action": self.action.value,
-            "alert_at": self.alert_at, "enabled": self.enabled, "version": self.version,
+            "period": self.period,
+            "window": self.window,
+            "models": list(self.models) if self.models else None,
+            "agent": self.agent,
+            "model": self.model,
+            "operation": self.operation,
+            "action": self.action.value,
+            "alert_at": self.alert_at,
+            "enabled": self.enabled,
+            "version": self.version,
         }
 
 
@@ -257,8 +285,15 @@ class Alert:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape of the contract (amounts as decimal strings, timestamps ISO-8601 with Z)."""
-        return {"id": self.id, "rule": self.rule, "kind": self.kind, "agent": self.agent,
-                "transaction_id": self.transaction_id, "message": self.message, "created_at": iso(self.created_at)}
+        return {
+            "id": self.id,
+            "rule": self.rule,
+            "kind": self.kind,
+            "agent": self.agent,
+            "transaction_id": self.transaction_id,
+            "message": self.message,
+            "created_at": iso(self.created_at),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,9 +311,16 @@ class AuditEntry:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape of the contract (amounts as decimal strings, timestamps ISO-8601 with Z)."""
-        return {"id": self.id, "entity": self.entity, "entity_id": self.entity_id, "name": self.name,
-                "action": self.action, "before": self.before, "after": self.after,
-                "created_at": iso(self.created_at)}
+        return {
+            "id": self.id,
+            "entity": self.entity,
+            "entity_id": self.entity_id,
+            "name": self.name,
+            "action": self.action,
+            "before": self.before,
+            "after": self.after,
+            "created_at": iso(self.created_at),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,8 +345,13 @@ class Decision:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape of the contract (amounts as decimal strings, timestamps ISO-8601 with Z)."""
-        return {"allowed": self.allowed, "agent": self.agent.name, "quote": self.quote.to_json(),
-                "denials": [d.to_json() for d in self.denials], "alerts": [a.to_json() for a in self.alerts]}
+        return {
+            "allowed": self.allowed,
+            "agent": self.agent.name,
+            "quote": self.quote.to_json(),
+            "denials": [d.to_json() for d in self.denials],
+            "alerts": [a.to_json() for a in self.alerts],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +371,20 @@ class Authorization:
 
 
 __all__ = [
-    "Agent", "AgentRef", "AgentStatus", "Alert", "AuditEntry", "Authorization", "CostLine", "Decision", "Denial",
-    "Fact", "RuleAction", "RuleType", "SpendingRule", "Transaction", "TransactionDetail", "TxStatus",
+    "Agent",
+    "AgentRef",
+    "AgentStatus",
+    "Alert",
+    "AuditEntry",
+    "Authorization",
+    "CostLine",
+    "Decision",
+    "Denial",
+    "Fact",
+    "RuleAction",
+    "RuleType",
+    "SpendingRule",
+    "Transaction",
+    "TransactionDetail",
+    "TxStatus",
 ]

@@ -37,7 +37,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal
@@ -48,6 +48,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple, TextIO
 from sqlalchemy import (
     BigInteger,
     Connection,
+    Date,
     Engine,
     String,
     case,
@@ -85,9 +86,10 @@ MAX_POINTS = 20_000
 REPORT_INDEX = "ix_transactions_report_days"
 #: The report index's columns after its leading UTC day (migration 0002).
 _GRAIN = ("status", "agent", "model", "operation", "endpoint")
-#: PostgreSQL settings for a report's (read-only) transaction: hash aggregates in memory, and no
-#: JIT compilation, which costs more than it saves on one scan.
-_PG_REPORT_SETTINGS = ("SET LOCAL work_mem = '64MB'", "SET LOCAL jit = off")
+#: PostgreSQL settings for a report's (read-only) transaction: hash aggregates in memory; no JIT
+#: compilation, which costs more than it saves on one scan; and index lookups priced as the cached
+#: reads they are, so the few adjusted transactions are fetched by key, not by a scan of the ledger.
+_PG_REPORT_SETTINGS = ("SET LOCAL work_mem = '64MB'", "SET LOCAL jit = off", "SET LOCAL random_page_cost = 1.1")
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 #: Wide enough that nano-USD times 10^-9 is always exact (a BIGINT has at most 19 digits).
 _EXACT = Context(prec=40)
@@ -108,6 +110,7 @@ def usd_text(nano: int) -> str:
 
 # --- records ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """A reporting window in UTC: `since` inclusive, `until` exclusive; None is unbounded."""
@@ -117,6 +120,22 @@ class Window:
 
     def to_json(self) -> dict[str, Any]:
         return {"since": iso(self.since), "until": iso(self.until)}
+
+
+#: The columns of `Totals.to_json()`, in order.
+TOTALS_COLUMNS = (
+    "transactions",
+    "denials",
+    "images",
+    "billable_mp",
+    "estimated",
+    "actual",
+    "adjustments",
+    "held",
+    "unknown",
+    "net",
+    "variance",
+)
 
 
 class Totals(NamedTuple):
@@ -137,9 +156,6 @@ class Totals(NamedTuple):
     unknown_nano: int = 0
     net_nano: int = 0
     variance_nano: int = 0
-
-    COLUMNS = ("transactions", "denials", "images", "billable_mp", "estimated", "actual", "adjustments", "held",
-               "unknown", "net", "variance")
 
     @property
     def billable_mp(self) -> Decimal:
@@ -179,17 +195,36 @@ class Totals(NamedTuple):
         return from_nano(self.net_nano - self.unknown_nano)
 
     def to_json(self) -> dict[str, Any]:
-        return {"transactions": self.transactions, "denials": self.denials, "images": self.images,
-                "billable_mp": usd_text(self.billable_mp_nano), "estimated": usd_text(self.estimated_nano),
-                "actual": usd_text(self.actual_nano), "adjustments": usd_text(self.adjustments_nano),
-                "held": usd_text(self.held_nano), "unknown": usd_text(self.unknown_nano),
-                "net": usd_text(self.net_nano), "variance": usd_text(self.variance_nano)}
+        return {
+            "transactions": self.transactions,
+            "denials": self.denials,
+            "images": self.images,
+            "billable_mp": usd_text(self.billable_mp_nano),
+            "estimated": usd_text(self.estimated_nano),
+            "actual": usd_text(self.actual_nano),
+            "adjustments": usd_text(self.adjustments_nano),
+            "held": usd_text(self.held_nano),
+            "unknown": usd_text(self.unknown_nano),
+            "net": usd_text(self.net_nano),
+            "variance": usd_text(self.variance_nano),
+        }
 
     @classmethod
     def of(cls, acc: Sequence[int]) -> Totals:
         """From a fold accumulator (see `_accumulators`)."""
-        return cls(acc[_TX], acc[_DENIED], acc[_IMAGES], acc[_MP], acc[_EST], acc[_ACTUAL], acc[_ADJ], acc[_HELD],
-                   acc[_UNKNOWN], acc[_NET], acc[_ACTUAL] - acc[_EST_SETTLED])
+        return cls(
+            acc[_TX],
+            acc[_DENIED],
+            acc[_IMAGES],
+            acc[_MP],
+            acc[_EST],
+            acc[_ACTUAL],
+            acc[_ADJ],
+            acc[_HELD],
+            acc[_UNKNOWN],
+            acc[_NET],
+            acc[_ACTUAL] - acc[_EST_SETTLED],
+        )
 
 
 class SpendRow(NamedTuple):
@@ -214,11 +249,16 @@ class SpendReport:
 
     @property
     def columns(self) -> list[str]:
-        return [*self.by, *Totals.COLUMNS]
+        return [*self.by, *TOTALS_COLUMNS]
 
     def to_json(self) -> dict[str, Any]:
-        return {"by": list(self.by), **self.window.to_json(), "filters": dict(self.filters),
-                "rows": [r.to_json() for r in self.rows], "total": self.total.to_json()}
+        return {
+            "by": list(self.by),
+            **self.window.to_json(),
+            "filters": dict(self.filters),
+            "rows": [r.to_json() for r in self.rows],
+            "total": self.total.to_json(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,21 +290,33 @@ class Summary:
     @staticmethod
     def headline(totals: Totals, agents: int) -> dict[str, int | Decimal]:
         """The seed platform's four figures: transactions, spend (net), denials, active agents."""
-        return {"total_transactions": totals.transactions, "total_spend": totals.net,
-                "total_denials": totals.denials, "total_agents": agents}
+        return {
+            "total_transactions": totals.transactions,
+            "total_spend": totals.net,
+            "total_denials": totals.denials,
+            "total_agents": agents,
+        }
 
     def to_json(self) -> dict[str, Any]:
         t = self.totals
         now = self.headline(t, self.agents)
         doc: dict[str, Any] = {
-            **self.window.to_json(), **{k: _json(v) for k, v in now.items()},
-            "requests": t.transactions + t.denials, "settled_spend": usd_str(t.settled),
-            "held_spend": usd_str(t.held), "unknown_spend": usd_str(t.unknown), "estimated": usd_str(t.estimated),
-            "actual": usd_str(t.actual), "adjustments": usd_str(t.adjustments), "variance": usd_str(t.variance),
-            "images": t.images, "billable_megapixels": usd_str(t.billable_mp),
+            **self.window.to_json(),
+            **{k: _json(v) for k, v in now.items()},
+            "requests": t.transactions + t.denials,
+            "settled_spend": usd_str(t.settled),
+            "held_spend": usd_str(t.held),
+            "unknown_spend": usd_str(t.unknown),
+            "estimated": usd_str(t.estimated),
+            "actual": usd_str(t.actual),
+            "adjustments": usd_str(t.adjustments),
+            "variance": usd_str(t.variance),
+            "images": t.images,
+            "billable_megapixels": usd_str(t.billable_mp),
             "transactions_by_status": dict(self.by_status),
             "denials_by_rule": [d.to_json() for d in self.denials_by_rule],
-            "previous": None, "change": None,
+            "previous": None,
+            "change": None,
         }
         if self.previous is not None and self.previous_window is not None:
             before = self.headline(self.previous, self.previous_agents or 0)
@@ -287,8 +339,12 @@ class LeaderboardEntry:
     type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"name": self.name, "transactions": self.transactions,
-                               "spend": usd_str(self.spend), "denials": self.denials}
+        doc: dict[str, Any] = {
+            "name": self.name,
+            "transactions": self.transactions,
+            "spend": usd_str(self.spend),
+            "denials": self.denials,
+        }
         if self.type is not None:
             doc["type"] = self.type
         return doc
@@ -311,8 +367,12 @@ class Leaderboard:
         return [{"rank": i, **e.to_json()} for i, e in enumerate(self.entries, 1)]
 
     def to_json(self) -> dict[str, Any]:
-        return {"by": self.by, **self.window.to_json(), "top": self.top,
-                f"top_{self.by}s": [e.to_json() for e in self.entries]}
+        return {
+            "by": self.by,
+            **self.window.to_json(),
+            "top": self.top,
+            f"top_{self.by}s": [e.to_json() for e in self.entries],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,8 +385,12 @@ class ChartPoint:
     denials: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"date": self.date.isoformat(), "usage": self.usage, "spend": usd_str(self.spend),
-                "denials": self.denials}
+        return {
+            "date": self.date.isoformat(),
+            "usage": self.usage,
+            "spend": usd_str(self.spend),
+            "denials": self.denials,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,8 +428,13 @@ class StatementAdjustment:
     created_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        return {"transaction_id": self.transaction_id, "model": self.model, "amount": usd_str(self.amount),
-                "note": self.note, "created_at": iso(self.created_at)}
+        return {
+            "transaction_id": self.transaction_id,
+            "model": self.model,
+            "amount": usd_str(self.amount),
+            "note": self.note,
+            "created_at": iso(self.created_at),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,8 +447,12 @@ class AgentStatement:
     total: Totals
 
     def to_json(self) -> dict[str, Any]:
-        return {"agent": self.agent, "lines": [line.to_json() for line in self.lines],
-                "adjustments": [a.to_json() for a in self.adjustments], "total": self.total.to_json()}
+        return {
+            "agent": self.agent,
+            "lines": [line.to_json() for line in self.lines],
+            "adjustments": [a.to_json() for a in self.adjustments],
+            "total": self.total.to_json(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,8 +468,12 @@ class Statement:
     total: Totals
 
     def to_json(self) -> dict[str, Any]:
-        return {"month": self.month, **self.window.to_json(), "agents": [a.to_json() for a in self.agents],
-                "total": self.total.to_json()}
+        return {
+            "month": self.month,
+            **self.window.to_json(),
+            "agents": [a.to_json() for a in self.agents],
+            "total": self.total.to_json(),
+        }
 
 
 def _json(value: Any) -> Any:
@@ -436,12 +513,27 @@ def _accumulators(status: Any, n: Any, est: Any, act: Any, images: Any, mp: Any)
     without adjustments what a status counts is linear in its estimate and actual (an actual is
     never negative, so the floor at zero never applies), so the count of the sums is the sum of
     the counts. Adjustments are added per transaction by `_fold_adjustments`."""
-    def when(statuses: tuple[str, ...], value: Any) -> Any:
-        return func.coalesce(func.sum(case((status.in_(statuses), value), else_=literal(0, BigInteger))), 0)
 
-    return [when(_REQUESTS, n), when(_DENIALS, n), when(_SPENT, images), when(_SPENT, mp), when(_COUNTED, est),
-            when(_SETTLED, act), when(_SETTLED, est), func.coalesce(func.sum(sql_held(status, est, act, None)), 0),
-            when(_ON_ESTIMATE, est), func.coalesce(func.sum(sql_spent(status, est, act, None)), 0)]
+    def total(value: Any) -> Any:
+        # BIGINT: PostgreSQL would return NUMERIC (a Decimal per value to decode); a window would
+        # need more than 9.2 billion USD to overflow it.
+        return cast(func.coalesce(func.sum(value), 0), BigInteger)
+
+    def when(statuses: tuple[str, ...], value: Any) -> Any:
+        return total(case((status.in_(statuses), value), else_=literal(0, BigInteger)))
+
+    return [
+        when(_REQUESTS, n),
+        when(_DENIALS, n),
+        when(_SPENT, images),
+        when(_SPENT, mp),
+        when(_COUNTED, est),
+        when(_SETTLED, act),
+        when(_SETTLED, est),
+        total(sql_held(status, est, act, None)),
+        when(_ON_ESTIMATE, est),
+        total(sql_spent(status, est, act, None)),
+    ]
 
 
 def _merge(into: list[int], other: Sequence[int]) -> None:
@@ -455,6 +547,7 @@ def _column_sums(accs: Iterable[Sequence[int]]) -> list[int]:
 
 
 # --- filters and periods ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class _Filters:
@@ -470,15 +563,21 @@ class _Filters:
         return Window(self.since, self.until)
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(value: datetime | None, field_name: str) -> datetime | None:
+    """`value` in UTC (naive: taken as UTC); InvalidRequest if that falls outside the calendar."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(
+            f"{field_name}: {value.isoformat()} is outside the years 1 to 9999 in UTC", field=field_name
+        ) from None
 
 
 def check_window(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
     """`since`/`until` as aware UTC; InvalidRequest when until is not after since."""
-    since, until = _utc(since), _utc(until)
+    since, until = _utc(since, "since"), _utc(until, "until")
     if since is not None and until is not None and until <= since:
         raise InvalidRequest(f"until: {iso(until)} must be later than since ({iso(since)})", field="until")
     return since, until
@@ -507,7 +606,12 @@ def parse_month(text: str, field_name: str = "month") -> tuple[datetime, datetim
     if not match or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 1:
         raise InvalidRequest(f"{field_name}: {text!r} is not a month like 2026-11", field=field_name)
     first = date(int(match.group(1)), int(match.group(2)), 1)
-    return _midnight(first), _midnight(next_bucket("month", first))
+    try:
+        return _midnight(first), _midnight(next_bucket("month", first))
+    except OverflowError:
+        raise InvalidRequest(
+            f"{field_name}: {text!r} is past the last month the calendar holds", field=field_name
+        ) from None
 
 
 def _midnight(day: date) -> datetime:
@@ -524,6 +628,7 @@ class _Scope(NamedTuple):
 
 # --- the reports -----------------------------------------------------------------------------
 
+
 class Reports:
     """Finance reports over one ledger database. Every method reads in one read-only transaction.
 
@@ -539,9 +644,17 @@ class Reports:
 
     # --- public reports ---------------------------------------------------------------------
 
-    def spend(self, by: Sequence[str] = ("agent",), *, since: datetime | None = None, until: datetime | None = None,
-              agent: str | None = None, model: str | None = None, operation: str | None = None,
-              status: str | None = None) -> SpendReport:
+    def spend(
+        self,
+        by: Sequence[str] = ("agent",),
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        operation: str | None = None,
+        status: str | None = None,
+    ) -> SpendReport:
         """Spend grouped by any of agent, model, operation and at most one of day, week, month."""
         by, keys, period = _parse_by(by)
         with self._read() as conn:
@@ -566,8 +679,15 @@ class Reports:
         rows = tuple(SpendRow(dict(zip(by, shown)), of(acc)) for shown, acc in labelled)
         return SpendReport(tuple(by), f.window(), f.shown, rows, Totals.of(_column_sums(groups.values())))
 
-    def summary(self, *, since: datetime | None = None, until: datetime | None = None, period: str | None = None,
-                agent: str | None = None, model: str | None = None) -> Summary:
+    def summary(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        period: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+    ) -> Summary:
         """Totals, counts by status and denials by rule, against the previous period of the same length.
 
         `period` is day, week or month (the current one, by the clock) or a month `YYYY-MM`; its
@@ -589,8 +709,9 @@ class Reports:
             summary = Summary(f.window(), totals, by_status, active, denials, previous, prev_totals, prev_active)
         return summary
 
-    def leaderboard(self, by: str = "agent", *, top: int = 10, since: datetime | None = None,
-                    until: datetime | None = None) -> Leaderboard:
+    def leaderboard(
+        self, by: str = "agent", *, top: int = 10, since: datetime | None = None, until: datetime | None = None
+    ) -> Leaderboard:
         """The top `top` agents or models by spend, or rules by denials."""
         if by not in LEADERBOARDS:
             raise InvalidRequest(f"by: {by!r} is not one of {', '.join(LEADERBOARDS)}", field="by")
@@ -603,32 +724,54 @@ class Reports:
             else:
                 groups = self._fold(conn, f, (by,), None)
                 names = self._agent_names(conn) if by == "agent" else {}
-                entries = [LeaderboardEntry(names.get(k[0], str(k[0])) if by == "agent" else k[0], acc[_TX],
-                                            from_nano(acc[_NET]), acc[_DENIED]) for k, acc in groups.items()]
+                entries = [
+                    LeaderboardEntry(
+                        names.get(k[0], str(k[0])) if by == "agent" else k[0],
+                        acc[_TX],
+                        from_nano(acc[_NET]),
+                        acc[_DENIED],
+                    )
+                    for k, acc in groups.items()
+                ]
                 entries.sort(key=lambda e: (-(e.spend or ZERO), -(e.transactions or 0), -e.denials, e.name or ""))
         return Leaderboard(by, f.window(), top, tuple(entries[:top]))
 
-    def chart(self, by: str = "day", *, since: datetime | None = None, until: datetime | None = None,
-              agent: str | None = None, model: str | None = None) -> Chart:
+    def chart(
+        self,
+        by: str = "day",
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+    ) -> Chart:
         """Requests, spend and denials per day, week or month, every period of the window present."""
         if by not in PERIODS:
             raise InvalidRequest(f"by: {by!r} is not one of {', '.join(PERIODS)}", field="by")
         with self._read() as conn:
             f = self._filters(conn, since, until, agent, model, None, None)
             groups = {date.fromisoformat(k[0]): acc for k, acc in self._fold(conn, f, (), by).items()}
-        points = []
+        points: list[ChartPoint] = []
         if groups or (f.since and f.until):
             first = bucket_start(by, f.since.date()) if f.since else min(groups)
             last = bucket_start(by, (f.until - timedelta(microseconds=1)).date()) if f.until else max(groups)
             day = first
             while day <= last:
                 if len(points) >= MAX_POINTS:
-                    raise InvalidRequest(f"by: more than {MAX_POINTS} {by}s in the window; choose a coarser period "
-                                         "or a shorter window", field="by")
+                    raise InvalidRequest(
+                        f"by: more than {MAX_POINTS} {by}s in the window; choose a coarser period or a shorter window",
+                        field="by",
+                    )
                 acc = groups.get(day)
-                points.append(ChartPoint(day, acc[_TX], from_nano(acc[_NET]), acc[_DENIED]) if acc
-                              else ChartPoint(day, 0, ZERO, 0))
-                day = next_bucket(by, day)
+                points.append(
+                    ChartPoint(day, acc[_TX], from_nano(acc[_NET]), acc[_DENIED])
+                    if acc
+                    else ChartPoint(day, 0, ZERO, 0)
+                )
+                try:
+                    day = next_bucket(by, day)
+                except OverflowError:  # the last period of year 9999
+                    break
         return Chart(by, f.window(), tuple(points))
 
     def statement(self, month: str, *, agent: str | None = None) -> Statement:
@@ -649,12 +792,19 @@ class Reports:
         statements = []
         for agent_id in sorted(by_agent, key=lambda a: names.get(a, "")):
             lines = tuple(sorted(by_agent[agent_id], key=lambda line: (line.model, line.operation)))
-            statements.append(AgentStatement(names.get(agent_id, str(agent_id)), lines,
-                                             tuple(adjustments.get(agent_id, ())), Totals.of(totals[agent_id])))
+            statements.append(
+                AgentStatement(
+                    names.get(agent_id, str(agent_id)),
+                    lines,
+                    tuple(adjustments.get(agent_id, ())),
+                    Totals.of(totals[agent_id]),
+                )
+            )
         return Statement(month.strip(), f.window(), tuple(statements), Totals.of(grand))
 
-    def export_focus(self, out: str | os.PathLike[str] | TextIO, *, since: datetime | None = None,
-                     until: datetime | None = None) -> FocusExport:
+    def export_focus(
+        self, out: str | os.PathLike[str] | TextIO, *, since: datetime | None = None, until: datetime | None = None
+    ) -> FocusExport:
         """The ledger as a FOCUS 1.0 CSV (see `ledger.focus`), for transactions created in the window.
 
         `out` is a path (written whole or not at all; checked before anything is read) or a text stream."""
@@ -664,14 +814,22 @@ class Reports:
         if isinstance(out, str | os.PathLike):
             path = check_writable(out, "path")
             with self._read() as conn, atomic_output(path, "path") as stream:
-                return write_focus(conn, stream, since=since, until=until, book=self.book, path=str(path))
+                return write_focus(conn, cast_text(stream), since=since, until=until, book=self.book, path=str(path))
         with self._read() as conn:
             return write_focus(conn, out, since=since, until=until, book=self.book)
 
     # --- validation ---------------------------------------------------------------------------
 
-    def _filters(self, conn: Connection, since: datetime | None, until: datetime | None, agent: str | None,
-                 model: str | None, operation: str | None, status: str | None) -> _Filters:
+    def _filters(
+        self,
+        conn: Connection,
+        since: datetime | None,
+        until: datetime | None,
+        agent: str | None,
+        model: str | None,
+        operation: str | None,
+        status: str | None,
+    ) -> _Filters:
         since, until = check_window(since, until)
         shown: dict[str, str] = {}
         agent_id = None
@@ -685,13 +843,15 @@ class Reports:
             shown["model"] = model
         if operation is not None:
             if operation not in OPERATIONS:
-                raise InvalidRequest(f"operation: {operation!r} is not one of {', '.join(OPERATIONS)}",
-                                     field="operation")
+                raise InvalidRequest(
+                    f"operation: {operation!r} is not one of {', '.join(OPERATIONS)}", field="operation"
+                )
             shown["operation"] = operation
         if status is not None:
             if status not in TxStatus.__members__:
-                raise InvalidRequest(f"status: {status!r} is not one of {', '.join(TxStatus.__members__)}",
-                                     field="status")
+                raise InvalidRequest(
+                    f"status: {status!r} is not one of {', '.join(TxStatus.__members__)}", field="status"
+                )
             shown["status"] = status
         return _Filters(since, until, agent_id, model, operation, status, shown)
 
@@ -704,30 +864,45 @@ class Reports:
             pass
         if conn.execute(select(transactions.c.id).where(transactions.c.model == name).limit(1)).first():
             return name
-        raise NotFound(f"unknown model {name!r}: not in the price book ({self.book.version}) and not in the ledger",
-                       model=name, field="model")
+        raise NotFound(
+            f"unknown model {name!r}: not in the price book ({self.book.version}) and not in the ledger",
+            model=name,
+            field="model",
+        )
 
-    def _summary_windows(self, since: datetime | None, until: datetime | None,
-                         period: str | None) -> tuple[datetime | None, datetime | None, Window | None]:
+    def _summary_windows(
+        self, since: datetime | None, until: datetime | None, period: str | None
+    ) -> tuple[datetime | None, datetime | None, Window | None]:
         if period is not None:
             if since is not None or until is not None:
                 raise InvalidRequest("period: give a period, or since/until, not both", field="period")
             if period in PERIODS:
                 start = bucket_start(period, self.clock().astimezone(UTC).date())
-                before = {"day": start - timedelta(days=1), "week": start - timedelta(days=7),
-                          "month": (start - timedelta(days=1)).replace(day=1)}[period]
-                return _midnight(start), _midnight(next_bucket(period, start)), Window(_midnight(before),
-                                                                                      _midnight(start))
+                before = {
+                    "day": start - timedelta(days=1),
+                    "week": start - timedelta(days=7),
+                    "month": (start - timedelta(days=1)).replace(day=1),
+                }[period]
+                return (
+                    _midnight(start),
+                    _midnight(next_bucket(period, start)),
+                    Window(_midnight(before), _midnight(start)),
+                )
             if not _MONTH.match(period.strip()):
-                raise InvalidRequest(f"period: {period!r} is not day, week, month or a month like 2026-11",
-                                     field="period")
+                raise InvalidRequest(
+                    f"period: {period!r} is not day, week, month or a month like 2026-11", field="period"
+                )
             first, after = parse_month(period, "period")
             before = (first - timedelta(days=1)).replace(day=1)
             return first, after, Window(before, first)
         since, until = check_window(since, until)
         if since is not None and until is None:
-            until = max(self.clock().astimezone(UTC), since + timedelta(microseconds=1))
-        previous = Window(since - (until - since), since) if since is not None and until is not None else None
+            with suppress(OverflowError):  # since at the very end of year 9999: no end, no previous period
+                until = max(self.clock().astimezone(UTC), since + timedelta(microseconds=1))
+        previous = None
+        if since is not None and until is not None:
+            with suppress(OverflowError):  # a window reaching back to year 1 has no previous period
+                previous = Window(since - (until - since), since)
         return since, until, previous
 
     # --- queries ------------------------------------------------------------------------------
@@ -737,12 +912,18 @@ class Reports:
 
     def _uses_streaming_index(self, conn: Connection) -> bool:
         if self._streaming_index is None:
-            self._streaming_index = self._sqlite and conn.exec_driver_sql(
-                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (REPORT_INDEX,)).first() is not None
+            self._streaming_index = (
+                self._sqlite
+                and conn.exec_driver_sql(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (REPORT_INDEX,)
+                ).first()
+                is not None
+            )
         return self._streaming_index
 
-    def _where(self, f: _Filters, day: ColumnElement[Any] | None = None, *, grouped: bool = False
-               ) -> list[ColumnElement[bool]]:
+    def _where(
+        self, f: _Filters, day: ColumnElement[Any] | None = None, *, grouped: bool = False
+    ) -> list[ColumnElement[bool]]:
         """The window and filters as SQL terms. `grouped`: the query groups by model, operation and
         status, which the caller then filters itself (see `_fold`)."""
         t = transactions.c
@@ -750,11 +931,11 @@ class Reports:
         if f.since is not None:
             where.append(t.created_at >= f.since)
             if day is not None:  # lets SQLite seek the report index by its leading day
-                where.append(day >= f.since.strftime("%Y-%m-%d"))
+                where.append(day >= f.since.date().isoformat())
         if f.until is not None:
             where.append(t.created_at < f.until)
             if day is not None:
-                where.append(day <= f.until.strftime("%Y-%m-%d"))
+                where.append(day <= f.until.date().isoformat())
         if f.agent_id is not None:
             where.append(t.agent_id == f.agent_id)
         if grouped:
@@ -780,20 +961,28 @@ class Reports:
             # the keys and the filters left to the outer query need: SQLite aggregates it as it scans.
             needed = {*keys, *(name for name in ("model", "operation") if getattr(f, name) is not None)}
             last = max((_GRAIN.index(k) for k in needed if k in _GRAIN), default=0)
-            dims = [day.label("day"), status, *(columns[k].label(k) for k in _GRAIN[1:last + 1])]
+            dims = [day.label("day"), status, *(columns[k].label(k) for k in _GRAIN[1 : last + 1])]
             where = self._where(f, day, grouped=True)
         else:
-            dims = [day.label("day")] if self._sqlite and period else (
-                [func.date_trunc(period, t.created_at).label("bucket")] if period else [])
+            dims = (
+                [day.label("day")]
+                if self._sqlite and period
+                else ([_pg_bucket(t.created_at, period).label("bucket")] if period else [])
+            )
             dims += [status, *(columns[k].label(k) for k in keys if k != "status")]
             where = self._where(f)
-        sums = [func.count().label("n"), func.sum(_nano(t.estimated_cost)).label("est"),
-                func.sum(_nano(t.actual_cost)).label("act"), func.sum(t.images).label("images"),
-                func.sum(t.billable_mp_nano).label("mp")]
+        sums = [
+            func.count().label("n"),
+            func.sum(_nano(t.estimated_cost)).label("est"),
+            func.sum(_nano(t.actual_cost)).label("act"),
+            func.sum(t.images).label("images"),
+            func.sum(t.billable_mp_nano).label("mp"),
+        ]
         return select(*dims, *sums).where(*where).group_by(*dims).subquery("per_status"), streaming
 
-    def _fold(self, conn: Connection, f: _Filters, keys: Sequence[str], period: str | None
-              ) -> dict[tuple[Any, ...], list[int]]:
+    def _fold(
+        self, conn: Connection, f: _Filters, keys: Sequence[str], period: str | None
+    ) -> dict[tuple[Any, ...], list[int]]:
         """A fold accumulator per key: the `keys` values (agent id, model, operation, endpoint, status),
         then the first day of the `period` (ISO text) if one is given."""
         inner, streaming = self._inner(conn, f, keys, period)
@@ -801,9 +990,11 @@ class Reports:
         group = [c[k] for k in keys]
         if period is not None:
             group.append(_sqlite_bucket(c.day, period) if self._sqlite else c.bucket)
-        where = [c[name] == value for name, value in
-                 (("model", f.model), ("operation", f.operation), ("status", f.status))
-                 if streaming and value is not None]
+        where = [
+            c[name] == value
+            for name, value in (("model", f.model), ("operation", f.operation), ("status", f.status))
+            if streaming and value is not None
+        ]
         query = select(*group, *_accumulators(c.status, c.n, c.est, c.act, c.images, c.mp))
         out: dict[tuple[Any, ...], list[int]] = {}
         width = len(group)
@@ -813,24 +1004,42 @@ class Reports:
         self._fold_adjustments(conn, f, keys, period, out)
         return out
 
-    def _fold_adjustments(self, conn: Connection, f: _Filters, keys: Sequence[str], period: str | None,
-                          out: dict[tuple[Any, ...], list[int]]) -> None:
+    def _fold_adjustments(
+        self,
+        conn: Connection,
+        f: _Filters,
+        keys: Sequence[str],
+        period: str | None,
+        out: dict[tuple[Any, ...], list[int]],
+    ) -> None:
         """Add the adjustment lines, and what they change in the spend of their transactions
         (`spend.sql_spent` with and without them: a credit never takes a transaction below zero)."""
         t = transactions.c
-        adj = (select(cost_lines.c.transaction_id, func.sum(_nano(cost_lines.c.amount)).label("amount"))
-               .where(cost_lines.c.kind == "adjustment").group_by(cost_lines.c.transaction_id).subquery())
-        columns = {"agent": t.agent_id, "model": t.model, "operation": t.operation, "endpoint": t.endpoint,
-                   "status": type_coerce(t.status, String)}
+        adj = (
+            select(cost_lines.c.transaction_id, func.sum(_nano(cost_lines.c.amount)).label("amount"))
+            .where(cost_lines.c.kind == "adjustment")
+            .group_by(cost_lines.c.transaction_id)
+            .subquery()
+        )
+        columns = {
+            "agent": t.agent_id,
+            "model": t.model,
+            "operation": t.operation,
+            "endpoint": t.endpoint,
+            "status": type_coerce(t.status, String),
+        }
         group = [columns[k] for k in keys]
         if period is not None:
             day = func.substr(t.created_at, literal_column("1"), literal_column("10"))
-            group.append(_sqlite_bucket(day, period) if self._sqlite else func.date_trunc(period, t.created_at))
+            group.append(_sqlite_bucket(day, period) if self._sqlite else _pg_bucket(t.created_at, period))
         with_adj = sql_spent(t.status, t.estimated_cost, t.actual_cost, adj.c.amount)
         without = sql_spent(t.status, t.estimated_cost, t.actual_cost, None)
-        query = (select(*group, func.sum(adj.c.amount), func.sum(with_adj - without))
-                 .select_from(adj.join(transactions, t.id == adj.c.transaction_id))
-                 .where(*self._where(f)).group_by(*group))
+        query = (
+            select(*group, func.sum(adj.c.amount), func.sum(with_adj - without))
+            .select_from(adj.join(transactions, t.id == adj.c.transaction_id))
+            .where(*self._where(f))
+            .group_by(*group)
+        )
         width = len(group)
         key_of = _key_function(width, period)
         for row in conn.execute(query):
@@ -839,13 +1048,16 @@ class Reports:
             acc[_NET] += int(row[width + 1] or 0)
 
     def _agent_names(self, conn: Connection) -> dict[int, str]:
-        return dict(conn.execute(select(agents.c.id, agents.c.name)).all())
+        return agent_names(conn)
 
     def _denials_by_rule(self, conn: Connection, f: _Filters) -> tuple[RuleDenials, ...]:
         """Denied requests per rule they name (a denial naming two rules counts for both)."""
         t = transactions.c
-        where = [t.status == TxStatus.denied.value, *self._where(_Filters(
-            f.since, f.until, f.agent_id, f.model, f.operation))]
+        where = [
+            t.status == TxStatus.denied.value,
+            *self._where(_Filters(f.since, f.until, f.agent_id, f.model, f.operation)),
+        ]
+        each: Any
         if self._sqlite:
             each = func.json_each(t.denial_json, "$.denials").table_valued("value")
             rule = func.json_extract(each.c.value, "$.rule")
@@ -856,8 +1068,13 @@ class Reports:
             each = func.jsonb_array_elements(cast(t.denial_json, JSONB)["denials"]).table_valued("value").lateral()
             rule = func.jsonb_extract_path_text(each.c.value, "rule")
             kind = func.jsonb_extract_path_text(each.c.value, "type")
-        query = (select(rule, kind, func.count()).select_from(transactions).join(each, true())
-                 .where(*where).group_by(rule, kind))
+        query = (
+            select(rule, kind, func.count())
+            .select_from(transactions)
+            .join(each, true())
+            .where(*where)
+            .group_by(rule, kind)
+        )
         found = [RuleDenials(r[0], r[1] or "", int(r[2])) for r in conn.execute(query)]
         found.sort(key=lambda d: (-d.denials, d.rule or ""))
         return tuple(found)
@@ -872,7 +1089,7 @@ class Reports:
             rule = Rule.from_row(row)
             acc = [0] * _WIDTH
             for (agent_id, endpoint, model_name, op), group in scope.items():
-                if rule.applies_to(agent_id, _Scope(endpoint, model_name, op)):  # type: ignore[arg-type]
+                if rule.applies_to(agent_id, _Scope(endpoint, model_name, op)):
                     _merge(acc, group)
             count = sum(n for (name, _kind), n in denials.items() if name == rule.name)
             entries.append(LeaderboardEntry(rule.name, acc[_TX], from_nano(acc[_NET]), count, rule.type))
@@ -885,9 +1102,12 @@ class Reports:
 
     def _adjustment_lines(self, conn: Connection, f: _Filters) -> dict[int, list[StatementAdjustment]]:
         t, c = transactions.c, cost_lines.c
-        query = (select(t.agent_id, c.transaction_id, t.model, c.amount, c.note, c.created_at)
-                 .select_from(cost_lines.join(transactions, t.id == c.transaction_id))
-                 .where(c.kind == "adjustment", *self._where(f)).order_by(t.agent_id, c.created_at, c.id))
+        query = (
+            select(t.agent_id, c.transaction_id, t.model, c.amount, c.note, c.created_at)
+            .select_from(cost_lines.join(transactions, t.id == c.transaction_id))
+            .where(c.kind == "adjustment", *self._where(f))
+            .order_by(t.agent_id, c.created_at, c.id)
+        )
         out: dict[int, list[StatementAdjustment]] = {}
         for row in conn.execute(query):
             out.setdefault(row[0], []).append(StatementAdjustment(row[1], row[2], row[3], row[4], row[5]))
@@ -901,8 +1121,9 @@ def check_writable(path: str | os.PathLike[str], field_name: str) -> Path:
     if str(target) in ("", ".") or target.is_dir():
         raise InvalidRequest(f"{field_name}: {str(target)!r} is a directory, not a file", field=field_name)
     if not parent.is_dir():
-        raise InvalidRequest(f"{field_name}: cannot write {target}: the directory {parent} does not exist",
-                             field=field_name)
+        raise InvalidRequest(
+            f"{field_name}: cannot write {target}: the directory {parent} does not exist", field=field_name
+        )
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise InvalidRequest(f"{field_name}: cannot write {target}: permission denied", field=field_name)
     return target
@@ -912,10 +1133,16 @@ def check_writable(path: str | os.PathLike[str], field_name: str) -> Path:
 def atomic_output(path: Path, field_name: str, *, binary: bool = False) -> Iterator[IO[Any]]:
     """A stream whose content replaces `path` only when the block succeeds (else nothing is written)."""
     check_writable(path, field_name)
-    try:
-        handle = tempfile.NamedTemporaryFile(  # closed below, then renamed into place or removed
-            "wb" if binary else "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False,
-            **({} if binary else {"encoding": "utf-8", "newline": ""}))
+    handle: IO[Any]
+    try:  # closed below, then renamed into place or removed
+        if binary:
+            handle = tempfile.NamedTemporaryFile(
+                "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+            )
+        else:
+            handle = tempfile.NamedTemporaryFile(
+                "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding="utf-8", newline=""
+            )
     except OSError as exc:
         raise InvalidRequest(f"{field_name}: cannot write {path}: {exc.strerror}", field=field_name) from None
     try:
@@ -925,6 +1152,16 @@ def atomic_output(path: Path, field_name: str, *, binary: bool = False) -> Itera
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+def agent_names(conn: Connection) -> dict[int, str]:
+    """Every agent's name by id."""
+    return {row[0]: row[1] for row in conn.execute(select(agents.c.id, agents.c.name))}
+
+
+def cast_text(stream: IO[Any]) -> TextIO:
+    """A text stream opened by `atomic_output` (typed as such)."""
+    return stream  # type: ignore[return-value]
 
 
 class _ReportTransaction:
@@ -959,8 +1196,7 @@ def _parse_by(by: Sequence[str] | str) -> tuple[tuple[str, ...], tuple[str, ...]
         raise InvalidRequest(f"by: give at least one of {', '.join(allowed)}", field="by")
     unknown = [k for k in by if k not in allowed]
     if unknown:
-        raise InvalidRequest(f"by: unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}",
-                             field="by")
+        raise InvalidRequest(f"by: unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}", field="by")
     if len(set(by)) != len(by):
         raise InvalidRequest("by: a key is given twice", field="by")
     periods = [k for k in by if k in PERIODS]
@@ -978,6 +1214,11 @@ def _sqlite_bucket(day: Any, period: str) -> Any:
     return day
 
 
+def _pg_bucket(created_at: Any, period: str) -> Any:
+    """PostgreSQL: the first day of the period of a timestamp (a day by a cast: cheaper than date_trunc)."""
+    return cast(created_at, Date) if period == "day" else func.date_trunc(period, created_at)
+
+
 def _key_function(width: int, period: str | None) -> Any:
     """A function from a grouped row to its key: the first `width` values, the last one (the
     period's first day: SQLite's text, or PostgreSQL's timestamp) as ISO text, YYYY-MM-DD."""
@@ -988,11 +1229,12 @@ def _key_function(width: int, period: str | None) -> Any:
     def text(raw: Any) -> str:
         found = cache.get(raw)
         if found is None:
-            found = cache[raw] = raw if isinstance(raw, str) else (
-                raw.date() if isinstance(raw, datetime) else raw).isoformat()
+            found = cache[raw] = (
+                raw if isinstance(raw, str) else (raw.date() if isinstance(raw, datetime) else raw).isoformat()
+            )
         return found
 
-    return lambda row: (*row[:width - 1], text(row[width - 1]))
+    return lambda row: (*row[: width - 1], text(row[width - 1]))
 
 
 def _status_totals(groups: Mapping[tuple[Any, ...], Sequence[int]]) -> tuple[Totals, dict[str, int], int]:
@@ -1005,8 +1247,3 @@ def _status_totals(groups: Mapping[tuple[Any, ...], Sequence[int]]) -> tuple[Tot
         by_status[status] += acc[_TX] + acc[_DENIED]
         agents_seen.add(agent_id)
     return Totals.of(total), by_status, len(agents_seen)
-
-
-def rows_of(records: Iterable[Any]) -> list[dict[str, Any]]:
-    """`to_json()` of each record (for tables and CSV)."""
-    return [r.to_json() for r in records]

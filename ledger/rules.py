@@ -15,8 +15,8 @@ from pricing import Quote
 from pricing.money import ZERO, display_price, parse_usd, usd_str
 
 from .errors import InvalidRequest
-from .records import RuleAction, RuleType, SpendingRule
 from .periods import RATE_PERIODS, SPEND_PERIODS, format_window, parse_window
+from .records import RuleAction, RuleType, SpendingRule
 
 RULE_TYPES = tuple(t.value for t in RuleType)
 OPERATIONS = ("generate", "transform", "upscale")
@@ -58,13 +58,23 @@ class Rule(NamedTuple):
     version: int
 
     @classmethod
-    def from_row(cls, row: Any) -> "Rule":
+    def from_row(cls, row: Any) -> Rule:
         return cls(
-            row.id, row.name, str(row.type.value if hasattr(row.type, "value") else row.type),
-            row.limit_amount, row.limit_count, row.period, row.window_seconds,
-            tuple(json.loads(row.models_json)) if row.models_json else (), row.agent_id, row.model_glob,
-            row.operation, str(row.action.value if hasattr(row.action, "value") else row.action),
-            row.alert_at, bool(row.enabled), row.version,
+            row.id,
+            row.name,
+            str(row.type.value if hasattr(row.type, "value") else row.type),
+            row.limit_amount,
+            row.limit_count,
+            row.period,
+            row.window_seconds,
+            tuple(json.loads(row.models_json)) if row.models_json else (),
+            row.agent_id,
+            row.model_glob,
+            row.operation,
+            str(row.action.value if hasattr(row.action, "value") else row.action),
+            row.alert_at,
+            bool(row.enabled),
+            row.version,
         )
 
     @property
@@ -115,12 +125,20 @@ def evaluate(rule: Rule, quote: Quote, usage: Usage | None) -> Verdict:
     """Does this request pass `rule`, given the rule's current usage?"""
     if rule.type == RuleType.model_allowlist:
         ok = any(_glob(g, quote) for g in rule.models)
-        return Verdict(rule, ok, "" if ok else f"{quote.endpoint} is not in the allowed models ({', '.join(rule.models)})")
+        return Verdict(
+            rule, ok, "" if ok else f"{quote.endpoint} is not in the allowed models ({', '.join(rule.models)})"
+        )
     if rule.type == RuleType.request_cap:
         limit = rule.limit_amount or ZERO
         ok = quote.amount <= limit
-        return Verdict(rule, ok, "" if ok else f"estimate {display_price(quote.amount)} ({usd_str(quote.amount)}) "
-                       f"is above the per-request cap {display_price(limit)}")
+        return Verdict(
+            rule,
+            ok,
+            ""
+            if ok
+            else f"estimate {display_price(quote.amount)} ({usd_str(quote.amount)}) "
+            f"is above the per-request cap {display_price(limit)}",
+        )
     usage = usage or Usage(ZERO, ZERO, 0)
     if rule.type == RuleType.rate_limit:
         limit_count = rule.limit_count or 0
@@ -129,13 +147,22 @@ def evaluate(rule: Rule, quote: Quote, usage: Usage | None) -> Verdict:
     limit = rule.limit_amount or ZERO
     after = usage.spent + usage.held + quote.amount
     ok = after <= limit
-    return Verdict(rule, ok, "" if ok else (
-        f"spent {usd_str(usage.spent)} + held {usd_str(usage.held)} + estimate {usd_str(quote.amount)} "
-        f"= {usd_str(after)} is above the limit {usd_str(limit)} per "
-        f"{rule.period or 'rolling ' + (format_window(rule.window_seconds) or '')}"), after)
+    return Verdict(
+        rule,
+        ok,
+        ""
+        if ok
+        else (
+            f"spent {usd_str(usage.spent)} + held {usd_str(usage.held)} + estimate {usd_str(quote.amount)} "
+            f"= {usd_str(after)} is above the limit {usd_str(limit)} per "
+            f"{rule.period or 'rolling ' + (format_window(rule.window_seconds) or '')}"
+        ),
+        after,
+    )
 
 
 # --- definitions from users ------------------------------------------------------------------
+
 
 @dataclass
 class RuleSpec:
@@ -170,6 +197,8 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
     name = merged.get("name")
     if not name or not str(name).strip():
         raise InvalidRequest("name: a rule needs a name", field="name")
+    if not str(name).strip(" ").isprintable():
+        raise InvalidRequest(f"name: {name!r} has control characters (line breaks, tabs, escapes)", field="name")
     if len(str(name).strip()) > MAX_TEXT:
         raise InvalidRequest(f"name: at most {MAX_TEXT} characters", field="name")
     rtype = merged.get("type")
@@ -187,8 +216,14 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
         if merged.get(key) not in (None, [], "") and key not in allowed:
             raise InvalidRequest(f"{key}: a {rtype} rule does not take {key}", field=key)
     values: dict[str, Any] = {
-        "name": str(name).strip(), "type": rtype, "limit_amount": None, "limit_count": None, "period": None,
-        "window_seconds": None, "models_json": None, "alert_at": None,
+        "name": str(name).strip(),
+        "type": rtype,
+        "limit_amount": None,
+        "limit_count": None,
+        "period": None,
+        "window_seconds": None,
+        "models_json": None,
+        "alert_at": None,
     }
     if "limit" in allowed:
         raw = merged.get("limit")
@@ -198,8 +233,9 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
             try:
                 count = int(str(raw))
             except ValueError:
-                raise InvalidRequest(f"limit: a rate-limit counts requests: a whole number (got {raw!r})",
-                                     field="limit") from None
+                raise InvalidRequest(
+                    f"limit: a rate-limit counts requests: a whole number (got {raw!r})", field="limit"
+                ) from None
             if count <= 0:
                 raise InvalidRequest(f"limit: must be greater than zero (got {raw!r})", field="limit")
             if count > MAX_COUNT:
@@ -223,8 +259,10 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
         else:
             period = period or ("month" if rtype == "spend-limit" else None)
             if period not in periods:
-                raise InvalidRequest(f"period: {period!r} is not a {rtype} period; allowed: {', '.join(periods)} "
-                                     "or a rolling window", field="period")
+                raise InvalidRequest(
+                    f"period: {period!r} is not a {rtype} period; allowed: {', '.join(periods)} or a rolling window",
+                    field="period",
+                )
             values["period"] = period
     if rtype == "model-allowlist":
         models = [m.strip() for m in (merged.get("models") or []) if m and m.strip()]
@@ -235,7 +273,9 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
         try:
             pct = int(str(merged["alert_at"]).rstrip("%"))
         except ValueError:
-            raise InvalidRequest(f"alert_at: a percentage 1–100 (got {merged['alert_at']!r})", field="alert_at") from None
+            raise InvalidRequest(
+                f"alert_at: a percentage 1–100 (got {merged['alert_at']!r})", field="alert_at"
+            ) from None
         if not 1 <= pct <= 100:
             raise InvalidRequest(f"alert_at: a percentage 1–100 (got {pct})", field="alert_at")
         values["alert_at"] = pct
@@ -256,11 +296,17 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
 
 def _spec_of(rule: Rule) -> dict[str, Any]:
     return {
-        "name": rule.name, "type": rule.type,
+        "name": rule.name,
+        "type": rule.type,
         "limit": str(rule.limit_count) if rule.limit_count is not None else usd_str(rule.limit_amount),
-        "period": rule.period, "window": format_window(rule.window_seconds), "models": list(rule.models),
-        "model": rule.model_glob, "operation": rule.operation, "action": rule.action,
-        "alert_at": rule.alert_at, "enabled": rule.enabled,
+        "period": rule.period,
+        "window": format_window(rule.window_seconds),
+        "models": list(rule.models),
+        "model": rule.model_glob,
+        "operation": rule.operation,
+        "action": rule.action,
+        "alert_at": rule.alert_at,
+        "enabled": rule.enabled,
     }
 
 
@@ -268,8 +314,18 @@ def rule_record(rule: Rule, agent_name: str | None) -> SpendingRule:
     """The public record of a rule (its agent by name)."""
     limit: Decimal | int | None = rule.limit_count if rule.type == RuleType.rate_limit else rule.limit_amount
     return SpendingRule(
-        id=rule.id, name=rule.name, type=RuleType(rule.type), limit=limit, period=rule.period,
-        window=format_window(rule.window_seconds), models=rule.models or None, agent=agent_name,
-        model=rule.model_glob, operation=rule.operation, action=RuleAction(rule.action), alert_at=rule.alert_at,
-        enabled=rule.enabled, version=rule.version,
+        id=rule.id,
+        name=rule.name,
+        type=RuleType(rule.type),
+        limit=limit,
+        period=rule.period,
+        window=format_window(rule.window_seconds),
+        models=rule.models or None,
+        agent=agent_name,
+        model=rule.model_glob,
+        operation=rule.operation,
+        action=RuleAction(rule.action),
+        alert_at=rule.alert_at,
+        enabled=rule.enabled,
+        version=rule.version,
     )

@@ -51,8 +51,15 @@ def answer_facts(answer: UpstreamResult, cost_facts_: Mapping[str, Any]) -> dict
 
 
 def run_governed(
-    gov: Governor, upstream: Upstream, *, agent: str, quote: Quote, body: Mapping[str, Any], fal_key: str,
-    idempotency_key: str | None = None, after_authorize: Callable[[Authorization], None] | None = None,
+    gov: Governor,
+    upstream: Upstream,
+    *,
+    agent: str,
+    quote: Quote,
+    body: Mapping[str, Any],
+    fal_key: str,
+    idempotency_key: str | None = None,
+    after_authorize: Callable[[Authorization], None] | None = None,
 ) -> RunOutcome:
     """Authorize, forward and settle one request. Raises Denied, UpstreamError, InProgress or
     InvalidRequest.
@@ -60,8 +67,15 @@ def run_governed(
     Whatever happens after the hold is written — an upstream failure, a bug, an interrupt — the
     transaction ends in a documented state before the exception leaves: `failed` when nothing
     was sent, `unknown` when the request may have been served (its estimate stays counted)."""
-    started = begin(gov, agent=agent, quote=quote, body=body, fal_key=fal_key, idempotency_key=idempotency_key,
-                    after_authorize=after_authorize)
+    started = begin(
+        gov,
+        agent=agent,
+        quote=quote,
+        body=body,
+        fal_key=fal_key,
+        idempotency_key=idempotency_key,
+        after_authorize=after_authorize,
+    )
     if isinstance(started, RunOutcome):
         return started
     tx_id, stage = started.transaction.id, "while sending"
@@ -80,8 +94,15 @@ def run_governed(
 
 
 async def run_governed_async(
-    gov: Governor, upstream: AsyncUpstream, *, agent: str, quote: Quote, body: Mapping[str, Any], fal_key: str,
-    idempotency_key: str | None = None, in_thread: Callable[..., Awaitable[Any]] | None = None,
+    gov: Governor,
+    upstream: AsyncUpstream,
+    *,
+    agent: str,
+    quote: Quote,
+    body: Mapping[str, Any],
+    fal_key: str,
+    idempotency_key: str | None = None,
+    in_thread: Callable[..., Awaitable[Any]] | None = None,
 ) -> RunOutcome:
     """`run_governed` for an event loop: the ledger's short transactions run through `in_thread`
     (default `asyncio.to_thread`; a server passes its bounded pool), the upstream call is awaited,
@@ -89,8 +110,9 @@ async def run_governed_async(
     import asyncio
 
     run = in_thread or asyncio.to_thread
-    started = await run(partial(begin, gov, agent=agent, quote=quote, body=body, fal_key=fal_key,
-                                idempotency_key=idempotency_key))
+    started = await run(
+        partial(begin, gov, agent=agent, quote=quote, body=body, fal_key=fal_key, idempotency_key=idempotency_key)
+    )
     if isinstance(started, RunOutcome):
         return started
     tx_id, stage = started.transaction.id, "while sending"
@@ -110,9 +132,16 @@ async def run_governed_async(
         raise
 
 
-def begin(gov: Governor, *, agent: str, quote: Quote, body: Mapping[str, Any], fal_key: str,
-          idempotency_key: str | None = None, after_authorize: Callable[[Authorization], None] | None = None,
-          ) -> Authorization | RunOutcome:
+def begin(
+    gov: Governor,
+    *,
+    agent: str,
+    quote: Quote,
+    body: Mapping[str, Any],
+    fal_key: str,
+    idempotency_key: str | None = None,
+    after_authorize: Callable[[Authorization], None] | None = None,
+) -> Authorization | RunOutcome:
     """A run's first step: check the request can run, authorize (the hold). Returns the pending
     authorization to forward, or the replayed outcome of an idempotent retry; raises Denied,
     InProgress, UpstreamError (a replayed failure) or InvalidRequest. An exception in
@@ -139,16 +168,27 @@ def conclude_failure(gov: Governor, tx_id: int, quote: Quote, failure: UpstreamF
     """Record an upstream failure by what it means for money and raise UpstreamError: `failed`
     (unreachable or refused: nothing spent) or `unknown` (no answer: the estimate stays counted)."""
     if isinstance(failure, Refused):
-        done = gov.fail(tx_id, failure.message, upstream_status=failure.status,
-                        facts={"upstream_status": failure.status, "latency_ms": failure.latency_ms})
-        raise UpstreamError(f"{failure.message}; transaction {tx_id} failed, nothing spent",
-                            upstream_status=failure.status, transaction=done) from None
+        done = gov.fail(
+            tx_id,
+            failure.message,
+            upstream_status=failure.status,
+            facts={"upstream_status": failure.status, "latency_ms": failure.latency_ms},
+        )
+        raise UpstreamError(
+            f"{failure.message}; transaction {tx_id} failed, nothing spent",
+            upstream_status=failure.status,
+            transaction=done,
+        ) from None
     if isinstance(failure, NoAnswer):
-        done = gov.mark_unknown(tx_id, failure.message, facts={"upstream_outcome": "no answer",
-                                                               "latency_ms": failure.latency_ms})
+        done = gov.mark_unknown(
+            tx_id, failure.message, facts={"upstream_outcome": "no answer", "latency_ms": failure.latency_ms}
+        )
         raise UpstreamError(
             f"{failure.message}; transaction {tx_id} is unknown: its estimate {usd_str(quote.amount)} stays "
-            "counted until it is settled or voided", transaction=done, reason="unknown") from None
+            "counted until it is settled or voided",
+            transaction=done,
+            reason="unknown",
+        ) from None
     done = gov.fail(tx_id, failure.message, facts={"upstream_outcome": "unreachable"})
     raise UpstreamError(f"{failure.message}; transaction {tx_id} failed, nothing spent", transaction=done) from None
 
@@ -163,13 +203,18 @@ def _replay(gov: Governor, tx: Transaction, agent: str, key: str | None) -> RunO
     if tx.status == TxStatus.denied:
         raise denial_error(tx, tx.denials, agent)
     if tx.status == TxStatus.pending:
-        raise InProgress(f"idempotency key {key!r}: transaction {tx.id} is still in progress; retry later "
-                         "(nothing sent)", transaction=tx)
+        raise InProgress(
+            f"idempotency key {key!r}: transaction {tx.id} is still in progress; retry later (nothing sent)",
+            transaction=tx,
+        )
     if tx.status != TxStatus.completed:
         # Never a success without a result.
-        raise UpstreamError(f"idempotency key {key!r} was already used by transaction {tx.id}, "
-                            f"which is {tx.status.value}" + (f": {tx.outcome}" if tx.outcome else "")
-                            + "; nothing sent", upstream_status=tx.upstream_status, transaction=tx)
+        raise UpstreamError(
+            f"idempotency key {key!r} was already used by transaction {tx.id}, "
+            f"which is {tx.status.value}" + (f": {tx.outcome}" if tx.outcome else "") + "; nothing sent",
+            upstream_status=tx.upstream_status,
+            transaction=tx,
+        )
     detail = gov.transaction(tx.id, detail=True).detail
     return RunOutcome(tx, detail.result if detail else None, replayed=True)
 
@@ -184,17 +229,30 @@ def _settle(gov: Governor, tx_id: int, quote: Quote, answer: UpstreamResult) -> 
     except Exception as exc:  # noqa: BLE001 - a paid answer is recorded whatever it holds
         cost, anomaly = None, f"the response could not be priced ({type(exc).__name__})"
     if anomaly is None and cost is not None:
-        return gov.settle(tx_id, cost.amount, facts=answer_facts(answer, cost_facts(cost)),
-                          upstream_request_id=answer.request_id, upstream_status=answer.status,
-                          response=answer.body, allow_expired=True)
+        return gov.settle(
+            tx_id,
+            cost.amount,
+            facts=answer_facts(answer, cost_facts(cost)),
+            upstream_request_id=answer.request_id,
+            upstream_status=answer.status,
+            response=answer.body,
+            allow_expired=True,
+        )
     facts = answer_facts(answer, {"actual_source": "estimate (anomalous response)"})
     facts["anomaly"] = anomaly
     reported = _reported_sizes(answer.body)
     if reported:
         facts["reported_sizes"] = reported
-    return gov.settle(tx_id, quote.amount, facts=facts, upstream_request_id=answer.request_id,
-                      upstream_status=answer.status, response=answer.body, allow_expired=True,
-                      alert=f"transaction {tx_id}: anomalous upstream answer ({anomaly}); settled at the estimate")
+    return gov.settle(
+        tx_id,
+        quote.amount,
+        facts=facts,
+        upstream_request_id=answer.request_id,
+        upstream_status=answer.status,
+        response=answer.body,
+        allow_expired=True,
+        alert=f"transaction {tx_id}: anomalous upstream answer ({anomaly}); settled at the estimate",
+    )
 
 
 def _anomaly(gov: Governor, cost: ActualCost) -> str | None:
@@ -225,5 +283,5 @@ def interrupted(gov: Governor, tx_id: int, stage: str, exc: BaseException) -> No
             gov.fail(tx_id, reason, facts={"upstream_outcome": "not sent"})
         else:
             gov.mark_unknown(tx_id, reason, facts={"upstream_outcome": "interrupted"})
-    except Exception:  # noqa: BLE001 - the original error matters more; the hold TTL remains
+    except Exception:  # noqa: BLE001, S110 - the original error matters more; the hold TTL remains
         pass

@@ -27,8 +27,9 @@ _FALSE = ("0", "false", "no", "off")
 _TRUE = ("1", "true", "yes", "on")
 
 
-def parse_seconds(raw: str | float | int, name: str, *, minimum: float = 0.0, maximum: float,
-                  allow_zero: bool = False) -> float:
+def parse_seconds(
+    raw: str | float | int, name: str, *, minimum: float = 0.0, maximum: float, allow_zero: bool = False
+) -> float:
     """A number of seconds within (minimum, maximum] (or [0, maximum] with `allow_zero`);
     InvalidRequest naming `name` otherwise (nan, inf, text, out of range)."""
     try:
@@ -38,8 +39,10 @@ def parse_seconds(raw: str | float | int, name: str, *, minimum: float = 0.0, ma
     low_ok = value >= minimum if allow_zero else value > minimum
     if not math.isfinite(value) or not low_ok or value > maximum:
         bound = "at least" if allow_zero else "greater than"
-        raise InvalidRequest(f"{name}: {raw!r} must be a finite number of seconds, {bound} {minimum:g} "
-                             f"and at most {maximum:g}", field=name)
+        raise InvalidRequest(
+            f"{name}: {raw!r} must be a finite number of seconds, {bound} {minimum:g} and at most {maximum:g}",
+            field=name,
+        )
     return value
 
 
@@ -81,22 +84,24 @@ class Settings:
         if env.get("PIXELGOV_HOLD_TTL"):
             values["hold_ttl"] = parse_seconds(env["PIXELGOV_HOLD_TTL"], "PIXELGOV_HOLD_TTL", maximum=MAX_HOLD_TTL)
         if env.get("PIXELGOV_DB_TIMEOUT"):
-            values["db_timeout"] = parse_seconds(env["PIXELGOV_DB_TIMEOUT"], "PIXELGOV_DB_TIMEOUT",
-                                                 maximum=MAX_DB_TIMEOUT)
+            values["db_timeout"] = parse_seconds(
+                env["PIXELGOV_DB_TIMEOUT"], "PIXELGOV_DB_TIMEOUT", maximum=MAX_DB_TIMEOUT
+            )
         if env.get("PIXELGOV_UPSTREAM_URL"):
             values["upstream_url"] = env["PIXELGOV_UPSTREAM_URL"]
         if env.get("PIXELGOV_UPSTREAM_TIMEOUT"):
-            values["upstream_timeout"] = parse_seconds(env["PIXELGOV_UPSTREAM_TIMEOUT"], "PIXELGOV_UPSTREAM_TIMEOUT",
-                                                       maximum=MAX_UPSTREAM_TIMEOUT)
+            values["upstream_timeout"] = parse_seconds(
+                env["PIXELGOV_UPSTREAM_TIMEOUT"], "PIXELGOV_UPSTREAM_TIMEOUT", maximum=MAX_UPSTREAM_TIMEOUT
+            )
         if env.get("PIXELGOV_AUTO_CREATE_AGENTS"):
-            values["auto_create_agents"] = parse_flag(env["PIXELGOV_AUTO_CREATE_AGENTS"],
-                                                      "PIXELGOV_AUTO_CREATE_AGENTS")
+            values["auto_create_agents"] = parse_flag(env["PIXELGOV_AUTO_CREATE_AGENTS"], "PIXELGOV_AUTO_CREATE_AGENTS")
         if env.get("PIXELGOV_PRICE_BOOK"):
             values["price_book_path"] = env["PIXELGOV_PRICE_BOOK"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values.get("database_url") == "":
-            raise InvalidRequest("database: an empty URL (give a URL, or leave it out for the default ledger)",
-                                 field="database")
+            raise InvalidRequest(
+                "database: an empty URL (give a URL, or leave it out for the default ledger)", field="database"
+            )
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:

@@ -20,15 +20,17 @@ from .records import Transaction
 
 def cost_facts(cost: ActualCost) -> dict[str, Any]:
     """The facts that say where an actual cost came from: `actual_source` and `output_sizes`."""
-    facts: dict[str, Any] = {"actual_source": "response sizes" if cost.sizes_known else
-                             "estimate (the response has no image sizes)"}
+    facts: dict[str, Any] = {
+        "actual_source": "response sizes" if cost.sizes_known else "estimate (the response has no image sizes)"
+    }
     if cost.sizes:
         facts["output_sizes"] = ",".join(f"{w}x{h}" for w, h in cost.sizes)
     return facts
 
 
-def actual_from_response(tx: Transaction, request: Mapping[str, Any], response: Any, *,
-                         book: PriceBook) -> tuple[Decimal, dict[str, Any]]:
+def actual_from_response(
+    tx: Transaction, request: Mapping[str, Any], response: Any, *, book: PriceBook
+) -> tuple[Decimal, dict[str, Any]]:
     """(actual cost, facts) for a recorded transaction from the upstream's response, priced like
     its estimate (from `request`, the parameters the ledger stored). InvalidRequest if the
     response is not a JSON object."""

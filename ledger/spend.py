@@ -73,12 +73,12 @@ def _term(kind: str | None, estimate: Decimal, actual: Decimal | None, adjustmen
     return settled_amount(actual, adjustments)
 
 
-def counted(status: TxStatus | str, estimate: Decimal, actual: Decimal | None = None,
-            adjustments: Decimal = ZERO) -> Counted:
+def counted(
+    status: TxStatus | str, estimate: Decimal, actual: Decimal | None = None, adjustments: Decimal = ZERO
+) -> Counted:
     """What a transaction in `status` counts as held and as spent (USD)."""
     s = TxStatus(status)
-    return Counted(_term(HELD_AS[s], estimate, actual, adjustments),
-                   _term(SPENT_AS[s], estimate, actual, adjustments))
+    return Counted(_term(HELD_AS[s], estimate, actual, adjustments), _term(SPENT_AS[s], estimate, actual, adjustments))
 
 
 def movement(before: Counted, after: Counted) -> Counted:
@@ -92,19 +92,22 @@ def _sql_term(kind: str, estimate: Any, actual: Any, adjustments: Any) -> Any:
     if kind == "estimate":
         return type_coerce(estimate, BigInteger)
     zero = literal(0, BigInteger)
-    total = (func.coalesce(type_coerce(actual, BigInteger), zero)
-             + func.coalesce(type_coerce(adjustments, BigInteger), zero))
+    total = func.coalesce(type_coerce(actual, BigInteger), zero) + func.coalesce(
+        type_coerce(adjustments, BigInteger), zero
+    )
     return case((total > 0, total), else_=zero)
 
 
-def _sql_case(table: dict[TxStatus, str | None], status: Any, estimate: Any, actual: Any,
-              adjustments: Any) -> ColumnElement[Any]:
+def _sql_case(
+    table: dict[TxStatus, str | None], status: Any, estimate: Any, actual: Any, adjustments: Any
+) -> ColumnElement[Any]:
     """A CASE over the status column; money columns are read as raw nano-USD integers (the result
     is nano-USD too, so a SUM over a million rows stays an integer sum in the database)."""
     from sqlalchemy import BigInteger, case, literal
 
-    whens = [(status == s, _sql_term(kind, estimate, actual, adjustments))
-             for s, kind in table.items() if kind is not None]
+    whens = [
+        (status == s, _sql_term(kind, estimate, actual, adjustments)) for s, kind in table.items() if kind is not None
+    ]
     return case(*whens, else_=literal(0, BigInteger))
 
 

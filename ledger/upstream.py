@@ -14,12 +14,16 @@ Failures are classified by what they mean for money:
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import httpx
+
+from pricing.jsondoc import parse_json
 
 from .errors import InvalidRequest
 from .settings import DEFAULT_UPSTREAM_TIMEOUT, DEFAULT_UPSTREAM_URL, MAX_UPSTREAM_TIMEOUT, Settings, parse_seconds
@@ -29,6 +33,7 @@ DEFAULT_TIMEOUT = DEFAULT_UPSTREAM_TIMEOUT
 CONNECT_TIMEOUT = 10.0
 CONNECT_RETRIES = 3
 BACKOFF = 0.25
+MAX_ANSWER_BYTES = 256 * 1024 * 1024  #: an answer may carry images inline as data: URIs
 
 
 @dataclass(frozen=True)
@@ -40,29 +45,42 @@ class UpstreamConfig:
     backoff: float = BACKOFF
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, url: str | None = None, timeout: float | str | None = None,
-                      ) -> UpstreamConfig:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        url: str | None = None,
+        timeout: float | str | None = None,
+    ) -> UpstreamConfig:
         """The config from settings, `url`/`timeout` (options given for one run) winning.
         InvalidRequest for a URL that cannot be sent to or a timeout that is not a bounded number."""
         url = url or settings.upstream_url
         check_upstream_url(url)
-        seconds = settings.upstream_timeout if timeout is None else parse_seconds(
-            timeout, "timeout", maximum=MAX_UPSTREAM_TIMEOUT)
+        seconds = (
+            settings.upstream_timeout
+            if timeout is None
+            else parse_seconds(timeout, "timeout", maximum=MAX_UPSTREAM_TIMEOUT)
+        )
         return cls(url=url.rstrip("/"), timeout=seconds, connect_timeout=min(CONNECT_TIMEOUT, seconds))
 
 
 def check_upstream_url(url: str) -> str:
     """`url` if requests can be sent to it (http(s), a host, a valid port); InvalidRequest otherwise —
     before anything is authorized, so a bad URL never leaves an `unknown` outcome behind."""
+    shown = scrub(url, "") if isinstance(url, str) else url
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise InvalidRequest(f"upstream: {url!r} is not an http(s) URL", field="upstream")
+        raise InvalidRequest(f"upstream: {shown!r} is not an http(s) URL", field="upstream")
     try:
         parsed = httpx.URL(url)
         parsed.port  # noqa: B018 - raises for an invalid port
     except (httpx.InvalidURL, ValueError, TypeError) as exc:
-        raise InvalidRequest(f"upstream: {url!r} is not a valid URL ({exc})", field="upstream") from None
+        raise InvalidRequest(
+            f"upstream: {shown!r} is not a valid URL ({scrub(str(exc), '')})", field="upstream"
+        ) from None
     if not parsed.host:
-        raise InvalidRequest(f"upstream: {url!r} has no host", field="upstream")
+        raise InvalidRequest(f"upstream: {shown!r} has no host", field="upstream")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise InvalidRequest(f"upstream: {shown!r} has no valid port", field="upstream")
     return url
 
 
@@ -104,8 +122,11 @@ def check_fal_key(key: str) -> str:
     Checked before anything is authorized: an unsendable key would otherwise fail inside
     the HTTP library, whose error messages quote the header value."""
     if not key or not all("!" <= ch <= "~" for ch in key):
-        raise InvalidRequest("FAL_KEY: the key must be printable ASCII without spaces or line breaks "
-                             "(it is sent in the Authorization header)", field="FAL_KEY")
+        raise InvalidRequest(
+            "FAL_KEY: the key must be printable ASCII without spaces or line breaks "
+            "(it is sent in the Authorization header)",
+            field="FAL_KEY",
+        )
     return key
 
 
@@ -125,43 +146,80 @@ def error_message(body: Any, text: str) -> str:
     return snippet or "no error detail"
 
 
+class _SecretFilter(logging.Filter):
+    """Masks the keys pixelgov sends in the HTTP libraries' own debug logs (which print the response
+    headers an echoing upstream could fill with the key)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            if any(secret in message for secret in self.secrets):
+                for secret in self.secrets:
+                    message = message.replace(secret, MASK)
+                record.msg, record.args = message, None
+        return True
+
+
+_LOG_FILTER = _SecretFilter()
+for _name in ("httpx", "httpcore", "httpcore.http11", "httpcore.http2", "httpcore.connection", "httpcore.proxy"):
+    logging.getLogger(_name).addFilter(_LOG_FILTER)
+
+
 class _Exchange:
     """One governed call's shared logic, whichever client (sync or async) sends it: building the
     request, classifying a failure by what it means for money, reading and scrubbing the answer."""
 
     def __init__(self, config: UpstreamConfig, endpoint: str, body: Mapping[str, Any], fal_key: str) -> None:
         check_fal_key(fal_key)
+        _LOG_FILTER.secrets.add(fal_key)
         self.config, self.key, self.attempt = config, fal_key, 0
         self.url = f"{config.url}/{endpoint}"
+        self.where = scrub(config.url, fal_key)  # the upstream as messages name it: no credentials
         self.body = dict(body)
-        self.headers = {"Authorization": f"Key {fal_key}", "Content-Type": "application/json",
-                        "Accept": "application/json", "User-Agent": "pixelgov/0.1"}
+        self.headers = {
+            "Authorization": f"Key {fal_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "pixelgov/0.1",
+        }
 
     def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         try:
             return client.build_request("POST", self.url, json=self.body, headers=self.headers)
         except (httpx.HTTPError, httpx.InvalidURL, TypeError, ValueError) as exc:
-            raise Unreachable(f"the request to {self.config.url} could not be built, nothing was sent: "
-                              f"{_describe(exc, self.key)}") from None
+            raise Unreachable(
+                f"the request to {self.where} could not be built, nothing was sent: {_describe(exc, self.key)}"
+            ) from None
 
     def failed(self, exc: Exception, started: float) -> float:
         """Classify a send failure: raise Unreachable/NoAnswer, or return the backoff (seconds) before
         a retry — only when nothing was sent."""
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
-            raise Unreachable(f"upstream {self.config.url} cannot be sent to, nothing was sent: "
-                              f"{_describe(exc, self.key)}") from None
+            raise Unreachable(
+                f"upstream {self.where} cannot be sent to, nothing was sent: {_describe(exc, self.key)}"
+            ) from None
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
             self.attempt += 1  # nothing was sent: safe to retry
             if self.attempt > self.config.retries:
-                raise Unreachable(f"upstream {self.config.url} unreachable after {self.attempt} attempt(s): "
-                                  f"{_describe(exc, self.key)}") from None
+                raise Unreachable(
+                    f"upstream {self.where} unreachable after {self.attempt} attempt(s): {_describe(exc, self.key)}"
+                ) from None
             return float(self.config.backoff * 2 ** (self.attempt - 1))
         if isinstance(exc, httpx.TimeoutException):
-            raise NoAnswer(f"no answer from {self.config.url} within {self.config.timeout:g}s after the "
-                           f"request was sent ({type(exc).__name__})", latency_ms=_ms(started)) from None
+            raise NoAnswer(
+                f"no answer from {self.where} within {self.config.timeout:g}s after the "
+                f"request was sent ({type(exc).__name__})",
+                latency_ms=_ms(started),
+            ) from None
         if isinstance(exc, httpx.TransportError):
-            raise NoAnswer(f"connection to {self.config.url} lost after the request was sent: "
-                           f"{_describe(exc, self.key)}", latency_ms=_ms(started)) from None
+            raise NoAnswer(
+                f"connection to {self.where} lost after the request was sent: {_describe(exc, self.key)}",
+                latency_ms=_ms(started),
+            ) from None
         raise exc
 
     def answer(self, response: httpx.Response, started: float) -> UpstreamResult:
@@ -169,20 +227,35 @@ class _Exchange:
         # Everything that came back is scrubbed of the key and of URL credentials before anyone
         # prints, logs or stores it: a hostile or echoing upstream must not leak them.
         text = scrub(response.text, self.key)
-        try:
-            parsed = scrub(response.json(), self.key)
-        except ValueError:
+        try:  # strict and bounded: NaN/Infinity or absurd nesting make the body malformed
+            parsed = scrub(
+                parse_json(
+                    response.content, source="the upstream answer", field="response", max_bytes=MAX_ANSWER_BYTES
+                ),
+                self.key,
+            )
+        except InvalidRequest:
             parsed = None
         if response.status_code >= 400:
-            raise Refused(f"upstream answered HTTP {response.status_code}: {error_message(parsed, text)}",
-                          status=response.status_code, latency_ms=latency)
+            raise Refused(
+                f"upstream answered HTTP {response.status_code}: {error_message(parsed, text)}",
+                status=response.status_code,
+                latency_ms=latency,
+            )
         if not isinstance(parsed, dict):
-            raise NoAnswer(f"upstream answered HTTP {response.status_code} with a body that is not a JSON object",
-                           status=response.status_code, latency_ms=latency)
+            raise NoAnswer(
+                f"upstream answered HTTP {response.status_code} with a body that is not a JSON object",
+                status=response.status_code,
+                latency_ms=latency,
+            )
         headers = {k: scrub(v, self.key) for k, v in response.headers.items() if k.lower().startswith("x-fal-")}
         return UpstreamResult(
-            status=response.status_code, body=parsed, request_id=headers.get("x-fal-request-id"),
-            billable_units=headers.get("x-fal-billable-units"), latency_ms=latency, headers=headers,
+            status=response.status_code,
+            body=parsed,
+            request_id=headers.get("x-fal-request-id"),
+            billable_units=headers.get("x-fal-billable-units"),
+            latency_ms=latency,
+            headers=headers,
         )
 
 
@@ -225,11 +298,20 @@ class AsyncUpstream:
 
     `limits` bounds the connection pool shared by every request of the process."""
 
-    def __init__(self, config: UpstreamConfig | None = None, *, transport: httpx.AsyncBaseTransport | None = None,
-                 limits: httpx.Limits | None = None) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limits: httpx.Limits | None = None,
+    ) -> None:
         self.config = config or UpstreamConfig()
-        self._client = httpx.AsyncClient(timeout=_timeout(self.config), transport=transport, follow_redirects=False,
-                                         limits=limits or httpx.Limits(max_connections=100))
+        self._client = httpx.AsyncClient(
+            timeout=_timeout(self.config),
+            transport=transport,
+            follow_redirects=False,
+            limits=limits or httpx.Limits(max_connections=100),
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -9,7 +9,22 @@ from .quote import ActualCost, Quote, actual_cost, quote
 from .schemas import require_runnable, upstream_body, validate_request
 
 __all__ = [
-    "ActualCost", "Endpoint", "ImageTooLarge", "InvalidRequest", "ModelNotFound", "PixelgovError",
-    "PriceBook", "PriceBookError", "Quote", "actual_cost", "book_for", "default_book", "load_book",
-    "parse_book", "quote", "require_runnable", "upstream_body", "validate_request",
+    "ActualCost",
+    "Endpoint",
+    "ImageTooLarge",
+    "InvalidRequest",
+    "ModelNotFound",
+    "PixelgovError",
+    "PriceBook",
+    "PriceBookError",
+    "Quote",
+    "actual_cost",
+    "book_for",
+    "default_book",
+    "load_book",
+    "parse_book",
+    "quote",
+    "require_runnable",
+    "upstream_body",
+    "validate_request",
 ]

@@ -55,7 +55,7 @@ class _Book(_Strict):
         try:
             step = _STEP.validate_python(value)
         except ValidationError:
-            raise ValueError(f"must be \"exact\" or a positive number, not {value!r}") from None
+            raise ValueError(f'must be "exact" or a positive number, not {value!r}') from None
         return step
 
     @field_validator("endpoints")

@@ -80,7 +80,6 @@ class PriceBook:
             return area
 
 
-
 def _area(book: PriceBook, width: int, height: int) -> ImageArea:
     pixels = width * height
     exact = Fraction(pixels, book.pixels_per_megapixel)
@@ -138,8 +137,9 @@ def parse_book(text: str, source: str = "<string>") -> PriceBook:
     from .jsondoc import parse_json
 
     try:
-        data = parse_json(text, source=f"price book {source}", field="price_book", decimals=True,
-                          max_bytes=MAX_BOOK_BYTES)
+        data = parse_json(
+            text, source=f"price book {source}", field="price_book", decimals=True, max_bytes=MAX_BOOK_BYTES
+        )
     except InvalidRequest as exc:
         position = {k: exc.details[k] for k in ("line", "column") if k in exc.details}
         raise PriceBookError(exc.message.removeprefix("price_book: "), field="(top level)", **position) from None
@@ -159,8 +159,9 @@ def load_book(path: str | os.PathLike[str]) -> PriceBook:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise PriceBookError(f"price book {where}: cannot be read ({reason})", field="(file)", path=where) from None
     if len(data) > MAX_BOOK_BYTES:
-        raise PriceBookError(f"price book {where}: larger than {MAX_BOOK_BYTES // (1024 * 1024)} MiB",
-                             field="(file)", path=where)
+        raise PriceBookError(
+            f"price book {where}: larger than {MAX_BOOK_BYTES // (1024 * 1024)} MiB", field="(file)", path=where
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -21,8 +21,9 @@ class PixelgovError(Exception):
 
     def to_json(self) -> dict[str, Any]:
         """`{"error": {"code", "message", ...details}}`; records among the details as their JSON."""
-        return {"error": {"code": self.code, "message": self.message,
-                          **{k: _as_json(v) for k, v in self.details.items()}}}
+        return {
+            "error": {"code": self.code, "message": self.message, **{k: _as_json(v) for k, v in self.details.items()}}
+        }
 
 
 def _as_json(value: Any) -> Any:
@@ -58,4 +59,7 @@ class ImageTooLarge(InvalidRequest):
 class PriceBookError(PixelgovError):
     """A user's price book is malformed; the message names the bad field."""
 
-    code = "invalid_price_book"
+    code = "invalid_request"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message, reason="invalid_price_book", **details)

@@ -49,8 +49,15 @@ def _depth(text: str, limit: int) -> int:
     return deepest
 
 
-def parse_json(data: str | bytes, *, source: str, field: str, max_bytes: int = MAX_BYTES,
-               max_depth: int = MAX_DEPTH, decimals: bool = False) -> Any:
+def parse_json(
+    data: str | bytes,
+    *,
+    source: str,
+    field: str,
+    max_bytes: int = MAX_BYTES,
+    max_depth: int = MAX_DEPTH,
+    decimals: bool = False,
+) -> Any:
     """Parse `data` (UTF-8 bytes or text); InvalidRequest naming `source` and `field` for anything
     too large, too deep, undecodable, non-finite or malformed."""
     size = len(data)
@@ -68,14 +75,24 @@ def parse_json(data: str | bytes, *, source: str, field: str, max_bytes: int = M
     try:
         return json.loads(text, parse_float=Decimal if decimals else float, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"{field}: {source} is not valid JSON ({exc.msg} at line {exc.lineno} "
-                             f"column {exc.colno})", field=field, line=exc.lineno, column=exc.colno) from None
+        raise InvalidRequest(
+            f"{field}: {source} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+            field=field,
+            line=exc.lineno,
+            column=exc.colno,
+        ) from None
     except ValueError as exc:
         raise InvalidRequest(f"{field}: {source}: {exc}", field=field) from None
 
 
-def read_json_file(path: str | os.PathLike[str], *, field: str, max_bytes: int = MAX_BYTES,
-                   max_depth: int = MAX_DEPTH, decimals: bool = False) -> Any:
+def read_json_file(
+    path: str | os.PathLike[str],
+    *,
+    field: str,
+    max_bytes: int = MAX_BYTES,
+    max_depth: int = MAX_DEPTH,
+    decimals: bool = False,
+) -> Any:
     """Read and parse a JSON file with the same bounds; InvalidRequest if it cannot be read."""
     where = os.fspath(path)
     try:
@@ -85,5 +102,4 @@ def read_json_file(path: str | os.PathLike[str], *, field: str, max_bytes: int =
         raise InvalidRequest(f"{field}: cannot read {where} ({exc.strerror or exc})", field=field) from None
     except ValueError as exc:  # e.g. an embedded NUL in the path
         raise InvalidRequest(f"{field}: cannot read {where!r} ({exc})", field=field) from None
-    return parse_json(data, source=where, field=field, max_bytes=max_bytes, max_depth=max_depth,
-                      decimals=decimals)
+    return parse_json(data, source=where, field=field, max_bytes=max_bytes, max_depth=max_depth, decimals=decimals)

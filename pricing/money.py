@@ -73,4 +73,5 @@ def usd_str(amount: Decimal | None) -> str | None:
 
 def display_price(amount: Decimal) -> str:
     """A display price: half-up to three decimals, e.g. "$0.012"."""
-    return f"${amount.quantize(DISPLAY_STEP, rounding=ROUND_HALF_UP)}"
+    exact = Context(prec=len(amount.as_tuple().digits) + 10)  # never short of digits for a huge amount
+    return f"${amount.quantize(DISPLAY_STEP, rounding=ROUND_HALF_UP, context=exact)}"

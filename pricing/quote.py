@@ -6,8 +6,9 @@ applies the same arithmetic to the sizes the upstream returned.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from .book import PRODUCT_CONTEXT, PriceBook, default_book
 from .errors import ImageTooLarge, InvalidRequest
@@ -94,17 +95,33 @@ def quote(
         width, height = _output_size(req["image_size"], book)
         images, w_in, h_in, scale = req["num_images"], None, None, None
         if images > book.max_images:
-            raise InvalidRequest(f"num_images: the price book allows at most {book.max_images} (got {images})",
-                                 field="num_images", reason="less_than_equal")
+            raise InvalidRequest(
+                f"num_images: the price book allows at most {book.max_images} (got {images})",
+                field="num_images",
+                reason="less_than_equal",
+            )
     area = book.area(width, height)
     if area.too_large:
-        raise ImageTooLarge(f"{'image_size' if scale is None else 'scale'}: {area.too_large}",
-                            field="image_size" if scale is None else "scale")
+        raise ImageTooLarge(
+            f"{'image_size' if scale is None else 'scale'}: {area.too_large}",
+            field="image_size" if scale is None else "scale",
+        )
     return Quote(
-        entry.endpoint, entry.model, entry.operation, images, width, height,
-        area.megapixels, area.billable, entry.rate,
+        entry.endpoint,
+        entry.model,
+        entry.operation,
+        images,
+        width,
+        height,
+        area.megapixels,
+        area.billable,
+        entry.rate,
         _multiply(_multiply(area.billable, images), entry.rate),
-        book.currency, book.version, w_in, h_in, scale,
+        book.currency,
+        book.version,
+        w_in,
+        h_in,
+        scale,
     )
 
 

@@ -13,7 +13,8 @@ checked for presence by `require_runnable`, not by the schemas.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic_core import CoreSchema, SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
@@ -25,8 +26,11 @@ PIXELGOV_KEYS = frozenset({"input_size"})
 
 
 def _field(schema: CoreSchema, default: Any = None, description: str | None = None) -> cs.TypedDictField:
-    return cs.typed_dict_field(cs.with_default_schema(schema, default=default), required=False,
-                               metadata={"description": description} if description else None)
+    return cs.typed_dict_field(
+        cs.with_default_schema(schema, default=default),
+        required=False,
+        metadata={"description": description} if description else None,
+    )
 
 
 def _optional(schema: CoreSchema, description: str | None = None) -> cs.TypedDictField:

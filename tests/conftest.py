@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
@@ -27,9 +26,16 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("HOME", str(home))
-    for var in ("PIXELGOV_DATABASE_URL", "FAL_KEY", "PIXELGOV_UPSTREAM_URL", "PIXELGOV_HOLD_TTL",
-                "PIXELGOV_AUTO_CREATE_AGENTS", "PIXELGOV_UPSTREAM_TIMEOUT", "PIXELGOV_PRICE_BOOK",
-                "PIXELGOV_DB_TIMEOUT"):
+    for var in (
+        "PIXELGOV_DATABASE_URL",
+        "FAL_KEY",
+        "PIXELGOV_UPSTREAM_URL",
+        "PIXELGOV_HOLD_TTL",
+        "PIXELGOV_AUTO_CREATE_AGENTS",
+        "PIXELGOV_UPSTREAM_TIMEOUT",
+        "PIXELGOV_PRICE_BOOK",
+        "PIXELGOV_DB_TIMEOUT",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -57,6 +63,7 @@ def clock() -> FakeClock:
 
 
 # --- databases -------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -110,7 +117,7 @@ def _postgres_reachable(url: str) -> str | None:
     try:
         with psycopg.connect(_pg_dsn(url), connect_timeout=3):
             return None
-    except Exception as exc:  # noqa: BLE001 - any failure means unreachable
+    except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
@@ -137,8 +144,9 @@ def create_pg_database(server_url: str) -> str:
     name = f"{PG_TEST_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
     with psycopg.connect(_pg_dsn(server_url), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return make_url(server_url).set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False)
+    return (
+        make_url(server_url).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    )
 
 
 def drop_pg_database(server_url: str, url: str) -> None:
@@ -181,16 +189,10 @@ def reset_postgres(url: str) -> None:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    from ledger import db
-
     assert (make_url(url).database or "").startswith(PG_TEST_PREFIX), url
     with scratch_engine(url) as engine, engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
-
-
-_TABLES = ("alerts", "facts", "cost_lines", "holds", "rule_counters", "transactions", "spending_rules",
-           "audit_log", "agents")
 
 
 @pytest.fixture
@@ -199,6 +201,7 @@ def pg_url(_pg_migrated: str) -> str:
     from sqlalchemy import text
 
     from ledger import db
+    from ledger.models import Base
 
     url = _pg_migrated
     with scratch_engine(url) as engine:
@@ -206,7 +209,8 @@ def pg_url(_pg_migrated: str) -> str:
             reset_postgres(url)
             db.upgrade(url)
         with engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY CASCADE"))
+            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)  # every table the models know
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     return url
 
 
@@ -241,6 +245,7 @@ def admin(ledger):  # type: ignore[no-untyped-def]
 
 
 # --- the fake upstream -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def _shared_fake() -> Iterator[object]:

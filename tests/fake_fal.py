@@ -57,7 +57,7 @@ from typing import Any
 
 from PIL import Image
 
-__all__ = ["FakeFal", "RecordedRequest", "PRESETS", "MODES", "billable_units"]
+__all__ = ["MODES", "PRESETS", "FakeFal", "RecordedRequest", "billable_units"]
 
 PRESETS: dict[str, tuple[int, int]] = {
     "square_hd": (1024, 1024),
@@ -560,9 +560,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
-    def _send_json(
-        self, status: int, obj: Any, headers: dict[str, str] | None = None, *, head: bool = False
-    ) -> None:
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None, *, head: bool = False) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json", headers, head=head)
 
     def _redirect(self, location: str, *, head: bool) -> None:
@@ -611,9 +609,13 @@ class _Handler(BaseHTTPRequestHandler):
             auth = seen.get("Authorization", "")
             headers["x-fal-request-id"] = f"echo {auth}"
             headers["x-fal-billable-units"] = auth
-            obj = {"detail": f"echoing your request: Authorization: {auth}", "headers": seen,
-                   "images": [{"url": f"https://user:{auth.split(' ')[-1]}@cdn.example/x.png",
-                               "width": 1024, "height": 768}]}
+            obj = {
+                "detail": f"echoing your request: Authorization: {auth}",
+                "headers": seen,
+                "images": [
+                    {"url": f"https://user:{auth.split(' ')[-1]}@cdn.example/x.png", "width": 1024, "height": 768}
+                ],
+            }
             self._send_json(options["status"], obj, headers)
             return
         if mode == "slow" and self.fake._stopping.wait(options["delay"]):

@@ -44,9 +44,16 @@ class RunningGateway:
 
 
 @contextmanager
-def gateway_server(db_url: str, upstream_url: str, *, clock: Any = None, settings: Mapping[str, Any] | None = None,
-                   ssl: tuple[str, str] | None = None, upstream_timeout: float = 5.0,
-                   **config: Any) -> Iterator[RunningGateway]:
+def gateway_server(
+    db_url: str,
+    upstream_url: str,
+    *,
+    clock: Any = None,
+    settings: Mapping[str, Any] | None = None,
+    ssl: tuple[str, str] | None = None,
+    upstream_timeout: float = 5.0,
+    **config: Any,
+) -> Iterator[RunningGateway]:
     """`create_app` served by a real uvicorn server on 127.0.0.1 in a thread, in front of `upstream_url`."""
     import uvicorn
 
@@ -54,17 +61,23 @@ def gateway_server(db_url: str, upstream_url: str, *, clock: Any = None, setting
     from ledger.gateway import GatewayConfig, create_app
     from ledger.upstream import UpstreamConfig
 
-    cfg = GatewayConfig(**{"admin_token": ADMIN_TOKEN, "fal_key": SERVER_FAL_KEY, "shutdown_grace": 5.0,
-                           **config})
+    cfg = GatewayConfig(**{"admin_token": ADMIN_TOKEN, "fal_key": SERVER_FAL_KEY, "shutdown_grace": 5.0, **config})
     opened = Ledger(db_url, clock=clock, settings=Settings(**{"hold_ttl": 900, **(settings or {})}))
-    app = create_app(opened, cfg, upstream=UpstreamConfig(url=upstream_url, timeout=upstream_timeout,
-                                                          connect_timeout=2, retries=1, backoff=0.01))
+    app = create_app(
+        opened,
+        cfg,
+        upstream=UpstreamConfig(url=upstream_url, timeout=upstream_timeout, connect_timeout=2, retries=1, backoff=0.01),
+    )
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    kwargs: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on",
-                              "timeout_graceful_shutdown": 5}
+    kwargs: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 5,
+    }
     if ssl:
         kwargs.update(ssl_certfile=ssl[0], ssl_keyfile=ssl[1])
     server = uvicorn.Server(uvicorn.Config(app, **kwargs))
@@ -88,27 +101,67 @@ def gateway_server(db_url: str, upstream_url: str, *, clock: Any = None, setting
 def self_signed_cert(directory: Path) -> tuple[str, str]:
     """A certificate for 127.0.0.1 and localhost, made by openssl: (certfile, keyfile)."""
     cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return str(cert), str(key)
 
 
 @contextmanager
-def serve_subprocess(db_url: str, upstream_url: str, *, workers: int = 1, env: Mapping[str, str] | None = None,
-                     args: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+def serve_subprocess(
+    db_url: str,
+    upstream_url: str,
+    *,
+    workers: int = 1,
+    env: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     """`pixelgov serve` as a subprocess (its stderr, the access log, in a file): (url, process, log)."""
     import tempfile
 
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="gateway-", suffix=".log")[1])
-    full_env = {**os.environ, "PIXELGOV_DATABASE_URL": db_url, "PIXELGOV_UPSTREAM_URL": upstream_url,
-                "PIXELGOV_ADMIN_TOKEN": ADMIN_TOKEN, "FAL_KEY": SERVER_FAL_KEY, "PIXELGOV_UPSTREAM_TIMEOUT": "5",
-                **(env or {})}
+    full_env = {
+        **os.environ,
+        "PIXELGOV_DATABASE_URL": db_url,
+        "PIXELGOV_UPSTREAM_URL": upstream_url,
+        "PIXELGOV_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FAL_KEY": SERVER_FAL_KEY,
+        "PIXELGOV_UPSTREAM_TIMEOUT": "5",
+        **(env or {}),
+    }
     with open(log, "wb") as err:
-        command = [sys.executable, "-c", "from ledger.cli import main; main()", "serve", "--port", str(port),
-                   "--workers", str(workers), *args]
+        command = [
+            sys.executable,
+            "-c",
+            "from ledger.cli import main; main()",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            *args,
+        ]
         proc = subprocess.Popen(command, env=full_env, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:

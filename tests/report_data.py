@@ -53,15 +53,27 @@ class LedgerWriter:
                 found = conn.execute(select(agents.c.id).where(agents.c.name == name)).scalar()
                 if found is None:
                     now = utc(2026, 1, 1)
-                    found = conn.execute(insert(agents).values(name=name, status="active", created_at=now,
-                                                               updated_at=now).returning(agents.c.id)).scalar_one()
+                    found = conn.execute(
+                        insert(agents)
+                        .values(name=name, status="active", created_at=now, updated_at=now)
+                        .returning(agents.c.id)
+                    ).scalar_one()
             self._agents[name] = found
         return self._agents[name]
 
-    def add(self, agent: str = "bot", endpoint: str = "fal-ai/flux/dev", *, at: datetime,
-            status: str = "completed", body: Mapping[str, Any] | None = None, actual: Decimal | None = None,
-            adjustments: Sequence[tuple[Decimal, str | None]] = (), denied_by: Sequence[str] = ("budget",),
-            adjusted_at: datetime | None = None) -> int:
+    def add(
+        self,
+        agent: str = "bot",
+        endpoint: str = "fal-ai/flux/dev",
+        *,
+        at: datetime,
+        status: str = "completed",
+        body: Mapping[str, Any] | None = None,
+        actual: Decimal | None = None,
+        adjustments: Sequence[tuple[Decimal, str | None]] = (),
+        denied_by: Sequence[str] = ("budget",),
+        adjusted_at: datetime | None = None,
+    ) -> int:
         """One transaction created at `at`; a completed one costs `actual` (default: its estimate)."""
         q = quote(endpoint, dict(BODY if body is None else body), book=self.book)
         est = q.amount
@@ -75,28 +87,48 @@ class LedgerWriter:
             denial = json.dumps({**entries[0], "denials": entries})
         agent_id = self.agent(agent)
         with self.engine.begin() as conn:
-            tx_id = conn.execute(insert(transactions).values(
-                agent_id=agent_id, endpoint=endpoint, model=q.model, operation=q.operation,
-                request_json=json.dumps(dict(BODY if body is None else body)), request_hash="0" * 64,
-                price_book=q.price_book, estimated_cost=est, actual_cost=actual, status=TxStatus(status),
-                denial_json=denial, created_at=at,
-                completed_at=None if status in ("pending", "unknown", "denied") else at + timedelta(seconds=3),
-                images=q.images, billable_mp_nano=to_nano(q.billable_megapixels),
-            ).returning(transactions.c.id)).scalar_one()
+            tx_id = conn.execute(
+                insert(transactions)
+                .values(
+                    agent_id=agent_id,
+                    endpoint=endpoint,
+                    model=q.model,
+                    operation=q.operation,
+                    request_json=json.dumps(dict(BODY if body is None else body)),
+                    request_hash="0" * 64,
+                    price_book=q.price_book,
+                    estimated_cost=est,
+                    actual_cost=actual,
+                    status=TxStatus(status),
+                    denial_json=denial,
+                    created_at=at,
+                    completed_at=None if status in ("pending", "unknown", "denied") else at + timedelta(seconds=3),
+                    images=q.images,
+                    billable_mp_nano=to_nano(q.billable_megapixels),
+                )
+                .returning(transactions.c.id)
+            ).scalar_one()
             lines = []
             if status != TxStatus.denied:
                 lines.append({"kind": "estimate", "amount": est, "created_at": at})
             if actual is not None:
                 lines.append({"kind": "actual", "amount": actual, "created_at": at + timedelta(seconds=3)})
             for amount, note in adjustments:
-                lines.append({"kind": "adjustment", "amount": amount, "note": note,
-                              "created_at": adjusted_at or at + timedelta(hours=1)})
+                lines.append(
+                    {
+                        "kind": "adjustment",
+                        "amount": amount,
+                        "note": note,
+                        "created_at": adjusted_at or at + timedelta(hours=1),
+                    }
+                )
             for line in lines:
                 conn.execute(insert(cost_lines).values(transaction_id=tx_id, note=line.pop("note", None), **line))
         return tx_id
 
 
 # --- the recount -------------------------------------------------------------------------------
+
 
 @dataclass
 class Recount:
@@ -142,20 +174,33 @@ class Recount:
         """As `Totals.to_json()` writes it."""
         from pricing.money import usd_str
 
-        return {"transactions": self.transactions, "denials": self.denials, "images": self.images,
-                **{k: usd_str(getattr(self, k)) for k in ("billable_mp", "estimated", "actual", "adjustments",
-                                                          "held", "unknown", "net", "variance")}}
+        return {
+            "transactions": self.transactions,
+            "denials": self.denials,
+            "images": self.images,
+            **{
+                k: usd_str(getattr(self, k))
+                for k in ("billable_mp", "estimated", "actual", "adjustments", "held", "unknown", "net", "variance")
+            },
+        }
 
 
 def ledger_rows(engine: Engine) -> list[dict[str, Any]]:
     """Every transaction with its agent's name and its summed adjustments."""
     t = transactions.c
     with engine.connect() as conn:
-        adjusted = dict(conn.execute(select(cost_lines.c.transaction_id, func.sum(cost_lines.c.amount))
-                                     .where(cost_lines.c.kind == "adjustment")
-                                     .group_by(cost_lines.c.transaction_id)).all())
-        rows = conn.execute(select(transactions, agents.c.name.label("agent"))
-                            .join(agents, agents.c.id == t.agent_id)).mappings().all()
+        adjusted = dict(
+            conn.execute(
+                select(cost_lines.c.transaction_id, func.sum(cost_lines.c.amount))
+                .where(cost_lines.c.kind == "adjustment")
+                .group_by(cost_lines.c.transaction_id)
+            ).all()
+        )
+        rows = (
+            conn.execute(select(transactions, agents.c.name.label("agent")).join(agents, agents.c.id == t.agent_id))
+            .mappings()
+            .all()
+        )
     out = []
     for row in rows:
         doc = dict(row)
@@ -177,8 +222,14 @@ def label(period: str, ts: datetime) -> str:
     return start.strftime("%Y-%m") if period == "month" else start.isoformat()
 
 
-def recount(engine: Engine, by: Sequence[str] = (), *, since: datetime | None = None, until: datetime | None = None,
-            where: Callable[[Mapping[str, Any]], bool] | None = None) -> dict[tuple[str, ...], Recount]:
+def recount(
+    engine: Engine,
+    by: Sequence[str] = (),
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    where: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> dict[tuple[str, ...], Recount]:
     """Totals per key (`by`: agent, model, operation, day, week, month) of the transactions
     created in [since, until) that `where` keeps."""
     out: dict[tuple[str, ...], Recount] = {}
@@ -195,13 +246,25 @@ def recount(engine: Engine, by: Sequence[str] = (), *, since: datetime | None = 
 def total(groups: Mapping[Any, Recount]) -> Recount:
     whole = Recount()
     for group in groups.values():
-        for name in ("transactions", "denials", "images", "billable_mp", "estimated", "actual", "adjustments",
-                     "held", "unknown", "net", "variance"):
+        for name in (
+            "transactions",
+            "denials",
+            "images",
+            "billable_mp",
+            "estimated",
+            "actual",
+            "adjustments",
+            "held",
+            "unknown",
+            "net",
+            "variance",
+        ):
             setattr(whole, name, getattr(whole, name) + getattr(group, name))
     return whole
 
 
 # --- through the governor ----------------------------------------------------------------------
+
 
 def _id(tx: Any) -> int:
     return tx.id if hasattr(tx, "id") else tx["id"]
@@ -225,8 +288,11 @@ def via_governor(ledger: Any, clock: Any, script: Iterable[tuple[str, str, str]]
         assert auth.allowed, outcome
         if outcome.startswith("completed") or outcome == "over":
             gov.settle(tx_id, Decimal("0.02") if outcome == "over" else Decimal("0.0118"))
-            extra = {"completed+credit": Decimal("-0.005"), "completed+big-credit": Decimal("-1"),
-                     "completed+charge": Decimal("0.003")}.get(outcome)
+            extra = {
+                "completed+credit": Decimal("-0.005"),
+                "completed+big-credit": Decimal("-1"),
+                "completed+charge": Decimal("0.003"),
+            }.get(outcome)
             if extra is not None:
                 gov.add_cost(tx_id, extra, note=outcome)
         elif outcome == "unknown":

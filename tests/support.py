@@ -21,8 +21,17 @@ from ledger.models import (
 from ledger.rules import RuleSpec
 
 #: Every table of the ledger, parents before children.
-LEDGER_TABLES: tuple[Table, ...] = (agents, spending_rules, transactions, cost_lines, facts, holds, rule_counters,
-                                    alerts, audit_log)
+LEDGER_TABLES: tuple[Table, ...] = (
+    agents,
+    spending_rules,
+    transactions,
+    cost_lines,
+    facts,
+    holds,
+    rule_counters,
+    alerts,
+    audit_log,
+)
 
 
 def spec(**fields: Any) -> RuleSpec:
@@ -34,8 +43,9 @@ def rule_usage(engine: Any, rule_id: int) -> tuple[Decimal, Decimal, int]:
     """(spent, held, requests) of a rule over all its buckets, read straight from its counters."""
     c = rule_counters.c
     with engine.connect() as conn:
-        row = conn.execute(select(func.sum(c.spent), func.sum(c.held), func.sum(c.requests))
-                           .where(c.rule_id == rule_id)).one()
+        row = conn.execute(
+            select(func.sum(c.spent), func.sum(c.held), func.sum(c.requests)).where(c.rule_id == rule_id)
+        ).one()
     return row[0] or Decimal(0), row[1] or Decimal(0), int(row[2] or 0)
 
 
@@ -53,5 +63,6 @@ def row_counts(engine: Any) -> dict[str, int]:
 def snapshot(engine: Any) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every ledger table, sorted: equal snapshots mean nothing was written."""
     with engine.connect() as conn:
-        return {table.name: sorted((tuple(r) for r in conn.execute(select(table))), key=repr)
-                for table in LEDGER_TABLES}
+        return {
+            table.name: sorted((tuple(r) for r in conn.execute(select(table))), key=repr) for table in LEDGER_TABLES
+        }

@@ -34,6 +34,7 @@ def rows(engine, table) -> list:  # type: ignore[no-untyped-def]
 
 # --- agents -----------------------------------------------------------------------------------
 
+
 def test_a_new_agents_api_key_is_shown_once_and_only_its_sha256_is_stored(admin, engine, clock) -> None:
     created = admin.create_agent("marketing-bot", "social images")
     assert isinstance(created, Agent)
@@ -65,8 +66,15 @@ def test_a_new_agents_api_key_is_shown_once_and_only_its_sha256_is_stored(admin,
 def test_an_agent_has_the_promised_wire_shape(admin) -> None:
     created = admin.create_agent("bot", "d", with_key=False)
     assert admin.agent("bot").to_json() == {
-        "id": created.id, "name": "bot", "description": "d", "status": "active", "has_api_key": False,
-        "api_key_prefix": None, "created_at": "2026-11-25T12:00:00Z", "updated_at": "2026-11-25T12:00:00Z"}
+        "id": created.id,
+        "name": "bot",
+        "description": "d",
+        "status": "active",
+        "has_api_key": False,
+        "api_key_prefix": None,
+        "created_at": "2026-11-25T12:00:00Z",
+        "updated_at": "2026-11-25T12:00:00Z",
+    }
 
 
 def test_every_agent_gets_a_different_key(admin) -> None:
@@ -90,8 +98,24 @@ def test_a_duplicate_agent_name_is_refused(admin, engine) -> None:
     assert count(engine, audit_log) == 1
 
 
-@pytest.mark.parametrize("name", ["", " bot", "bot name", "-bot", "bot!", "a" * 201, "ünïcode", "a\nb", "bot\n",
-                                  "bot\r\n", "\nbot", "bot\t", "bot\x00"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        " bot",
+        "bot name",
+        "-bot",
+        "bot!",
+        "a" * 201,
+        "ünïcode",
+        "a\nb",
+        "bot\n",
+        "bot\r\n",
+        "\nbot",
+        "bot\t",
+        "bot\x00",
+    ],
+)
 def test_an_invalid_agent_name_is_refused(name: str) -> None:
     with pytest.raises(InvalidRequest) as error:
         validate_agent_name(name)
@@ -149,8 +173,11 @@ def test_an_agent_status_must_be_active_or_paused(admin, engine) -> None:
 
 
 def test_an_unknown_agent_is_not_found(admin, engine) -> None:
-    for action in (lambda: admin.agent("ghost"), lambda: admin.update_agent("ghost", status="paused"),
-                   lambda: admin.rotate_key("ghost")):
+    for action in (
+        lambda: admin.agent("ghost"),
+        lambda: admin.update_agent("ghost", status="paused"),
+        lambda: admin.rotate_key("ghost"),
+    ):
         with pytest.raises(NotFound) as error:
             action()
         assert error.value.code == "not_found"
@@ -165,6 +192,7 @@ def test_agents_are_listed_by_name(admin) -> None:
 
 
 # --- agents on first use ----------------------------------------------------------------------
+
 
 def test_an_unknown_agent_is_created_on_first_use_and_audited(gov, admin) -> None:
     assert gov.authorize("newbie", DEV, {}).allowed
@@ -193,9 +221,22 @@ def test_without_auto_create_an_unknown_agent_is_refused_and_nothing_is_written(
     assert strict.authorize("stranger", DEV, {}).allowed
 
 
-@pytest.mark.parametrize("value, creates", [("false", False), ("FALSE", False), ("0", False), ("no", False),
-                                            ("off", False), (" Off ", False), ("true", True), ("1", True),
-                                            ("yes", True), ("on", True), ("", True)])
+@pytest.mark.parametrize(
+    "value, creates",
+    [
+        ("false", False),
+        ("FALSE", False),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+        (" Off ", False),
+        ("true", True),
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        ("", True),
+    ],
+)
 def test_auto_create_agents_is_read_from_the_environment_into_settings(value: str, creates: bool) -> None:
     assert Settings.from_env({"PIXELGOV_AUTO_CREATE_AGENTS": value}).auto_create_agents is creates
 
@@ -237,17 +278,44 @@ def test_an_invalid_agent_name_is_not_created_on_first_use(gov, admin, engine) -
 
 # --- rules ------------------------------------------------------------------------------------
 
+
 def test_a_rule_has_the_promised_shape(admin) -> None:
     admin.create_agent("bot")
-    rule = admin.create_rule(spec(name="bot-daily", type="spend-limit", limit="5", period="day", agent="bot",
-                                  model="fal-ai/flux/*", operation="generate", alert_at="80"))
+    rule = admin.create_rule(
+        spec(
+            name="bot-daily",
+            type="spend-limit",
+            limit="5",
+            period="day",
+            agent="bot",
+            model="fal-ai/flux/*",
+            operation="generate",
+            alert_at="80",
+        )
+    )
     assert isinstance(rule, SpendingRule)
-    assert (rule.type, rule.limit, rule.action, rule.alert_at) == (RuleType.spend_limit, Decimal("5"),
-                                                                   RuleAction.deny, 80)
+    assert (rule.type, rule.limit, rule.action, rule.alert_at) == (
+        RuleType.spend_limit,
+        Decimal("5"),
+        RuleAction.deny,
+        80,
+    )
     assert rule.to_json() == {
-        "id": rule.id, "name": "bot-daily", "type": "spend-limit", "limit": "5", "period": "day", "window": None,
-        "models": None, "agent": "bot", "model": "fal-ai/flux/*", "operation": "generate", "action": "deny",
-        "enabled": True, "alert_at": 80, "version": 1}
+        "id": rule.id,
+        "name": "bot-daily",
+        "type": "spend-limit",
+        "limit": "5",
+        "period": "day",
+        "window": None,
+        "models": None,
+        "agent": "bot",
+        "model": "fal-ai/flux/*",
+        "operation": "generate",
+        "action": "deny",
+        "enabled": True,
+        "alert_at": 80,
+        "version": 1,
+    }
     assert isinstance(rule.id, int)
     assert admin.rule("bot-daily") == rule
     assert admin.rule(str(rule.id)) == rule
@@ -306,8 +374,12 @@ def test_every_rule_change_is_in_the_audit_log(admin) -> None:
 
 
 def test_an_unknown_rule_is_not_found(admin, engine) -> None:
-    for action in (lambda: admin.rule("ghost"), lambda: admin.update_rule("ghost", spec(limit="1")),
-                   lambda: admin.delete_rule("ghost"), lambda: admin.rule("999")):
+    for action in (
+        lambda: admin.rule("ghost"),
+        lambda: admin.update_rule("ghost", spec(limit="1")),
+        lambda: admin.delete_rule("ghost"),
+        lambda: admin.rule("999"),
+    ):
         with pytest.raises(NotFound) as error:
             action()
         assert error.value.code == "not_found"
@@ -317,9 +389,15 @@ def test_an_unknown_rule_is_not_found(admin, engine) -> None:
 def test_an_update_is_validated_as_a_whole(admin, engine) -> None:
     admin.create_rule(spec(name="cap", type="request-cap", limit="1"))
     before = snapshot(engine)
-    for bad, field in ((spec(limit="0"), "limit"), (spec(period="day"), "period"), (spec(type="spend-limit"), "type"),
-                       (spec(models=["x"]), "models"), (spec(limit="0.0000000001"), "limit"),
-                       (spec(action="shout"), "action"), (spec(name=""), "name")):
+    for bad, field in (
+        (spec(limit="0"), "limit"),
+        (spec(period="day"), "period"),
+        (spec(type="spend-limit"), "type"),
+        (spec(models=["x"]), "models"),
+        (spec(limit="0.0000000001"), "limit"),
+        (spec(action="shout"), "action"),
+        (spec(name=""), "name"),
+    ):
         with pytest.raises(InvalidRequest) as error:
             admin.update_rule("cap", bad)
         assert error.value.field == field
@@ -349,10 +427,17 @@ def test_changing_a_limit_keeps_the_counted_spend(gov, admin, engine) -> None:
     assert gov.authorize("bot", DEV, {}).allowed
 
 
-@pytest.mark.parametrize("change", [spec(period="week"), spec(window="24h"), spec(agent="bot"),
-                                    spec(model="fal-ai/flux/*"), spec(operation="generate")])
-def test_changing_what_a_rule_counts_recounts_the_ledger_under_the_new_definition(gov, admin, engine,
-                                                                                  change) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        spec(period="week"),
+        spec(window="24h"),
+        spec(agent="bot"),
+        spec(model="fal-ai/flux/*"),
+        spec(operation="generate"),
+    ],
+)
+def test_changing_what_a_rule_counts_recounts_the_ledger_under_the_new_definition(gov, admin, engine, change) -> None:
     admin.create_agent("bot")
     rule = admin.create_rule(spec(name="budget", type="spend-limit", limit="0.0237", period="day"))
     pending = gov.authorize("bot", DEV, {"n": 1}).transaction
@@ -375,8 +460,7 @@ def test_a_rule_rescoped_away_from_the_spend_counts_none_of_it(gov, admin, engin
     admin.update_rule("budget", change)
     assert usage(engine, rule.id) == (0, 0, 0)
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(holds)
-                            .where(holds.c.rule_id == rule.id)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(holds).where(holds.c.rule_id == rule.id)).scalar_one() == 0
     gov.settle(pending.id, DEV.amount)  # a hold taken before the change does not leak into the new counting
     assert usage(engine, rule.id) == (0, 0, 0)
 
@@ -451,7 +535,9 @@ def test_alerts_are_listed_newest_first(gov, admin, clock) -> None:
     listed = admin.alerts()
     assert all(isinstance(a, Alert) for a in listed)
     assert [(a.agent, a.transaction_id, a.kind) for a in listed] == [
-        ("bob", second.id, "rule"), ("alice", first.id, "rule")]
+        ("bob", second.id, "rule"),
+        ("alice", first.id, "rule"),
+    ]
     assert listed[0].created_at == datetime(2026, 11, 25, 12, 1, tzinfo=UTC)
     assert listed[0].to_json()["created_at"] == "2026-11-25T12:01:00Z"
     assert admin.alerts(limit=1) == listed[:1]
@@ -474,6 +560,7 @@ def test_admin_uses_its_clock(engine, clock) -> None:
 
 # --- bad input: a typed error and nothing written ---------------------------------------------
 
+
 @pytest.fixture
 def admin_state(admin):  # type: ignore[no-untyped-def]
     admin.create_agent("bot")
@@ -488,18 +575,33 @@ BAD_ADMIN_CALLS: dict[str, tuple[Callable[[Any], Any], type[Exception], str | No
     "update_agent: unknown status": (lambda a: a.update_agent("bot", status="deleted"), InvalidRequest, "status"),
     "update_agent: unknown agent": (lambda a: a.update_agent("ghost", status="paused"), NotFound, None),
     "rotate_key: unknown agent": (lambda a: a.rotate_key("ghost"), NotFound, None),
-    "create_rule: no limit": (lambda a: a.create_rule(spec(name="r", type="spend-limit", period="day")),
-                              InvalidRequest, "limit"),
-    "create_rule: unknown type": (lambda a: a.create_rule(spec(name="r", type="budget", limit="1")),
-                                  InvalidRequest, "type"),
-    "create_rule: unknown agent": (lambda a: a.create_rule(spec(name="r", type="request-cap", limit="1",
-                                                                agent="ghost")), NotFound, None),
-    "create_rule: duplicate name": (lambda a: a.create_rule(spec(name="cap", type="request-cap", limit="2")),
-                                    Conflict, "name"),
+    "create_rule: no limit": (
+        lambda a: a.create_rule(spec(name="r", type="spend-limit", period="day")),
+        InvalidRequest,
+        "limit",
+    ),
+    "create_rule: unknown type": (
+        lambda a: a.create_rule(spec(name="r", type="budget", limit="1")),
+        InvalidRequest,
+        "type",
+    ),
+    "create_rule: unknown agent": (
+        lambda a: a.create_rule(spec(name="r", type="request-cap", limit="1", agent="ghost")),
+        NotFound,
+        None,
+    ),
+    "create_rule: duplicate name": (
+        lambda a: a.create_rule(spec(name="cap", type="request-cap", limit="2")),
+        Conflict,
+        "name",
+    ),
     "update_rule: zero limit": (lambda a: a.update_rule("budget", spec(limit="0")), InvalidRequest, "limit"),
     "update_rule: type change": (lambda a: a.update_rule("cap", spec(type="spend-limit")), InvalidRequest, "type"),
-    "update_rule: rescoped to an unknown agent": (lambda a: a.update_rule("budget", spec(agent="ghost")),
-                                                  NotFound, None),
+    "update_rule: rescoped to an unknown agent": (
+        lambda a: a.update_rule("budget", spec(agent="ghost")),
+        NotFound,
+        None,
+    ),
     "update_rule: renamed onto another": (lambda a: a.update_rule("budget", spec(name="cap")), Conflict, "name"),
     "update_rule: unknown rule": (lambda a: a.update_rule("ghost", spec(limit="1")), NotFound, None),
     "delete_rule: unknown rule": (lambda a: a.delete_rule("ghost"), NotFound, None),
@@ -507,8 +609,7 @@ BAD_ADMIN_CALLS: dict[str, tuple[Callable[[Any], Any], type[Exception], str | No
 
 
 @pytest.mark.parametrize("case", list(BAD_ADMIN_CALLS))
-def test_an_admin_call_with_bad_input_raises_a_typed_error_and_writes_nothing(admin, engine, admin_state,
-                                                                              case) -> None:
+def test_an_admin_call_with_bad_input_raises_a_typed_error_and_writes_nothing(admin, engine, admin_state, case) -> None:
     call, error_type, field = BAD_ADMIN_CALLS[case]
     counts, before = row_counts(engine), snapshot(engine)
     with pytest.raises(error_type) as error:

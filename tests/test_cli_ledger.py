@@ -29,10 +29,33 @@ from ledger.models import Base
 from pricing import quote
 
 DEV = quote("fal-ai/flux/dev", {})
-TX_KEYS = {"id", "agent", "endpoint", "operation", "status", "estimated_cost", "actual_cost", "created_at",
-           "completed_at", "idempotency_key", "denial"}
-RULE_KEYS = {"id", "name", "type", "limit", "period", "window", "models", "agent", "model", "operation", "action",
-             "enabled"}
+TX_KEYS = {
+    "id",
+    "agent",
+    "endpoint",
+    "operation",
+    "status",
+    "estimated_cost",
+    "actual_cost",
+    "created_at",
+    "completed_at",
+    "idempotency_key",
+    "denial",
+}
+RULE_KEYS = {
+    "id",
+    "name",
+    "type",
+    "limit",
+    "period",
+    "window",
+    "models",
+    "agent",
+    "model",
+    "operation",
+    "action",
+    "enabled",
+}
 
 
 def invoke(url: str | None, *args: str, env: dict[str, str] | None = None) -> Result:
@@ -67,8 +90,9 @@ def one_error_line(result: Result) -> str:
 def snapshot(url: str) -> dict[str, list[tuple]]:
     """Every row of every ledger table."""
     with scratch_engine(url) as engine, engine.connect() as conn:
-        return {t.name: sorted((tuple(r) for r in conn.execute(select(t))), key=repr)
-                for t in Base.metadata.sorted_tables}
+        return {
+            t.name: sorted((tuple(r) for r in conn.execute(select(t))), key=repr) for t in Base.metadata.sorted_tables
+        }
 
 
 def rule(admin, **fields):  # type: ignore[no-untyped-def]
@@ -80,8 +104,10 @@ def ledger_state(gov, admin) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """An agent, a rule and transactions in every state a command can meet."""
     admin.create_agent("bot")
     rule(admin, name="existing", type="request-cap", limit="1")
-    ids = {state: gov.authorize("bot", DEV, {"state": state}).transaction.id
-           for state in ("completed", "voided", "failed", "unknown", "expired")}
+    ids = {
+        state: gov.authorize("bot", DEV, {"state": state}).transaction.id
+        for state in ("completed", "voided", "failed", "unknown", "expired")
+    }
     gov.settle(ids["completed"], DEV.amount)
     gov.void(ids["voided"])
     gov.fail(ids["failed"], "upstream 500")
@@ -96,18 +122,32 @@ def ledger_state(gov, admin) -> dict[str, int]:  # type: ignore[no-untyped-def]
 
 def test_the_ledger_fixture_covers_every_state(gov, ledger_state) -> None:
     assert {state: gov.transaction(i).status for state, i in ledger_state.items()} == {
-        s: TxStatus(s) for s in ledger_state}
+        s: TxStatus(s) for s in ledger_state
+    }
 
 
 # --- check ------------------------------------------------------------------------------------
+
 
 def test_check_prints_the_quote_and_the_decision_and_writes_nothing(run, db_url) -> None:
     before = snapshot(db_url)
     doc = as_json(ok(run("check", "fal-ai/flux/dev", "--agent", "bot", "--format", "json")))
     assert doc["allowed"] is True and doc["denials"] == [] and doc["alerts"] == []
     assert doc["quote"]["amount"] == "0.01185" and doc["quote"]["price"] == "$0.012"
-    assert {"endpoint", "operation", "images", "width", "height", "megapixels_per_image", "billable_megapixels",
-            "rate_per_megapixel", "amount", "price", "currency", "price_book"} <= set(doc["quote"])
+    assert {
+        "endpoint",
+        "operation",
+        "images",
+        "width",
+        "height",
+        "megapixels_per_image",
+        "billable_megapixels",
+        "rate_per_megapixel",
+        "amount",
+        "price",
+        "currency",
+        "price_book",
+    } <= set(doc["quote"])
     assert snapshot(db_url) == before  # not even the agent is created
 
 
@@ -119,8 +159,10 @@ def test_check_of_a_denied_request_exits_3_and_names_every_failing_rule(run, adm
     assert result.exit_code == 3
     doc = as_json(result)
     assert doc["allowed"] is False
-    assert [(d["rule"], d["type"]) for d in doc["denials"]] == [("cap", "request-cap"),
-                                                                ("schnell-only", "model-allowlist")]
+    assert [(d["rule"], d["type"]) for d in doc["denials"]] == [
+        ("cap", "request-cap"),
+        ("schnell-only", "model-allowlist"),
+    ]
     assert all(d["reason"] for d in doc["denials"])
     table = run("check", "fal-ai/flux/dev", "--agent", "bot")
     assert table.exit_code == 3
@@ -130,18 +172,37 @@ def test_check_of_a_denied_request_exits_3_and_names_every_failing_rule(run, adm
 
 
 def test_check_uses_the_request_options(run) -> None:
-    doc = as_json(ok(run("check", "fal-ai/flux/dev", "--agent", "bot", "--image-size", "square_hd",
-                         "--num-images", "4", "--format", "json")))
+    doc = as_json(
+        ok(
+            run(
+                "check",
+                "fal-ai/flux/dev",
+                "--agent",
+                "bot",
+                "--image-size",
+                "square_hd",
+                "--num-images",
+                "4",
+                "--format",
+                "json",
+            )
+        )
+    )
     assert doc["quote"]["amount"] == "0.063"
 
 
 # --- authorize --------------------------------------------------------------------------------
 
+
 def test_authorize_prints_a_pending_transaction(run, db_url) -> None:
     doc = as_json(ok(run("authorize", "fal-ai/flux/dev", "--agent", "bot", "--prompt", "a fox", "--format", "json")))
     assert TX_KEYS <= set(doc)
     assert (doc["status"], doc["agent"], doc["estimated_cost"], doc["actual_cost"]) == (
-        "pending", "bot", "0.01185", None)
+        "pending",
+        "bot",
+        "0.01185",
+        None,
+    )
     assert isinstance(doc["estimated_cost"], str)
     assert len(snapshot(db_url)["transactions"]) == 1
 
@@ -202,14 +263,26 @@ def test_an_alert_rule_allows_the_request_and_prints_the_alert_to_stderr(run, ad
 
 
 def test_a_retry_with_the_same_idempotency_key_returns_the_same_transaction(run, db_url) -> None:
-    first = as_json(ok(run("authorize", "fal-ai/flux/dev", "--agent", "bot", "--idempotency-key", "job-1",
-                           "--format", "json")))
-    again = as_json(ok(run("authorize", "fal-ai/flux/dev", "--agent", "bot", "--idempotency-key", "job-1",
-                           "--format", "json")))
+    first = as_json(
+        ok(run("authorize", "fal-ai/flux/dev", "--agent", "bot", "--idempotency-key", "job-1", "--format", "json"))
+    )
+    again = as_json(
+        ok(run("authorize", "fal-ai/flux/dev", "--agent", "bot", "--idempotency-key", "job-1", "--format", "json"))
+    )
     assert again["id"] == first["id"] and again["idempotency_key"] == "job-1"
     before = snapshot(db_url)
-    changed = run("authorize", "fal-ai/flux/dev", "--agent", "bot", "--idempotency-key", "job-1",
-                  "--image-size", "square_hd", "--format", "json")
+    changed = run(
+        "authorize",
+        "fal-ai/flux/dev",
+        "--agent",
+        "bot",
+        "--idempotency-key",
+        "job-1",
+        "--image-size",
+        "square_hd",
+        "--format",
+        "json",
+    )
     assert changed.exit_code == 2
     assert as_json(changed)["error"]["code"] == "invalid_request"
     assert snapshot(db_url) == before
@@ -232,6 +305,7 @@ def test_auto_create_disabled_refuses_an_unknown_agent_with_exit_2(run, db_url) 
 
 
 # --- tx ---------------------------------------------------------------------------------------
+
 
 def test_tx_list_prints_json_csv_and_a_table(run, gov) -> None:
     a = gov.authorize("alice", DEV, {}).transaction
@@ -287,8 +361,7 @@ def test_tx_complete_without_an_actual_takes_the_estimate(run, gov) -> None:
 def test_tx_complete_prices_a_response_from_its_image_sizes(run, gov, tmp_path: Path) -> None:
     tx = gov.authorize("bot", DEV, {}).transaction
     response = tmp_path / "fal.json"
-    response.write_text(json.dumps({"images": [{"url": "https://x/1.jpg", "width": 1024, "height": 1024}],
-                                    "seed": 7}))
+    response.write_text(json.dumps({"images": [{"url": "https://x/1.jpg", "width": 1024, "height": 1024}], "seed": 7}))
     doc = as_json(ok(run("tx", "complete", str(tx.id), "--response", str(response), "--format", "json")))
     assert doc["actual_cost"] == "0.01575"  # 1.05 MP × 0.015, not the 0.79 MP estimate
     facts = {f.key: f.value for f in gov.transaction(tx.id, detail=True).detail.facts}
@@ -308,8 +381,20 @@ def test_tx_complete_with_a_response_lacking_sizes_takes_the_estimate_and_says_s
 
 
 def test_tx_complete_prices_an_upscale_response(run, tmp_path) -> None:
-    tx = as_json(ok(run("authorize", "fal-ai/topaz/upscale/image", "--agent", "bot", "--input-size", "1024x768",
-                        "--format", "json")))
+    tx = as_json(
+        ok(
+            run(
+                "authorize",
+                "fal-ai/topaz/upscale/image",
+                "--agent",
+                "bot",
+                "--input-size",
+                "1024x768",
+                "--format",
+                "json",
+            )
+        )
+    )
     assert tx["estimated_cost"] == "0.0945"
     response = tmp_path / "fal.json"
     response.write_text(json.dumps({"image": {"url": "https://x/u.png", "width": 4096, "height": 3072}}))
@@ -338,8 +423,7 @@ def test_tx_expire_follows_the_hold_ttl_from_the_environment(run, gov, clock) ->
     clock.set(datetime.now(UTC) - timedelta(minutes=5))
     tx = gov.authorize("bot", DEV, {}).transaction
     assert as_json(ok(run("tx", "expire", "--format", "json"))) == {"expired": []}
-    assert as_json(ok(run("tx", "expire", "--format", "json", env={"PIXELGOV_HOLD_TTL": "60"}))) == {
-        "expired": [tx.id]}
+    assert as_json(ok(run("tx", "expire", "--format", "json", env={"PIXELGOV_HOLD_TTL": "60"}))) == {"expired": [tx.id]}
 
 
 def test_tx_add_cost_adds_an_adjustment_including_a_negative_one(run, gov) -> None:
@@ -349,7 +433,9 @@ def test_tx_add_cost_adds_an_adjustment_including_a_negative_one(run, gov) -> No
     ok(run("tx", "add-cost", str(tx.id), "-0.005", "--note", "FAL credit", "--format", "json"))
     doc = as_json(ok(run("tx", "show", str(tx.id), "--format", "json")))
     assert [(c["kind"], c["amount"], c["note"]) for c in doc["cost_lines"][2:]] == [
-        ("adjustment", "0.002", "surcharge"), ("adjustment", "-0.005", "FAL credit")]
+        ("adjustment", "0.002", "surcharge"),
+        ("adjustment", "-0.005", "FAL credit"),
+    ]
 
 
 def test_tx_add_fact_attaches_a_note(run, gov) -> None:
@@ -360,6 +446,7 @@ def test_tx_add_fact_attaches_a_note(run, gov) -> None:
 
 
 # --- agents, rules, alerts, audit -------------------------------------------------------------
+
 
 def test_agents_create_shows_the_api_key_once(run, db_url) -> None:
     created = as_json(ok(run("agents", "create", "bot", "--description", "images", "--format", "json")))
@@ -379,21 +466,73 @@ def test_agents_list_in_every_format(run) -> None:
     ok(run("agents", "create", "amy"))
     assert [a["name"] for a in as_json(ok(run("agents", "list", "--format", "json")))] == ["amy", "zed"]
     parsed = list(csv.DictReader(io.StringIO(ok(run("agents", "list", "--format", "csv")).stdout)))
-    assert [(r["name"], r["status"], r["has_api_key"]) for r in parsed] == [("amy", "active", "yes"),
-                                                                           ("zed", "active", "yes")]
+    assert [(r["name"], r["status"], r["has_api_key"]) for r in parsed] == [
+        ("amy", "active", "yes"),
+        ("zed", "active", "yes"),
+    ]
     assert ok(run("agents", "list")).stdout.splitlines()[0].split()[:3] == ["ID", "NAME", "STATUS"]
 
 
 def test_rules_create_list_show_update_delete(run) -> None:
     ok(run("agents", "create", "bot"))
-    created = as_json(ok(run("rules", "create", "--name", "bot-daily", "--type", "spend-limit", "--limit", "5",
-                             "--period", "day", "--agent", "bot", "--alert-at", "80", "--format", "json")))
+    created = as_json(
+        ok(
+            run(
+                "rules",
+                "create",
+                "--name",
+                "bot-daily",
+                "--type",
+                "spend-limit",
+                "--limit",
+                "5",
+                "--period",
+                "day",
+                "--agent",
+                "bot",
+                "--alert-at",
+                "80",
+                "--format",
+                "json",
+            )
+        )
+    )
     assert RULE_KEYS <= set(created)
     assert (created["limit"], created["period"], created["agent"], created["alert_at"]) == ("5", "day", "bot", 80)
-    as_json(ok(run("rules", "create", "--name", "burst", "--type", "rate-limit", "--limit", "60", "--window", "1h",
-                   "--format", "json")))
-    as_json(ok(run("rules", "create", "--name", "flux-only", "--type", "model-allowlist", "--models",
-                   "fal-ai/flux/*,fal-ai/flux-pro", "--format", "json")))
+    as_json(
+        ok(
+            run(
+                "rules",
+                "create",
+                "--name",
+                "burst",
+                "--type",
+                "rate-limit",
+                "--limit",
+                "60",
+                "--window",
+                "1h",
+                "--format",
+                "json",
+            )
+        )
+    )
+    as_json(
+        ok(
+            run(
+                "rules",
+                "create",
+                "--name",
+                "flux-only",
+                "--type",
+                "model-allowlist",
+                "--models",
+                "fal-ai/flux/*,fal-ai/flux-pro",
+                "--format",
+                "json",
+            )
+        )
+    )
     listed = as_json(ok(run("rules", "list", "--format", "json")))
     assert [(r["name"], r["limit"]) for r in listed] == [("bot-daily", "5"), ("burst", 60), ("flux-only", None)]
     assert listed[2]["models"] == ["fal-ai/flux/*", "fal-ai/flux-pro"]
@@ -406,15 +545,40 @@ def test_rules_create_list_show_update_delete(run) -> None:
     assert deleted["deleted"]["name"] == "burst"
     assert ok(run("rules", "delete", "flux-only")).stdout == f"deleted rule flux-only (id {listed[2]['id']})\n"
     audit = as_json(ok(run("audit", "--entity", "rule", "--format", "json")))
-    assert [(e["name"], e["action"]) for e in audit] == [("flux-only", "delete"), ("burst", "delete"),
-                                                         ("bot-daily", "update"), ("flux-only", "create"),
-                                                         ("burst", "create"), ("bot-daily", "create")]
+    assert [(e["name"], e["action"]) for e in audit] == [
+        ("flux-only", "delete"),
+        ("burst", "delete"),
+        ("bot-daily", "update"),
+        ("flux-only", "create"),
+        ("burst", "create"),
+        ("bot-daily", "create"),
+    ]
 
 
 def test_rules_created_on_the_command_line_govern_requests(run) -> None:
     ok(run("agents", "create", "bot"))
-    ok(run("rules", "create", "--name", "dev-budget", "--type", "spend-limit", "--limit", "0.0237", "--period",
-           "total", "--agent", "bot", "--model", "fal-ai/flux/dev*", "--operation", "generate", "--alert-at", "50"))
+    ok(
+        run(
+            "rules",
+            "create",
+            "--name",
+            "dev-budget",
+            "--type",
+            "spend-limit",
+            "--limit",
+            "0.0237",
+            "--period",
+            "total",
+            "--agent",
+            "bot",
+            "--model",
+            "fal-ai/flux/dev*",
+            "--operation",
+            "generate",
+            "--alert-at",
+            "50",
+        )
+    )
     first = ok(run("authorize", "fal-ai/flux/dev", "--agent", "bot"))
     assert first.stderr.startswith("alert: dev-budget: ")  # 0.01185 of 0.0237 reaches 50 %
     ok(run("authorize", "fal-ai/flux/dev", "--agent", "bot"))
@@ -442,8 +606,10 @@ def test_audit_lists_agent_and_rule_changes(run) -> None:
     ok(run("agents", "create", "bot"))
     ok(run("agents", "update", "bot", "--status", "paused"))
     rows = list(csv.DictReader(io.StringIO(ok(run("audit", "--format", "csv")).stdout)))
-    assert [(r["entity"], r["name"], r["action"]) for r in rows] == [("agent", "bot", "update"),
-                                                                      ("agent", "bot", "create")]
+    assert [(r["entity"], r["name"], r["action"]) for r in rows] == [
+        ("agent", "bot", "update"),
+        ("agent", "bot", "create"),
+    ]
 
 
 def test_alerts_list_in_every_format(run, admin) -> None:
@@ -562,8 +728,12 @@ BAD_INPUTS = [
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, str]:
     """Placeholders of BAD_INPUTS: response files, and a text longer than any name column."""
-    paths = {"response": tmp_path / "ok.json", "not_json": tmp_path / "bad.json", "array": tmp_path / "list.json",
-             "missing": tmp_path / "missing.json"}
+    paths = {
+        "response": tmp_path / "ok.json",
+        "not_json": tmp_path / "bad.json",
+        "array": tmp_path / "list.json",
+        "missing": tmp_path / "missing.json",
+    }
     paths["response"].write_text('{"images": []}')
     paths["not_json"].write_text("{nope")
     paths["array"].write_text("[1, 2]")
@@ -612,8 +782,9 @@ def test_bad_input_with_json_prints_the_error_shape_on_stdout(db_url, ledger_sta
     assert snapshot(db_url) == before
 
 
-@pytest.mark.parametrize("command", ["tx show abc", "authorize fal-ai/flux/dev", "tx list --format xml",
-                                     "tx show abc --format json"])
+@pytest.mark.parametrize(
+    "command", ["tx show abc", "authorize fal-ai/flux/dev", "tx list --format xml", "tx show abc --format json"]
+)
 def test_a_usage_mistake_is_reported_like_any_bad_input(sqlite_url, command: str) -> None:
     result = invoke(sqlite_url, *command.split())
     assert result.exit_code == 2
@@ -624,8 +795,21 @@ def test_a_usage_mistake_is_reported_like_any_bad_input(sqlite_url, command: str
 
 
 def test_a_field_error_names_the_field(db_url, ledger_state) -> None:
-    result = invoke(db_url, "rules", "create", "--name", "r", "--type", "rate-limit", "--limit", "5", "--period",
-                    "week", "--format", "json")
+    result = invoke(
+        db_url,
+        "rules",
+        "create",
+        "--name",
+        "r",
+        "--type",
+        "rate-limit",
+        "--limit",
+        "5",
+        "--period",
+        "week",
+        "--format",
+        "json",
+    )
     error = json.loads(result.stdout)["error"]
     assert (error["code"], error["field"]) == ("invalid_request", "period")
 
@@ -634,22 +818,52 @@ def test_a_field_error_names_the_field(db_url, ledger_state) -> None:
 #: command; the one stderr line is that message plus the hint in parentheses; the JSON error has no hint.
 HINTED_ERRORS = [
     ("rules create --name r --type spend-limit --period day", None, "invalid_request", "limit", "(--limit)"),
-    ("rules create --name r --type rate-limit --limit 5 --period week", None, "invalid_request", "period",
-     "(--period)"),
-    ("rules create --name r --type spend-limit --limit 1 --period day --window 24h", None, "invalid_request",
-     "period", "(--period)"),
+    (
+        "rules create --name r --type rate-limit --limit 5 --period week",
+        None,
+        "invalid_request",
+        "period",
+        "(--period)",
+    ),
+    (
+        "rules create --name r --type spend-limit --limit 1 --period day --window 24h",
+        None,
+        "invalid_request",
+        "period",
+        "(--period)",
+    ),
     ("rules create --name r --type model-allowlist", None, "invalid_request", "models", "(--models)"),
-    ("rules create --name r --type request-cap --limit 1 --alert-at 50", None, "invalid_request", "alert_at",
-     "(--alert-at)"),
+    (
+        "rules create --name r --type request-cap --limit 1 --alert-at 50",
+        None,
+        "invalid_request",
+        "alert_at",
+        "(--alert-at)",
+    ),
     ("tx complete {pending} --actual 0.01 --response {response}", None, "invalid_request", "actual", "(--actual)"),
     ("check fal-ai/flux/dev --agent bot --params {not_json}", None, "invalid_request", "params", "(--params)"),
-    ("authorize fal-ai/topaz/upscale/image --agent bot", None, "invalid_request", "input_size",
-     "(give --input-size WxH)"),
+    (
+        "authorize fal-ai/topaz/upscale/image --agent bot",
+        None,
+        "invalid_request",
+        "input_size",
+        "(give --input-size WxH)",
+    ),
     ("authorize fal-ai/nope --agent bot", None, "model_not_found", None, "(see `pixelgov models`)"),
-    ("rules create --name r --type request-cap --limit 1 --agent ghost", None, "not_found", None,
-     "(create it with `pixelgov agents create ghost`)"),
-    ("authorize fal-ai/flux/dev --agent stranger", {"PIXELGOV_AUTO_CREATE_AGENTS": "false"}, "not_found", None,
-     "(create it with `pixelgov agents create stranger`)"),
+    (
+        "rules create --name r --type request-cap --limit 1 --agent ghost",
+        None,
+        "not_found",
+        None,
+        "(create it with `pixelgov agents create ghost`)",
+    ),
+    (
+        "authorize fal-ai/flux/dev --agent stranger",
+        {"PIXELGOV_AUTO_CREATE_AGENTS": "false"},
+        "not_found",
+        None,
+        "(create it with `pixelgov agents create stranger`)",
+    ),
 ]
 
 
@@ -683,6 +897,7 @@ def test_every_hinted_flag_is_an_option_of_the_command(db_url, ledger_state, fil
 
 
 # --- the database -----------------------------------------------------------------------------
+
 
 def test_an_unreachable_database_is_exit_1_with_one_clear_line() -> None:
     result = invoke("postgresql+psycopg://postgres@127.0.0.1:1/x", "tx", "list")
@@ -759,8 +974,10 @@ def test_the_default_database_is_created_and_migrated_on_first_use(monkeypatch) 
     assert [a["name"] for a in json.loads(ok(invoke(None, "agents", "list", "--format", "json")).stdout)] == ["bot"]
 
 
-@pytest.mark.parametrize(("variable", "value"), [("PIXELGOV_HOLD_TTL", "nan"), ("PIXELGOV_DB_TIMEOUT", "abc"),
-                                                 ("PIXELGOV_AUTO_CREATE_AGENTS", "maybe")])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("PIXELGOV_HOLD_TTL", "nan"), ("PIXELGOV_DB_TIMEOUT", "abc"), ("PIXELGOV_AUTO_CREATE_AGENTS", "maybe")],
+)
 def test_a_malformed_setting_is_bad_input_naming_the_variable(sqlite_url, variable, value) -> None:
     before = snapshot(sqlite_url)
     env = {variable: value}
@@ -781,6 +998,7 @@ def test_the_database_url_comes_from_the_environment(sqlite_url) -> None:
 
 
 # --- help -------------------------------------------------------------------------------------
+
 
 def command_paths() -> list[tuple[str, ...]]:
     """Every command and subcommand of `pixelgov`, the group itself first: walked from the group,
@@ -820,10 +1038,28 @@ def resolve(path: tuple[str, ...]) -> click.Command:
 def test_the_walk_finds_every_lazily_loaded_command_and_the_ledger_commands() -> None:
     top = {p[0] for p in COMMAND_PATHS if len(p) == 1}
     assert set(_COMMANDS) <= top
-    assert {"tx list", "tx show", "tx complete", "tx void", "tx expire", "tx add-cost", "tx add-fact",
-            "agents create", "agents list", "agents show", "agents update", "agents rotate-key", "rules create",
-            "rules list", "rules show", "rules update", "rules delete", "alerts list", "db upgrade",
-            "db current"} <= {" ".join(p) for p in COMMAND_PATHS}
+    assert {
+        "tx list",
+        "tx show",
+        "tx complete",
+        "tx void",
+        "tx expire",
+        "tx add-cost",
+        "tx add-fact",
+        "agents create",
+        "agents list",
+        "agents show",
+        "agents update",
+        "agents rotate-key",
+        "rules create",
+        "rules list",
+        "rules show",
+        "rules update",
+        "rules delete",
+        "alerts list",
+        "db upgrade",
+        "db current",
+    } <= {" ".join(p) for p in COMMAND_PATHS}
 
 
 @pytest.mark.parametrize("name", sorted(_COMMANDS))
@@ -850,4 +1086,4 @@ def _runs(tokens: list[str], path: tuple[str, ...]) -> bool:
     """Whether `pixelgov TOKENS` invokes `path` (after the group's own `--db URL`, if given)."""
     while tokens[:1] == ["--db"]:
         tokens = tokens[2:]
-    return tuple(tokens[:len(path)]) == path
+    return tuple(tokens[: len(path)]) == path

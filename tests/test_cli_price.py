@@ -24,19 +24,39 @@ from ledger.cli import cli
 from pricing import quote
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_fal import FakeFal  # noqa: E402
+from fake_fal import FakeFal
 
 DEV = "fal-ai/flux/dev"
 T2I = "fal-ai/flux/dev/image-to-image"
 UPSCALE = "fal-ai/topaz/upscale/image"
 PIXELGOV = Path(sys.executable).with_name("pixelgov")
-QUOTE_KEYS = {"endpoint", "operation", "images", "width", "height", "megapixels_per_image", "billable_megapixels",
-              "rate_per_megapixel", "amount", "price", "currency", "price_book"}
+QUOTE_KEYS = {
+    "endpoint",
+    "operation",
+    "images",
+    "width",
+    "height",
+    "megapixels_per_image",
+    "billable_megapixels",
+    "rate_per_megapixel",
+    "amount",
+    "price",
+    "currency",
+    "price_book",
+}
 DEFAULT_BOOK = json.loads((Path(__file__).parents[1] / "pricing" / "default_book.json").read_text())
 DEFAULT_ENDPOINTS = {
-    "fal-ai/flux/schnell", "fal-ai/flux/dev", "fal-ai/flux-pro", "fal-ai/stable-diffusion-xl", "fal-ai/fast-sdxl",
-    "fal-ai/flux/schnell/image-to-image", "fal-ai/flux/dev/image-to-image", "fal-ai/flux-pro/image-to-image",
-    "fal-ai/stable-diffusion-xl/image-to-image", "fal-ai/fast-sdxl/image-to-image", "fal-ai/topaz/upscale/image",
+    "fal-ai/flux/schnell",
+    "fal-ai/flux/dev",
+    "fal-ai/flux-pro",
+    "fal-ai/stable-diffusion-xl",
+    "fal-ai/fast-sdxl",
+    "fal-ai/flux/schnell/image-to-image",
+    "fal-ai/flux/dev/image-to-image",
+    "fal-ai/flux-pro/image-to-image",
+    "fal-ai/stable-diffusion-xl/image-to-image",
+    "fal-ai/fast-sdxl/image-to-image",
+    "fal-ai/topaz/upscale/image",
 }
 
 
@@ -163,8 +183,9 @@ def test_num_images_on_the_command_line(images):
 
 
 def test_options_that_do_not_change_the_price_are_accepted():
-    doc = price_json(DEV, "--prompt", "a red fox", "--steps", "50", "--guidance", "7.5", "--seed", "42",
-                     "--output-format", "png")
+    doc = price_json(
+        DEV, "--prompt", "a red fox", "--steps", "50", "--guidance", "7.5", "--seed", "42", "--output-format", "png"
+    )
     assert doc["amount"] == "0.01185"
 
 
@@ -242,8 +263,11 @@ BAD_INPUTS = [
     ([DEV, "--image-size", "10000x10001"], "image_too_large", "image_size"),
     ([T2I, "--strength", "1.5"], "invalid_request", "strength"),
     ([UPSCALE, "--input-size", "1024x768", "--scale", "3"], "invalid_request", "scale"),
-    ([UPSCALE, "--input-size", "1024x768", "--params", '{"upscale_factor": 4}', "--scale", "2"],
-     "invalid_request", "scale"),
+    (
+        [UPSCALE, "--input-size", "1024x768", "--params", '{"upscale_factor": 4}', "--scale", "2"],
+        "invalid_request",
+        "scale",
+    ),
     ([UPSCALE], "invalid_request", "input_size"),
     ([UPSCALE, "--input-size", "big"], "invalid_request", "input_size"),
     ([UPSCALE, "--input-size", "14143x1"], "image_too_large", "input_size"),
@@ -263,10 +287,20 @@ def test_bad_input_is_a_json_error_with_exit_2(args, code, field):
 
 #: The hint the command line adds to the library's message (in parentheses, on stderr only):
 #: the flag that sets the field the error is about.
-FIELD_HINTS = {"prompt": "(--prompt)", "num_images": "(--num-images)", "num_inference_steps": "(--steps)",
-               "guidance_scale": "(--guidance)", "seed": "(--seed)", "output_format": "(--output-format)",
-               "image_size": "(--image-size)", "image_url": "(--image-url)", "strength": "(--strength)",
-               "scale": "(--scale)", "input_size": "(--input-size)", "params": "(--params)"}
+FIELD_HINTS = {
+    "prompt": "(--prompt)",
+    "num_images": "(--num-images)",
+    "num_inference_steps": "(--steps)",
+    "guidance_scale": "(--guidance)",
+    "seed": "(--seed)",
+    "output_format": "(--output-format)",
+    "image_size": "(--image-size)",
+    "image_url": "(--image-url)",
+    "strength": "(--strength)",
+    "scale": "(--scale)",
+    "input_size": "(--input-size)",
+    "params": "(--params)",
+}
 CODE_HINTS = {"model_not_found": "(see `pixelgov models`)"}
 
 
@@ -277,8 +311,9 @@ def test_bad_input_without_json_is_one_line_on_stderr_with_exit_2(args, code, fi
     error = error_json("price", *args)
     assert error["code"] == code
     assert error.get("field") == field
-    hint = CODE_HINTS.get(code) or ("(give --input-size WxH)" if error.get("reason") == "missing"
-                                    else FIELD_HINTS.get(field))
+    hint = CODE_HINTS.get(code) or (
+        "(give --input-size WxH)" if error.get("reason") == "missing" else FIELD_HINTS.get(field)
+    )
     assert line == f"error: {error['message']}" + (f" {hint}" if hint else "")
     if field is not None:
         assert line.startswith(f"error: {field}: ")  # the message leads with the field it is about
@@ -351,7 +386,11 @@ def test_price_uses_the_book_in_pixelgov_price_book(tmp_path, monkeypatch):
     monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(write_book(tmp_path, megapixel_step=1)))
     doc = price_json(DEV)
     assert (doc["price_book"], doc["billable_megapixels"], doc["amount"], doc["price"]) == (
-        "user-book-1", "1", "0.015", "$0.015")
+        "user-book-1",
+        "1",
+        "0.015",
+        "$0.015",
+    )
 
 
 def test_price_with_an_exact_book(tmp_path, monkeypatch):
@@ -372,14 +411,14 @@ def test_a_bad_price_book_is_an_error_naming_its_field(tmp_path, monkeypatch):
     monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(write_book(tmp_path, endpoints=endpoints)))
     for command in (["price", DEV], ["models"]):
         error = error_json(*command)
-        assert (error["code"], error["field"]) == ("invalid_price_book", f"endpoints.{DEV}.rate_per_megapixel")
+        assert (error["code"], error["field"]) == ("invalid_request", f"endpoints.{DEV}.rate_per_megapixel")
         error_line(*command)
 
 
 def test_a_missing_price_book_file_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(tmp_path / "nope.json"))
     error = error_json("price", DEV)
-    assert (error["code"], error["field"]) == ("invalid_price_book", "(file)")
+    assert (error["code"], error["field"]) == ("invalid_request", "(file)")
 
 
 def test_every_invocation_reads_pixelgov_price_book_afresh(tmp_path, monkeypatch):
@@ -426,8 +465,11 @@ def test_models_table_lists_every_endpoint_rate_and_preset():
     assert rows[DEV] == ["generate", "0.015"]
     assert rows[T2I] == ["transform", "0.045"]
     assert rows[UPSCALE] == ["upscale", "0.03"]
-    presets = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1]
-               and line.split()[0] in DEFAULT_BOOK["presets"]}
+    presets = {
+        line.split()[0]: line.split()[1:]
+        for line in out.splitlines()
+        if line.split()[:1] and line.split()[0] in DEFAULT_BOOK["presets"]
+    }
     assert presets == {name: [str(w), str(h)] for name, (w, h) in DEFAULT_BOOK["presets"].items()}
 
 
@@ -442,7 +484,8 @@ def test_models_json_is_the_price_book():
     assert rates["fal-ai/fast-sdxl"] == ("generate", "0.007")
     assert rates["fal-ai/flux-pro/image-to-image"] == ("transform", "0.045")
     assert {p["name"]: (p["width"], p["height"]) for p in doc["presets"]} == {
-        name: tuple(size) for name, size in DEFAULT_BOOK["presets"].items()}
+        name: tuple(size) for name, size in DEFAULT_BOOK["presets"].items()
+    }
 
 
 def test_models_csv_has_one_row_per_endpoint():
@@ -458,8 +501,11 @@ def test_models_csv_has_one_row_per_endpoint():
 def test_models_shows_a_user_book(tmp_path, monkeypatch):
     monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(write_book(tmp_path, megapixel_step="exact")))
     doc = json.loads(invoke("models", "--format", "json").stdout)
-    assert (doc["price_book"], doc["megapixel_step"], doc["source"]) == ("user-book-1", "exact",
-                                                                         str(tmp_path / "book.json"))
+    assert (doc["price_book"], doc["megapixel_step"], doc["source"]) == (
+        "user-book-1",
+        "exact",
+        str(tmp_path / "book.json"),
+    )
 
 
 # --- the installed console script -------------------------------------------------------------
@@ -472,8 +518,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def test_installed_pixelgov_prices_a_request():
-    proc = subprocess.run([str(PIXELGOV), "price", DEV, "--image-size", "square_hd", "--num-images", "4",
-                           "--format", "json"], capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    proc = subprocess.run(
+        [str(PIXELGOV), "price", DEV, "--image-size", "square_hd", "--num-images", "4", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert QUOTE_KEYS <= set(doc)
@@ -481,22 +532,33 @@ def test_installed_pixelgov_prices_a_request():
 
 
 def test_installed_pixelgov_reports_bad_input_in_one_line_with_exit_2():
-    proc = subprocess.run([str(PIXELGOV), "price", DEV, "--num-images", "9"], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=60)
+    proc = subprocess.run(
+        [str(PIXELGOV), "price", DEV, "--num-images", "9"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1
     assert "Traceback" not in proc.stderr
-    proc = subprocess.run([str(PIXELGOV), "price", "nope/nope", "--format", "json"], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=60)
+    proc = subprocess.run(
+        [str(PIXELGOV), "price", "nope/nope", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert json.loads(proc.stdout)["error"]["code"] == "model_not_found"
 
 
 def test_installed_pixelgov_reads_pixelgov_price_book(tmp_path):
     env = subprocess_env(PIXELGOV_PRICE_BOOK=str(write_book(tmp_path, megapixel_step=1)))
-    proc = subprocess.run([str(PIXELGOV), "price", DEV, "--format", "json"], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = subprocess.run(
+        [str(PIXELGOV), "price", DEV, "--format", "json"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["amount"] == "0.015"
 
@@ -528,20 +590,24 @@ print("MODULES", "sqlalchemy" in sys.modules, "httpx" in sys.modules, code)
 def test_pricing_commands_import_neither_sqlalchemy_nor_httpx(tmp_path, args, code):
     image = png(tmp_path, (64, 64))
     argv = [a.replace("{png}", str(image)) for a in args]
-    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *argv], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, *argv], capture_output=True, text=True, env=subprocess_env(), timeout=60
+    )
     last = proc.stdout.strip().splitlines()[-1]
     assert last == f"MODULES False False {code}", (proc.stdout, proc.stderr)
 
 
-@pytest.mark.parametrize(("args", "code"), [(["price", DEV, "--format", "json"], 0), (["models"], 0),
-                                            (["price", "nope/nope"], 2)])
+@pytest.mark.parametrize(
+    ("args", "code"), [(["price", DEV, "--format", "json"], 0), (["models"], 0), (["price", "nope/nope"], 2)]
+)
 def test_pricing_commands_with_a_user_book_stay_light(tmp_path, args, code):
     # Reading the settings (PIXELGOV_PRICE_BOOK and the rest) at the edge must not pull in the ledger's stack.
-    env = subprocess_env(PIXELGOV_PRICE_BOOK=str(write_book(tmp_path, megapixel_step=1)),
-                         PIXELGOV_HOLD_TTL="60", PIXELGOV_DB_TIMEOUT="5")
-    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *args], capture_output=True, text=True,
-                          env=env, timeout=60)
+    env = subprocess_env(
+        PIXELGOV_PRICE_BOOK=str(write_book(tmp_path, megapixel_step=1)), PIXELGOV_HOLD_TTL="60", PIXELGOV_DB_TIMEOUT="5"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, *args], capture_output=True, text=True, env=env, timeout=60
+    )
     last = proc.stdout.strip().splitlines()[-1]
     assert last == f"MODULES False False {code}", (proc.stdout, proc.stderr)
     if code == 0 and args[0] == "price":

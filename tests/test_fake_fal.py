@@ -18,7 +18,7 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-from fake_fal import FakeFal  # noqa: E402
+from fake_fal import FakeFal
 
 GENERATE = "fal-ai/flux/dev"
 TRANSFORM = "fal-ai/flux/dev/image-to-image"
@@ -203,9 +203,7 @@ def test_status_mode_custom_detail_and_422(fal: FakeFal, client: httpx.Client) -
     fal.set_mode("status", status=422)
     resp = _post(client, fal, GENERATE, {})
     assert resp.status_code == 422
-    assert resp.json() == {
-        "detail": [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}]
-    }
+    assert resp.json() == {"detail": [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}]}
 
 
 def test_slow_mode_times_out(fal: FakeFal) -> None:

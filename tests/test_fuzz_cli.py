@@ -73,14 +73,22 @@ SHRINK = bool(os.environ.get("PIXELGOV_FUZZ_SHRINK"))
 #: SPEC §5's error codes and their exit codes (`conflict`: an idempotent retry in flight is exit 1;
 #: a state conflict may be reported as bad input).
 ERROR_EXITS: dict[str, set[int]] = {
-    "invalid_request": {2}, "model_not_found": {2}, "image_too_large": {2}, "not_found": {2},
-    "denied": {3}, "rate_limited": {3}, "upstream_error": {1}, "conflict": {1, 2},
-    "database_unavailable": {1}, "schema_behind": {1},
+    "invalid_request": {2},
+    "model_not_found": {2},
+    "image_too_large": {2},
+    "not_found": {2},
+    "denied": {3},
+    "rate_limited": {3},
+    "upstream_error": {1},
+    "conflict": {1, 2},
+    "database_unavailable": {1},
+    "schema_behind": {1},
 }
 PROJECT_DIRS = ("ledger", "pricing", "migrations")
 
 
 # --- helpers ----------------------------------------------------------------------------------------
+
 
 class _NonStrict(ValueError):
     pass
@@ -153,8 +161,13 @@ def table_diff(before: dict, after: dict) -> dict[str, tuple[list[dict], list[di
 def png(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF) + b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
+        + b"\x00" * 64
+    )
 
 
 def bmp(width: int, height: int) -> bytes:
@@ -245,8 +258,11 @@ class _Upstream(BaseHTTPRequestHandler):
             self._send(200, b"<html>hello</html>", "text/html")
         elif mode == "echo":  # a hostile upstream echoing the request, Authorization header included
             echoed = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
-            self._send(400, json.dumps({"detail": f"bad request, you sent {echoed}"}).encode(),
-                       x_echo=self.headers.get("Authorization", ""))
+            self._send(
+                400,
+                json.dumps({"detail": f"bad request, you sent {echoed}"}).encode(),
+                x_echo=self.headers.get("Authorization", ""),
+            )
         elif mode == "drop":
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -297,6 +313,7 @@ def network_guard(blocked: list[str]) -> Iterator[None]:
 
 # --- the world: files, servers, the seeded ledger ---------------------------------------------------
 
+
 @dataclass
 class Failure:
     command: str
@@ -332,11 +349,20 @@ class World:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.upstream = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.base_env: dict[str, str | None] = {
-            "HOME": str(root / "home"), "XDG_DATA_HOME": str(root / "xdg"), "XDG_CONFIG_HOME": str(root / "xdgc"),
-            "PIXELGOV_DATABASE_URL": None, "PIXELGOV_UPSTREAM_URL": f"http://127.0.0.1:{self.port_closed}",
-            "PIXELGOV_UPSTREAM_TIMEOUT": "5", "PIXELGOV_DB_TIMEOUT": "5", "PIXELGOV_HOLD_TTL": "86400",
-            "PIXELGOV_AUTO_CREATE_AGENTS": None, "PIXELGOV_PRICE_BOOK": None, "PIXELGOV_ADMIN_TOKEN": None,
-            "FAL_KEY": None, "NO_COLOR": "1", "COLUMNS": "100",
+            "HOME": str(root / "home"),
+            "XDG_DATA_HOME": str(root / "xdg"),
+            "XDG_CONFIG_HOME": str(root / "xdgc"),
+            "PIXELGOV_DATABASE_URL": None,
+            "PIXELGOV_UPSTREAM_URL": f"http://127.0.0.1:{self.port_closed}",
+            "PIXELGOV_UPSTREAM_TIMEOUT": "5",
+            "PIXELGOV_DB_TIMEOUT": "5",
+            "PIXELGOV_HOLD_TTL": "86400",
+            "PIXELGOV_AUTO_CREATE_AGENTS": None,
+            "PIXELGOV_PRICE_BOOK": None,
+            "PIXELGOV_ADMIN_TOKEN": None,
+            "FAL_KEY": None,
+            "NO_COLOR": "1",
+            "COLUMNS": "100",
         }
 
     def _files(self) -> None:
@@ -371,17 +397,31 @@ class World:
         image = {"url": "https://example.invalid/a.png", "width": 1024, "height": 768, "content_type": "image/png"}
         put("response_ok", json.dumps({"images": [image], "image": image}), "response_ok.json")
         put("response_nosizes", '{"images": [{"url": "https://example.invalid/a.png"}]}', "response_nosizes.json")
-        put("response_huge", json.dumps({"images": [{**image, "width": 10**9, "height": 10**9}],
-                                         "image": {**image, "width": 10**9, "height": 10**9}}), "response_huge.json")
+        put(
+            "response_huge",
+            json.dumps(
+                {
+                    "images": [{**image, "width": 10**9, "height": 10**9}],
+                    "image": {**image, "width": 10**9, "height": 10**9},
+                }
+            ),
+            "response_huge.json",
+        )
         put("response_nan", '{"images": [{"url": "u", "width": NaN, "height": 768}]}', "response_nan.json")
         negative = {**image, "width": -1024}
         put("response_negative", json.dumps({"images": [negative], "image": negative}), "response_negative.json")
         put("response_float", json.dumps({"images": [{**image, "width": 1024.5}]}), "response_float.json")
         put("response_list", "[]", "response_list.json")
-        put("response_str_sizes", json.dumps({"images": [{**image, "width": "1024", "height": "768"}]}),
-            "response_str.json")
-        put("response_bool_sizes", json.dumps({"images": [{**image, "width": True, "height": True}]}),
-            "response_bool.json")
+        put(
+            "response_str_sizes",
+            json.dumps({"images": [{**image, "width": "1024", "height": "768"}]}),
+            "response_str.json",
+        )
+        put(
+            "response_bool_sizes",
+            json.dumps({"images": [{**image, "width": True, "height": True}]}),
+            "response_bool.json",
+        )
         (r / "out").mkdir()
         f["out_dir"] = str(r / "out")
         f["out_new"] = str(r / "out-new" / "sub")
@@ -431,8 +471,10 @@ class World:
         def step(*args: str, codes: tuple[int, ...] = (0,), env: dict[str, str | None] | None = None) -> Any:
             result = self.invoke(["--db", self.url, *args], {"FAL_KEY": g.SECRET_FAL_KEY, **(env or {})})
             if result.exit_code not in codes or (result.exception and not isinstance(result.exception, SystemExit)):
-                self.seed_problems.append(f"pixelgov {' '.join(args)} -> exit {result.exit_code}: "
-                                          f"{(result.stderr or result.stdout).strip()[-500:]} {result.exception!r}")
+                self.seed_problems.append(
+                    f"pixelgov {' '.join(args)} -> exit {result.exit_code}: "
+                    f"{(result.stderr or result.stdout).strip()[-500:]} {result.exception!r}"
+                )
             return result
 
         def tx_id(result: Any) -> int | None:
@@ -451,13 +493,51 @@ class World:
         step("agents", "update", "paused-bot", "--status", "paused")
         step("agents", "create", "other", "--no-key")
         step("rules", "create", "--name", "cap", "--type", "request-cap", "--limit", "0.05", "--agent", "bot")
-        step("rules", "create", "--name", "daily", "--type", "spend-limit", "--limit", "1", "--period", "day",
-             "--agent", "bot", "--alert-at", "50")
-        step("rules", "create", "--name", "watch", "--type", "spend-limit", "--limit", "0.001", "--period", "month",
-             "--action", "alert", "--model", "fal-ai/flux-pro*")
+        step(
+            "rules",
+            "create",
+            "--name",
+            "daily",
+            "--type",
+            "spend-limit",
+            "--limit",
+            "1",
+            "--period",
+            "day",
+            "--agent",
+            "bot",
+            "--alert-at",
+            "50",
+        )
+        step(
+            "rules",
+            "create",
+            "--name",
+            "watch",
+            "--type",
+            "spend-limit",
+            "--limit",
+            "0.001",
+            "--period",
+            "month",
+            "--action",
+            "alert",
+            "--model",
+            "fal-ai/flux-pro*",
+        )
         step("rules", "create", "--name", "burst", "--type", "rate-limit", "--limit", "1000", "--window", "1h")
-        step("rules", "create", "--name", "only-flux", "--type", "model-allowlist", "--models",
-             "fal-ai/flux*,fal-ai/topaz/*", "--agent", "other")
+        step(
+            "rules",
+            "create",
+            "--name",
+            "only-flux",
+            "--type",
+            "model-allowlist",
+            "--models",
+            "fal-ai/flux*,fal-ai/topaz/*",
+            "--agent",
+            "other",
+        )
         step("rules", "create", "--name", "off", "--type", "request-cap", "--limit", "0.001", "--disable")
         dev = ["fal-ai/flux/dev", "--agent", "bot", "--prompt", "a fox", "--format", "json"]
         step("authorize", *dev)  # -> expired
@@ -483,8 +563,15 @@ class World:
             step("tx", "complete", str(given), "--actual", "0.02")
         # A request with a non-finite passthrough field: refused (as issue 8 asks) or, if the product
         # still takes it, a row whose JSON every later `tx show --format json` must still print strictly.
-        step("authorize", "fal-ai/flux/dev", "--agent", "other", "--params", '{"prompt": "x", "extra": NaN}',
-             codes=(0, 2))
+        step(
+            "authorize",
+            "fal-ai/flux/dev",
+            "--agent",
+            "other",
+            "--params",
+            '{"prompt": "x", "extra": NaN}',
+            codes=(0, 2),
+        )
         txs = self.invoke(["--db", self.url, "tx", "list", "--limit", "1000", "--format", "json"])
         rules = self.invoke(["--db", self.url, "rules", "list", "--format", "json"])
         self.tx_by_status: dict[str, list[int]] = {}
@@ -497,7 +584,8 @@ class World:
             self.rule_ids = [int(r["id"]) for r in rule_docs]
         except (ValueError, KeyError, TypeError) as exc:
             self.seed_problems.append(
-                f"cannot list the seeded ledger: {exc!r}: {txs.stdout[:300]} {rules.stdout[:300]}")
+                f"cannot list the seeded ledger: {exc!r}: {txs.stdout[:300]} {rules.stdout[:300]}"
+            )
             self.tx_ids, self.rule_names, self.rule_ids = list(range(1, 13)), ["cap", "daily", "watch"], [1, 2, 3]
         statuses = {t.get("status") for t in (strict_json(txs.stdout) if txs.exit_code == 0 else [])}
         missing = {"pending", "completed", "failed", "voided", "expired", "unknown", "denied"} - statuses
@@ -510,9 +598,15 @@ class World:
 
     def fixtures(self) -> g.Fixtures:
         return g.Fixtures(
-            root=self.root, ledger_url=self.url, upstream=self.upstream,
-            closed=f"http://127.0.0.1:{self.port_closed}", closed_port=self.port_closed,
-            tx_ids=self.tx_ids, tx_by_status=self.tx_by_status, rule_names=self.rule_names, rule_ids=self.rule_ids,
+            root=self.root,
+            ledger_url=self.url,
+            upstream=self.upstream,
+            closed=f"http://127.0.0.1:{self.port_closed}",
+            closed_port=self.port_closed,
+            tx_ids=self.tx_ids,
+            tx_by_status=self.tx_by_status,
+            rule_names=self.rule_names,
+            rule_ids=self.rule_ids,
             files=self.files,
             formats=command_formats(self.cli),
         )
@@ -557,10 +651,16 @@ class World:
             exc = "".join(traceback.format_exception(*result.exc_info))[-3000:]
         for kind, detail in problems:
             failure = Failure(
-                command=" ".join(ex.command), kind=kind, signature=signature(ex, result, kind, detail), argv=argv,
+                command=" ".join(ex.command),
+                kind=kind,
+                signature=signature(ex, result, kind, detail),
+                argv=argv,
                 env={k: v for k, v in ex.env.items() if k != "FAL_KEY" or v != g.SECRET_FAL_KEY},
-                exit_code=result.exit_code, stdout=result.stdout[-2000:], stderr=result.stderr[-2000:],
-                exception=exc, details=[detail],
+                exit_code=result.exit_code,
+                stdout=result.stdout[-2000:],
+                stderr=result.stderr[-2000:],
+                exception=exc,
+                details=[detail],
             )
             self.failures.append(failure)
             if FUZZ_LOG:
@@ -571,6 +671,7 @@ class World:
 
 
 # --- the oracles -----------------------------------------------------------------------------------
+
 
 def _project_frame(tb: Any) -> str:
     """The innermost frame of pixelgov's own code in a traceback, as path:line."""
@@ -591,15 +692,18 @@ def signature(ex: g.Example, result: Any, kind: str, detail: str) -> str:
     with contextlib.suppress(Exception):
         doc = strict_json(result.stdout)
         code = doc["error"]["code"]
-    crash = f" after {type(result.exception).__name__}" if result.exc_info and not isinstance(
-        result.exception, SystemExit) and result.exception is not None else ""
+    crash = (
+        f" after {type(result.exception).__name__}"
+        if result.exc_info and not isinstance(result.exception, SystemExit) and result.exception is not None
+        else ""
+    )
     why = f": {detail.rsplit(': ', 1)[-1][:70]}" if kind == "wrote-on-failure" else ""
     return f"{kind} [{' '.join(ex.command)}] exit {result.exit_code} {code}{crash}{why}".replace("  ", " ").strip()
 
 
 def _error_doc_problem(doc: Any, exit_code: int) -> str | None:
     if not (isinstance(doc, dict) and set(doc) >= {"error"} and isinstance(doc["error"], dict)):
-        return "is not {\"error\": {...}}"
+        return 'is not {"error": {...}}'
     err = doc["error"]
     if not isinstance(err.get("code"), str) or not isinstance(err.get("message"), str) or not err["message"].strip():
         return "lacks a string code and a non-empty message"
@@ -617,8 +721,11 @@ def _negative_amounts(doc: Any, path: str = "") -> list[str]:
     found = []
     if isinstance(doc, dict):
         for k, v in doc.items():
-            if k in ("amount", "estimated_cost", "billable_megapixels", "width", "height", "rate_per_megapixel") \
-                    and isinstance(v, (str, int)) and not isinstance(v, bool):
+            if (
+                k in ("amount", "estimated_cost", "billable_megapixels", "width", "height", "rate_per_megapixel")
+                and isinstance(v, (str, int))
+                and not isinstance(v, bool)
+            ):
                 with contextlib.suppress(InvalidOperation):
                     d = Decimal(str(v).lstrip("$"))
                     if not d.is_finite() or d < 0:
@@ -669,8 +776,12 @@ def judge(ex: g.Example, result: Any, before: dict, after: dict) -> list[tuple[s
             try:
                 doc = strict_json(out)
                 if not (isinstance(doc, dict) and doc.get("allowed") is False) and _error_doc_problem(doc, code):
-                    p.append(("json-shape", "a denied check printed neither the decision (allowed: false) "
-                                            "nor the JSON error"))
+                    p.append(
+                        (
+                            "json-shape",
+                            "a denied check printed neither the decision (allowed: false) nor the JSON error",
+                        )
+                    )
             except ValueError as e:
                 p.append(("json-invalid", f"a denied check's stdout is not one strict JSON document: {e}"))
         elif not ((out.strip() and not other_lines) or (not out.strip() and len(other_lines) == 1)):
@@ -679,8 +790,12 @@ def judge(ex: g.Example, result: Any, before: dict, after: dict) -> list[tuple[s
         try:
             doc = strict_json(out)
         except ValueError as e:
-            p.append(("json-error-missing", f"--format json failure: stdout is not one strict JSON document ({e}); "
-                                            f"stderr: {other_lines[:1]!r}"))
+            p.append(
+                (
+                    "json-error-missing",
+                    f"--format json failure: stdout is not one strict JSON document ({e}); stderr: {other_lines[:1]!r}",
+                )
+            )
         else:
             problem = _error_doc_problem(doc, code)
             if problem:
@@ -709,11 +824,19 @@ def judge(ex: g.Example, result: Any, before: dict, after: dict) -> list[tuple[s
     if changed and "rule_counters" in after:
         cols, rows = after["rule_counters"]
         for row in rows:
-            negative = {c: v for c, v in zip(cols, row) if c in ("spent", "held", "requests")
-                        and isinstance(v, (int, float)) and v < 0}
+            negative = {
+                c: v
+                for c, v in zip(cols, row)
+                if c in ("spent", "held", "requests") and isinstance(v, (int, float)) and v < 0
+            }
             if negative:
-                p.append(("negative-counter", f"a rule counter went negative: {dict(zip(cols, row))} (a budget's "
-                                              "headroom can then exceed its limit)"))
+                p.append(
+                    (
+                        "negative-counter",
+                        f"a rule counter went negative: {dict(zip(cols, row))} (a budget's "
+                        "headroom can then exceed its limit)",
+                    )
+                )
                 break
     if changed:
         diff = table_diff(before, after)
@@ -763,8 +886,16 @@ def _allowed_failure_write(ex: g.Example, code: int, out: str, diff: dict) -> st
         stray = [r for r in diff.get(table, ([], []))[1] if r.get("transaction_id") not in ids]
         if stray:
             return f"{table} rows not of the new transaction"
-    for table in set(diff) - {"transactions", "cost_lines", "facts", "holds", "alerts", "rule_counters", "agents",
-                              "audit_log"}:
+    for table in set(diff) - {
+        "transactions",
+        "cost_lines",
+        "facts",
+        "holds",
+        "alerts",
+        "rule_counters",
+        "agents",
+        "audit_log",
+    }:
         return f"{table} changed"
     new_agents = diff.get("agents", ([], []))[1]
     if new_agents and code == 3:
@@ -777,11 +908,13 @@ def _allowed_failure_write(ex: g.Example, code: int, out: str, diff: dict) -> st
         if {t.get("status") for t in new_tx} == {"failed"}:
             removed, added = diff["rule_counters"]
             for col in ("spent", "held"):
+
                 def total(rows: list[dict], col: str = col) -> dict:
                     acc: dict = {}
                     for r in rows:
                         acc[r.get("rule_id")] = acc.get(r.get("rule_id"), 0) + (r.get(col) or 0)
                     return acc
+
                 gone, new = total(removed), total(added)
                 for rule in set(gone) | set(new):
                     if gone.get(rule, 0) != new.get(rule, 0):
@@ -790,6 +923,7 @@ def _allowed_failure_write(ex: g.Example, code: int, out: str, diff: dict) -> st
 
 
 # --- the tests -------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
@@ -806,8 +940,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             w.server.shutdown()
     if FUZZ_LOG:
         with open(FUZZ_LOG, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"summary": {"examples": w.examples, "violations": len(w.failures),
-                                             "exit_codes": w.exits}}) + "\n")
+            fh.write(
+                json.dumps({"summary": {"examples": w.examples, "violations": len(w.failures), "exit_codes": w.exits}})
+                + "\n"
+            )
 
 
 def _exists(world: World, path: tuple[str, ...]) -> bool:
@@ -837,8 +973,14 @@ def examples_for(command: tuple[str, ...]) -> int:
 
 
 def _settings(n: int) -> settings:
-    return settings(max_examples=n, deadline=None, database=None, derandomize=FUZZ_SEED is None,
-                    suppress_health_check=list(HealthCheck), print_blob=False)
+    return settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=FUZZ_SEED is None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
 
 
 def _report(world: World, failures: list[Failure], what: str) -> str:
@@ -849,8 +991,10 @@ def _report(world: World, failures: list[Failure], what: str) -> str:
     for sig, items in sorted(by_sig.items(), key=lambda kv: -len(kv[1])):
         f = min(items, key=lambda f: len(repr(f.argv)))
         argv = repr(f.argv) if len(repr(f.argv)) < 400 else repr(f.argv)[:400] + "…"
-        lines.append(f"\n* {sig}  (x{len(items)})\n  pixelgov {argv}  env={f.env}\n  -> {f.details[0]}"
-                     f"\n  exit {f.exit_code}; stdout: {f.stdout[:300]!r}\n  stderr: {f.stderr[:300]!r}")
+        lines.append(
+            f"\n* {sig}  (x{len(items)})\n  pixelgov {argv}  env={f.env}\n  -> {f.details[0]}"
+            f"\n  exit {f.exit_code}; stdout: {f.stdout[:300]!r}\n  stderr: {f.stderr[:300]!r}"
+        )
         if f.exception:
             lines.append("  " + f.exception.strip().splitlines()[-1][:300])
     return "\n".join(lines)
@@ -921,7 +1065,7 @@ def pair_example(draw: Any, fx: g.Fixtures) -> tuple[g.Example, g.Example]:
     argv = [a for a in base.argv]
     # --format json for both, and the fields a run needs, so only names and numbers differ
     i = argv.index("check")
-    head, tail = argv[: i + 1], argv[i + 1:]
+    head, tail = argv[: i + 1], argv[i + 1 :]
     clean: list[str] = []
     skip = False
     for tok in tail:
@@ -935,13 +1079,29 @@ def pair_example(draw: Any, fx: g.Fixtures) -> tuple[g.Example, g.Example]:
             continue
         clean.append(tok)
     clean += ["--prompt", "a fox", "--image-url", fx.f("png"), "--format", "json"]
-    check_ex = g.Example(command=("check",), argv=head + clean, env=base.env, fmt="json",
-                         formats=fx.formats.get(("check",), ()), db=base.db, names=base.names,
-                         params_bad=base.params_bad, env_bad=base.env_bad)
+    check_ex = g.Example(
+        command=("check",),
+        argv=head + clean,
+        env=base.env,
+        fmt="json",
+        formats=fx.formats.get(("check",), ()),
+        db=base.db,
+        names=base.names,
+        params_bad=base.params_bad,
+        env_bad=base.env_bad,
+    )
     auth_argv = [*head[:-1], "authorize", *clean]
-    auth_ex = g.Example(command=("authorize",), argv=auth_argv, env=base.env, fmt="json",
-                        formats=fx.formats.get(("authorize",), ()), db=base.db, names=base.names,
-                        params_bad=base.params_bad, env_bad=base.env_bad)
+    auth_ex = g.Example(
+        command=("authorize",),
+        argv=auth_argv,
+        env=base.env,
+        fmt="json",
+        formats=fx.formats.get(("authorize",), ()),
+        db=base.db,
+        names=base.names,
+        params_bad=base.params_bad,
+        env_bad=base.env_bad,
+    )
     return check_ex, auth_ex
 
 
@@ -953,8 +1113,15 @@ def test_every_seeded_row_reads_back_strictly(world: World) -> None:
     reads: list[list[str]] = [["tx", "show", str(i)] for i in fx.tx_ids]
     reads += [["rules", "show", name] for name in fx.rule_names]
     reads += [["agents", "show", name] for name in ("bot", "paused-bot", "other")]
-    reads += [["tx", "list", "--limit", "100000"], ["agents", "list"], ["rules", "list"], ["alerts", "list"],
-              ["audit"], ["models"], ["db", "current"]]
+    reads += [
+        ["tx", "list", "--limit", "100000"],
+        ["agents", "list"],
+        ["rules", "list"],
+        ["alerts", "list"],
+        ["audit"],
+        ["models"],
+        ["db", "current"],
+    ]
     for args in reads:
         command = tuple(args[:2]) if args[0] in ("tx", "rules", "agents", "alerts", "db") else (args[0],)
         formats = fx.formats.get(command, ())
@@ -973,19 +1140,34 @@ def corpus(fx: g.Fixtures) -> list[g.Example]:
     (random generation meets some combinations, e.g. a big credit on a completed transaction,
     only in a long hunt). Judged by the same oracles as the fuzz."""
     ids = fx.tx_by_status
-    first = {status: str(ids[status][0]) if ids.get(status) else "1" for status in
-             ("pending", "completed", "failed", "voided", "expired", "unknown", "denied")}
+    first = {
+        status: str(ids[status][0]) if ids.get(status) else "1"
+        for status in ("pending", "completed", "failed", "voided", "expired", "unknown", "denied")
+    }
     dev = ["fal-ai/flux/dev", "--agent", "bot", "--prompt", "a fox"]
     up = fx.upstream
     ledger = ["--db", fx.ledger_url]
     key = {"FAL_KEY": g.SECRET_FAL_KEY}
     out: list[g.Example] = []
 
-    def add(command: tuple[str, ...], args: list[str], *, db: list[str] | None = None, fmt: str | None = None,
-            env: dict[str, str | None] | None = None, **flags: Any) -> None:
+    def add(
+        command: tuple[str, ...],
+        args: list[str],
+        *,
+        db: list[str] | None = None,
+        fmt: str | None = None,
+        env: dict[str, str | None] | None = None,
+        **flags: Any,
+    ) -> None:
         argv = (ledger if db is None else db) + list(command) + args + (["--format", fmt] if fmt else [])
-        ex = g.Example(command=command, argv=argv, env={**key, **(env or {})}, fmt=fmt,
-                       formats=fx.formats.get(command, ()), **flags)
+        ex = g.Example(
+            command=command,
+            argv=argv,
+            env={**key, **(env or {})},
+            fmt=fmt,
+            formats=fx.formats.get(command, ()),
+            **flags,
+        )
         if db is not None:
             ex.db = "bad"
         out.append(ex)
@@ -1011,24 +1193,42 @@ def corpus(fx: g.Fixtures) -> list[g.Example]:
         add(("tx", "list"), ["--since", "99999999999d"], fmt=fmt)
         add(("tx", "list"), ["--until", "9999-12-31T23:59:59-23:59"], fmt=fmt)
         # runs: validation before authorizing, hostile upstream answers, secrets
-        add(("run",), [*dev, "--params", '{"prompt": "x", "extra": NaN}', "--upstream-url", f"{up}/ok"], fmt=fmt,
-            params_bad=True)
+        add(
+            ("run",),
+            [*dev, "--params", '{"prompt": "x", "extra": NaN}', "--upstream-url", f"{up}/ok"],
+            fmt=fmt,
+            params_bad=True,
+        )
         add(("run",), [*dev, "--upstream-url", "http://[::1"], fmt=fmt, run_ok=False)
         add(("run",), [*dev, "--upstream-url", "http://"], fmt=fmt, run_ok=False)
         add(("run",), [*dev, "--upstream-url", "ftp://127.0.0.1/"], fmt=fmt, run_ok=False)
         add(("run",), [*dev, "--timeout", "1e300", "--upstream-url", f"{up}/ok"], fmt=fmt, run_ok=False)
         add(("run",), [*dev, "--out", fx.f("regular_file"), "--upstream-url", f"{up}/ok"], fmt=fmt, run_ok=False)
         add(("run",), [*dev, "--upstream-url", f"{up}/ok"], fmt=fmt, env={"FAL_KEY": None}, run_ok=False)
-        add(("run",), [*dev, "--upstream-url", f"{up}/ok"], fmt=fmt, env={"FAL_KEY": "key\nX-Injected: 1"},
-            run_ok=False)
+        add(
+            ("run",), [*dev, "--upstream-url", f"{up}/ok"], fmt=fmt, env={"FAL_KEY": "key\nX-Injected: 1"}, run_ok=False
+        )
         add(("run",), [*dev, "--upstream-url", f"{up}/echo"], fmt=fmt)
         add(("run",), [*dev, "--upstream-url", f"{up}/huge"], fmt=fmt)
         add(("run",), [*dev, "--upstream-url", f"{up}/nan"], fmt=fmt)
         add(("run",), [*dev, "--upstream-url", f"{up}/notjson"], fmt=fmt)
         add(("run",), [*dev, "--upstream-url", f"{up}/ok", "--idempotency-key", "job-1"], fmt=fmt)
         add(("run",), [*dev, "--upstream-url", f"{up}/ok", "--out", fx.f("out_dir")], fmt=fmt)
-        add(("run",), ["fal-ai/flux/dev/image-to-image", "--agent", "bot", "--prompt", "x", "--image-url",
-                       fx.f("png"), "--upstream-url", f"{up}/500"], fmt=fmt)
+        add(
+            ("run",),
+            [
+                "fal-ai/flux/dev/image-to-image",
+                "--agent",
+                "bot",
+                "--prompt",
+                "x",
+                "--image-url",
+                fx.f("png"),
+                "--upstream-url",
+                f"{up}/500",
+            ],
+            fmt=fmt,
+        )
         # names: one validator everywhere (a trailing newline, control characters, undecodable bytes)
         for name in ("bot\n", "b\x1bot", "\udcff"):
             add(("check",), ["fal-ai/flux/dev", "--agent", name], fmt=fmt, names=[name])
@@ -1042,17 +1242,29 @@ def corpus(fx: g.Fixtures) -> list[g.Example]:
         add(("tx", "void"), [first["pending"], "--reason", "\udcff"], fmt=fmt)
         # numbers in rules
         add(("rules", "create"), ["--name", "r1", "--type", "spend-limit", "--limit", "1e300"], fmt=fmt)
-        add(("rules", "create"), ["--name", "r2", "--type", "spend-limit", "--limit", "1", "--window",
-                                  "9" * 30 + "d"], fmt=fmt)
+        add(
+            ("rules", "create"),
+            ["--name", "r2", "--type", "spend-limit", "--limit", "1", "--window", "9" * 30 + "d"],
+            fmt=fmt,
+        )
         add(("rules", "create"), ["--name", "r3", "--type", "rate-limit", "--limit", str(2**63)], fmt=fmt)
         add(("rules", "update"), [str(2**64), "--disable"], fmt=fmt)
+        add(("rules", "show"), ["9" * 5000], fmt=fmt)
+        if ("report", "chart") in fx.formats:
+            add(("report", "chart"), ["--since", "9999-12-31T23:59:59-23:59"], fmt=fmt)
+            add(("report", "summary"), ["--period", "99999-01"], fmt=fmt)
+            add(("report", "statement"), ["--month", "0000-00"], fmt=fmt)
         # files
         add(("price",), ["fal-ai/flux/dev", "--params", "@" + fx.f("binary")], fmt=fmt)
         add(("price",), ["fal-ai/flux/dev", "--params", "@" + fx.f("deep")], fmt=fmt, params_bad=True)
         add(("price",), ["fal-ai/flux/dev", "--params", "@" + fx.f("dir")], fmt=fmt)
         add(("price",), ["fal-ai/flux/dev", "--params", '{"num_images": Infinity}'], fmt=fmt, params_bad=True)
-        add(("check",), ["fal-ai/flux/dev", "--agent", "bot", "--params", '{"prompt": "x", "extra": NaN}'], fmt=fmt,
-            params_bad=True)
+        add(
+            ("check",),
+            ["fal-ai/flux/dev", "--agent", "bot", "--params", '{"prompt": "x", "extra": NaN}'],
+            fmt=fmt,
+            params_bad=True,
+        )
         add(("price",), ["fal-ai/topaz/upscale/image", "--image-url", fx.f("bmp_negative")], fmt=fmt)
         add(("price",), ["fal-ai/topaz/upscale/image", "--image-url", fx.f("png_zero")], fmt=fmt)
         add(("price",), ["fal-ai/topaz/upscale/image", "--image-url", fx.f("png_huge")], fmt=fmt)
@@ -1063,16 +1275,35 @@ def corpus(fx: g.Fixtures) -> list[g.Example]:
         add(("price",), ["fal-ai/flux/dev"], fmt=fmt, env={"PIXELGOV_PRICE_BOOK": fx.f("binary")}, env_bad=True)
         add(("price",), ["fal-ai/flux/dev"], fmt=fmt, env={"PIXELGOV_PRICE_BOOK": fx.f("book_huge_rate")}, env_bad=True)
         add(("price",), ["fal-ai/flux/dev"], fmt=fmt, env={"PIXELGOV_PRICE_BOOK": fx.f("book_bad_rate")}, env_bad=True)
-        add(("run",), [*dev, "--upstream-url", f"{up}/ok"], fmt=fmt, env={"PIXELGOV_UPSTREAM_TIMEOUT": "inf"},
-            env_bad=True)
+        add(
+            ("run",),
+            [*dev, "--upstream-url", f"{up}/ok"],
+            fmt=fmt,
+            env={"PIXELGOV_UPSTREAM_TIMEOUT": "inf"},
+            env_bad=True,
+        )
         # usage errors while JSON was asked for
         add(("tx", "show"), ["-5"], fmt=fmt)
         add(("price",), ["fal-ai/flux/dev", "--bogus"], fmt=fmt)
         # databases that cannot be used
-        for db in ("mysql://x", "postgresql+psycopg2://x", "", f"sqlite:///{fx.f('under_file')}",
-                   "sqlite:////proc/pixelgov-fuzz/x.db", f"sqlite:///{fx.f('binary')}"):
+        for db in (
+            "mysql://x",
+            "postgresql+psycopg2://x",
+            "",
+            f"sqlite:///{fx.f('under_file')}",
+            "sqlite:////proc/pixelgov-fuzz/x.db",
+            f"sqlite:///{fx.f('binary')}",
+        ):
             add(("tx", "list"), [], db=["--db", db], fmt=fmt)
             add(("db", "current"), [], db=["--db", db], fmt=fmt)
+    # credentials in URLs are never shown or stored (a closed port: the product's connect retries, ~2 s)
+    add(("run",), [*dev, "--upstream-url", f"http://fzuser:{g.URL_PASSWORD}@127.0.0.1:{fx.closed_port}"], fmt="json")
+    add(
+        ("tx", "list"),
+        [],
+        db=["--db", f"postgresql+psycopg://fz:{g.URL_PASSWORD}@127.0.0.1:{fx.closed_port}/x"],
+        fmt="json",
+    )
     # migrations: revisions that do not exist
     for rev in ("nope", "", "head+1"):
         add(("db", "upgrade"), [rev])

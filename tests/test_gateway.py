@@ -37,8 +37,10 @@ def fal_posts(fake: Any) -> list[Any]:
 
 # --- the FAL-compatible route ----------------------------------------------------------------------
 
-def test_a_governed_run_answers_fals_body_and_settles_the_actual_cost(gw: RunningGateway, bot: str,
-                                                                      fake_fal: Any) -> None:
+
+def test_a_governed_run_answers_fals_body_and_settles_the_actual_cost(
+    gw: RunningGateway, bot: str, fake_fal: Any
+) -> None:
     with gw.client(bot) as client:
         r = client.post(f"/{FLUX}", json=BODY)
     assert r.status_code == 200
@@ -68,8 +70,9 @@ def test_bearer_works_like_key(gw: RunningGateway, bot: str) -> None:
 
 
 @pytest.mark.parametrize("auth", [None, "Key pgv_not-a-real-key", "Basic abc", "Key", "Bearer pgs_unknown"])
-def test_a_missing_or_unknown_key_is_401_and_nothing_is_written(gw: RunningGateway, fake_fal: Any,
-                                                               auth: str | None) -> None:
+def test_a_missing_or_unknown_key_is_401_and_nothing_is_written(
+    gw: RunningGateway, fake_fal: Any, auth: str | None
+) -> None:
     gw.ledger.admin.create_agent("bot")
     before = snapshot(gw.ledger.engine)
     headers = {"Authorization": auth} if auth is not None else {}
@@ -114,21 +117,24 @@ def test_a_rate_limit_is_429_with_retry_after(gw: RunningGateway, bot: str, fake
     assert len(fal_posts(fake_fal)) == 1
 
 
-@pytest.mark.parametrize(("path", "content", "status", "code"), [
-    ("/fal-ai/nope", json.dumps(BODY).encode(), 404, "model_not_found"),
-    (f"/{FLUX}", b"{not json", 400, "invalid_request"),
-    (f"/{FLUX}", b"[1, 2]", 400, "invalid_request"),
-    (f"/{FLUX}", b'{"prompt": "x", "num_images": "many"}', 400, "invalid_request"),
-    (f"/{FLUX}", b'{"prompt": "x", "guidance_scale": NaN}', 400, "invalid_request"),
-    (f"/{FLUX}", b"[" * 100_000, 400, "invalid_request"),
-    (f"/{FLUX}", b'{"prompt": "x", "image_size": {"width": 20000, "height": 20000}}', 413, "image_too_large"),
-    (f"/{FLUX}", b'{"prompt": ""}', 400, "invalid_request"),
-    (f"/{FLUX}", b"\xff\xfe", 400, "invalid_request"),
-    ("/fal-ai/flux/dev/image-to-image", b'{"prompt": "x", "image_url": "/etc/passwd"}', 400, "invalid_request"),
-])
-def test_bad_input_is_refused_and_nothing_is_authorized_or_sent(gw: RunningGateway, bot: str, fake_fal: Any,
-                                                                path: str, content: bytes, status: int,
-                                                                code: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "content", "status", "code"),
+    [
+        ("/fal-ai/nope", json.dumps(BODY).encode(), 404, "model_not_found"),
+        (f"/{FLUX}", b"{not json", 400, "invalid_request"),
+        (f"/{FLUX}", b"[1, 2]", 400, "invalid_request"),
+        (f"/{FLUX}", b'{"prompt": "x", "num_images": "many"}', 400, "invalid_request"),
+        (f"/{FLUX}", b'{"prompt": "x", "guidance_scale": NaN}', 400, "invalid_request"),
+        (f"/{FLUX}", b"[" * 100_000, 400, "invalid_request"),
+        (f"/{FLUX}", b'{"prompt": "x", "image_size": {"width": 20000, "height": 20000}}', 413, "image_too_large"),
+        (f"/{FLUX}", b'{"prompt": ""}', 400, "invalid_request"),
+        (f"/{FLUX}", b"\xff\xfe", 400, "invalid_request"),
+        ("/fal-ai/flux/dev/image-to-image", b'{"prompt": "x", "image_url": "/etc/passwd"}', 400, "invalid_request"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_authorized_or_sent(
+    gw: RunningGateway, bot: str, fake_fal: Any, path: str, content: bytes, status: int, code: str
+) -> None:
     before = row_counts(gw.ledger.engine)
     with gw.client(bot, headers={"Content-Type": "application/json"}) as client:
         r = client.post(path, content=content)
@@ -166,8 +172,9 @@ def test_an_upstream_error_is_502_and_the_transaction_failed(gw: RunningGateway,
     assert tx.status.value == "failed" and tx.actual_cost is None
 
 
-def test_an_upstream_validation_error_passes_through_as_fal_answered_it(gw: RunningGateway, bot: str,
-                                                                        fake_fal: Any) -> None:
+def test_an_upstream_validation_error_passes_through_as_fal_answered_it(
+    gw: RunningGateway, bot: str, fake_fal: Any
+) -> None:
     fake_fal.set_mode("status", status=422, detail="bad seed")
     with gw.client(bot) as client:
         r = client.post(f"/{FLUX}", json=BODY)
@@ -200,8 +207,9 @@ def test_a_server_without_fal_key_refuses_runs_with_502_and_authorizes_nothing(d
     assert fal_posts(fake_fal) == []
 
 
-def test_a_hostile_upstream_never_makes_the_gateway_leak_the_servers_key(gw: RunningGateway, bot: str,
-                                                                         fake_fal: Any) -> None:
+def test_a_hostile_upstream_never_makes_the_gateway_leak_the_servers_key(
+    gw: RunningGateway, bot: str, fake_fal: Any
+) -> None:
     for status in (200, 400, 500):
         fake_fal.set_mode("echo", status=status)
         with gw.client(bot) as client:
@@ -211,8 +219,10 @@ def test_a_hostile_upstream_never_makes_the_gateway_leak_the_servers_key(gw: Run
 
 # --- idempotency -------------------------------------------------------------------------------------
 
+
 def test_a_retry_with_the_same_idempotency_key_returns_the_first_result_without_sending(
-        gw: RunningGateway, bot: str, fake_fal: Any) -> None:
+    gw: RunningGateway, bot: str, fake_fal: Any
+) -> None:
     with gw.client(bot, headers={"Idempotency-Key": "job-42"}) as client:
         first = client.post(f"/{FLUX}", json=BODY)
         second = client.post(f"/{FLUX}", json=BODY)
@@ -234,7 +244,9 @@ def test_the_same_idempotency_key_in_flight_is_409(gw: RunningGateway, bot: str,
 
     thread = threading.Thread(target=first)
     thread.start()
-    time.sleep(0.4)
+    deadline = time.monotonic() + 10
+    while not fal_posts(fake_fal) and time.monotonic() < deadline:  # the first is held and sent
+        time.sleep(0.01)
     with gw.client(bot, headers={"Idempotency-Key": "job-7"}) as client:
         r = client.post(f"/{FLUX}", json=BODY)
     thread.join(10)
@@ -244,6 +256,7 @@ def test_the_same_idempotency_key_in_flight_is_409(gw: RunningGateway, bot: str,
 
 
 # --- the seed API ------------------------------------------------------------------------------------
+
 
 def test_a_price_needs_no_key_and_writes_nothing(gw: RunningGateway) -> None:
     before = row_counts(gw.ledger.engine)
@@ -329,6 +342,7 @@ def test_a_rotated_agent_key_stops_working_once_the_key_cache_expires(db_url: st
 
 # --- the admin API -----------------------------------------------------------------------------------
 
+
 def test_the_admin_api_manages_agents_and_rules(gw: RunningGateway) -> None:
     with gw.admin() as admin:
         r = admin.post("/v1/agents", json={"name": "marketing-bot", "description": "social"})
@@ -337,16 +351,23 @@ def test_the_admin_api_manages_agents_and_rules(gw: RunningGateway) -> None:
         assert admin.post("/v1/agents", json={"name": "marketing-bot"}).status_code == 400
         assert admin.patch("/v1/agents/marketing-bot", json={"status": "paused"}).json()["status"] == "paused"
         assert admin.post("/v1/agents/marketing-bot/rotate-key").json()["api_key"].startswith("pgv_")
-        rule = admin.post("/v1/spending-rules", json={"name": "daily", "type": "spend-limit", "limit": "5",
-                                                      "period": "day", "agent": "marketing-bot"})
+        rule = admin.post(
+            "/v1/spending-rules",
+            json={"name": "daily", "type": "spend-limit", "limit": "5", "period": "day", "agent": "marketing-bot"},
+        )
         assert rule.status_code == 201 and rule.json()["version"] == 1
         updated = admin.patch("/v1/spending-rules/daily", json={"limit": "10", "version": 1})
         assert updated.status_code == 200 and updated.json()["limit"] == "10" and updated.json()["version"] == 2
         stale = admin.patch("/v1/spending-rules/daily", json={"limit": "20", "version": 1})
         assert stale.status_code == 409 and stale.json()["error"]["current_version"] == 2
         assert admin.get("/v1/spending-rules").json()[0]["limit"] == "10"
-        assert admin.post("/v1/spending-rules", json={"name": "x", "type": "spend-limit", "limit": "1",
-                                                      "period": "day", "agent": "ghost"}).status_code == 404
+        assert (
+            admin.post(
+                "/v1/spending-rules",
+                json={"name": "x", "type": "spend-limit", "limit": "1", "period": "day", "agent": "ghost"},
+            ).status_code
+            == 404
+        )
         assert admin.delete("/v1/spending-rules/daily").status_code == 200
         assert admin.get("/v1/spending-rules/daily").status_code == 404
         assert admin.get("/v1/audit").json()[0]["action"] == "delete"
@@ -360,8 +381,9 @@ def test_the_admin_api_settles_adjusts_and_annotates_any_transaction(gw: Running
         assert [t["id"] for t in page["transactions"]] == [int(tx_id)] and page["has_more"] is False
         r = admin.post(f"/v1/transactions/{tx_id}/costs", json={"amount": "-0.002", "note": "FAL credit"})
         assert r.status_code == 200
-        assert admin.post(f"/v1/transactions/{tx_id}/facts", json={"key": "reviewer", "value": "alice"}).status_code \
-            == 200
+        assert (
+            admin.post(f"/v1/transactions/{tx_id}/facts", json={"key": "reviewer", "value": "alice"}).status_code == 200
+        )
         detail = admin.get(f"/v1/transactions/{tx_id}").json()
         assert [c["kind"] for c in detail["cost_lines"]] == ["estimate", "actual", "adjustment"]
         assert {"key": "reviewer", "value": "alice"}.items() <= detail["facts"][-1].items()
@@ -382,13 +404,16 @@ def test_an_agent_key_is_not_an_admin_token(gw: RunningGateway, bot: str) -> Non
 
 
 def test_the_admin_api_is_off_without_a_token(db_url: str, fake_fal: Any) -> None:
-    with gateway_server(db_url, fake_fal.url, admin_token=None) as gw, gw.client(
-            headers={"Authorization": "Bearer anything"}) as client:
+    with (
+        gateway_server(db_url, fake_fal.url, admin_token=None) as gw,
+        gw.client(headers={"Authorization": "Bearer anything"}) as client,
+    ):
         r = client.get("/v1/agents")
         assert r.status_code == 401 and "PIXELGOV_ADMIN_TOKEN" in r.json()["detail"]
 
 
 # --- the queue API -----------------------------------------------------------------------------------
+
 
 def _wait_status(client: httpx.Client, url: str, want: str, timeout: float = 10) -> httpx.Response:
     deadline = time.monotonic() + timeout
@@ -454,8 +479,7 @@ def test_cancel_releases_a_request_not_yet_sent(db_url: str, fake_fal: Any) -> N
     assert len(fal_posts(fake_fal)) == 1
 
 
-def test_a_failed_queued_request_reports_the_error_on_its_result(gw: RunningGateway, bot: str,
-                                                                 fake_fal: Any) -> None:
+def test_a_failed_queued_request_reports_the_error_on_its_result(gw: RunningGateway, bot: str, fake_fal: Any) -> None:
     fake_fal.set_mode("status", status=500, detail="exploded")
     with gw.client(bot) as client:
         handle = client.post(f"/queue/{FLUX}", json=BODY).json()
@@ -482,6 +506,7 @@ def test_an_unknown_request_id_is_404(gw: RunningGateway, bot: str) -> None:
 
 # --- operations --------------------------------------------------------------------------------------
 
+
 def test_healthz_metrics_and_the_status_page(gw: RunningGateway, bot: str) -> None:
     with gw.client(bot) as client:
         client.post(f"/{FLUX}", json=BODY)
@@ -496,8 +521,9 @@ def test_healthz_metrics_and_the_status_page(gw: RunningGateway, bot: str) -> No
         assert SERVER_FAL_KEY not in page.text and ADMIN_TOKEN not in page.text
 
 
-def test_the_access_log_has_one_json_line_per_request_and_no_secrets(gw: RunningGateway, bot: str,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_the_access_log_has_one_json_line_per_request_and_no_secrets(
+    gw: RunningGateway, bot: str, caplog: pytest.LogCaptureFixture
+) -> None:
     import logging
 
     with caplog.at_level(logging.INFO, logger="pixelgov.access"), gw.client(bot) as client:
@@ -505,7 +531,9 @@ def test_the_access_log_has_one_json_line_per_request_and_no_secrets(gw: Running
         client.get("/healthz")
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "pixelgov.access"]
     assert [(x["method"], x["route"], x["status"]) for x in lines] == [
-        ("POST", "/{endpoint:path}", 200), ("GET", "/healthz", 200)]
+        ("POST", "/{endpoint:path}", 200),
+        ("GET", "/healthz", 200),
+    ]
     assert lines[0]["agent"] == "bot" and isinstance(lines[0]["transaction"], int)
     text = caplog.text
     assert bot not in text and SERVER_FAL_KEY not in text and "shh" not in text
@@ -539,14 +567,19 @@ def test_a_queue_host_takes_submits_on_the_plain_path(gw: RunningGateway, bot: s
 
 # --- the command ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("args", "env"), [
-    (["--ssl-certfile", "cert.pem"], {}),
-    (["--ssl-certfile", "missing.pem", "--ssl-keyfile", "missing.pem"], {}),
-    ([], {"PIXELGOV_MAX_BODY_BYTES": "lots"}),
-    ([], {"PIXELGOV_DB_THREADS": "0"}),
-])
-def test_serve_refuses_bad_options_with_one_line(args: list[str], env: dict[str, str], sqlite_url: str,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--ssl-certfile", "cert.pem"], {}),
+        (["--ssl-certfile", "missing.pem", "--ssl-keyfile", "missing.pem"], {}),
+        ([], {"PIXELGOV_MAX_BODY_BYTES": "lots"}),
+        ([], {"PIXELGOV_DB_THREADS": "0"}),
+    ],
+)
+def test_serve_refuses_bad_options_with_one_line(
+    args: list[str], env: dict[str, str], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from ledger.cli import cli
@@ -574,3 +607,42 @@ def test_a_locked_database_is_503_and_nothing_is_sent(sqlite_url: str, fake_fal:
         assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
         assert r.headers["Retry-After"] == "1"
     assert fal_posts(fake_fal) == []
+
+
+@pytest.mark.parametrize("ref", ["¹", "٣", "١٢"])
+def test_a_rule_reference_of_non_ascii_digits_is_404_not_500(gw: RunningGateway, ref: str) -> None:
+    with gw.admin() as admin:
+        assert admin.get(f"/v1/spending-rules/{ref}").status_code == 404
+        assert admin.patch(f"/v1/spending-rules/{ref}", json={"version": 1, "limit": "1"}).status_code == 404
+        assert admin.delete(f"/v1/spending-rules/{ref}").status_code == 404
+
+
+def test_a_stopping_worker_ends_its_queued_runs_after_the_grace_period(db_url: str, fake_fal: Any) -> None:
+    fake_fal.set_mode("slow", delay=3)
+    with gateway_server(db_url, fake_fal.url, shutdown_grace=0.3, upstream_connections=1) as gw:
+        key = gw.ledger.admin.create_agent("bot").api_key
+        with gw.client(key) as client:
+            sent = client.post(f"/queue/{FLUX}", json=BODY)
+            waiting = client.post(f"/queue/{FLUX}", json=BODY)
+        time.sleep(0.3)
+        ids = int(sent.headers["X-Pixelgov-Transaction"]), int(waiting.headers["X-Pixelgov-Transaction"])
+    from ledger import Ledger
+
+    with Ledger(db_url) as after:
+        statuses = [after.governor.transaction(i).status.value for i in ids]
+    assert statuses == ["unknown", "failed"]  # sent: its estimate stays counted; never sent: released
+
+
+def test_serve_refuses_a_malformed_price_book_at_start(
+    sqlite_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from ledger.cli import cli
+
+    book = tmp_path / "book.json"
+    book.write_text('{"version": 1}')
+    monkeypatch.setenv("PIXELGOV_PRICE_BOOK", str(book))
+    result = CliRunner().invoke(cli, ["--db", sqlite_url, "serve"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output

@@ -43,21 +43,22 @@ print(json.dumps(out))
 def run_client(gateway_url: str, cert: str, key: str, tmp_path: Path) -> dict[str, Any]:
     host = gateway_url.removeprefix("https://")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "PIXELGOV_"))}
-    env.update(FAL_RUN_HOST=host, FAL_QUEUE_RUN_HOST=f"{host}/queue", SSL_CERT_FILE=cert, FAL_KEY=key,
-               HOME=str(tmp_path))
+    env.update(
+        FAL_RUN_HOST=host, FAL_QUEUE_RUN_HOST=f"{host}/queue", SSL_CERT_FILE=cert, FAL_KEY=key, HOME=str(tmp_path)
+    )
     done = subprocess.run([sys.executable, "-c", CLIENT], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def test_an_unmodified_fal_client_is_governed_through_the_gateway(db_url: str, fake_fal: Any,
-                                                                  tmp_path: Path) -> None:
+def test_an_unmodified_fal_client_is_governed_through_the_gateway(db_url: str, fake_fal: Any, tmp_path: Path) -> None:
     cert, keyfile = self_signed_cert(tmp_path)
     with gateway_server(db_url, fake_fal.url, ssl=(cert, keyfile)) as gw:
         agent_key = gw.ledger.admin.create_agent("fal-bot").api_key
         # square_hd flux-dev: 1.05 MP × 0.015 = 0.01575; schnell landscape_4_3: 0.79 × 0.004 = 0.00316.
-        gw.ledger.admin.create_rule(spec(name="fal-bot-daily", type="spend-limit", limit="0.02", period="day",
-                                         agent="fal-bot"))
+        gw.ledger.admin.create_rule(
+            spec(name="fal-bot-daily", type="spend-limit", limit="0.02", period="day", agent="fal-bot")
+        )
         out = run_client(gw.url, cert, agent_key, tmp_path)
 
         assert out["run"]["images"][0]["width"] == 1024 and out["run"]["images"][0]["height"] == 1024

@@ -52,8 +52,7 @@ def _load(url: str, keys: list[str], on_progress: Any = None) -> list[tuple[int 
     sent = [0]
 
     def client(i: int) -> None:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Key {keys[i % len(keys)]}"},
-                          timeout=20) as http:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Key {keys[i % len(keys)]}"}, timeout=20) as http:
             for _ in range(PER_CLIENT):
                 try:
                     r = http.post(f"/{ENDPOINT}", json={"prompt": "load"})
@@ -98,7 +97,8 @@ def _assert_ledger_matches(ledger: Any, results: list[tuple[int | str, str | Non
     spent, held, _ = rule_usage(ledger.engine, rule_id)
     assert spent + held <= LIMIT
     counted = sum((t.actual_cost or Decimal(0)) for t in txs if t.status.value == "completed") + sum(
-        (t.estimated_cost for t in txs if t.status.value in ("unknown", "pending")), Decimal(0))
+        (t.estimated_cost for t in txs if t.status.value in ("unknown", "pending")), Decimal(0)
+    )
     assert counted == spent + held
 
 
@@ -174,7 +174,9 @@ def test_sigterm_lets_in_flight_requests_finish(pg_url: str, fake_fal: Any) -> N
             threads = [threading.Thread(target=one) for _ in range(3)]
             for t in threads:
                 t.start()
-            time.sleep(0.5)
+            deadline = time.monotonic() + 20
+            while fake_fal.count() < 3 and time.monotonic() < deadline:  # all three sent upstream
+                time.sleep(0.01)
             proc.send_signal(signal.SIGTERM)
             for t in threads:
                 t.join(30)

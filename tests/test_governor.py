@@ -59,6 +59,7 @@ def lines(gov, tx_id: int) -> list[tuple[str, Decimal]]:  # type: ignore[no-unty
 
 # --- authorize --------------------------------------------------------------------------------
 
+
 def test_authorize_records_a_pending_transaction_and_holds_its_estimate(gov, budget, engine, clock) -> None:
     tx = hold(gov)
     assert tx.status == TxStatus.pending and tx.status == "pending"
@@ -79,13 +80,27 @@ def test_a_transaction_has_the_promised_wire_shape(gov) -> None:
     tx = hold(gov)
     doc = gov.transaction(tx.id, detail=True).to_json()
     assert doc == {
-        "id": tx.id, "agent": "bot", "endpoint": "fal-ai/flux/dev", "model": "fal-ai/flux/dev",
-        "operation": "generate", "status": "pending", "estimated_cost": "0.01185", "estimated_price": "$0.012",
-        "actual_cost": None, "price_book": DEV.price_book, "created_at": "2026-11-25T12:00:00Z",
-        "completed_at": None, "idempotency_key": None, "denial": None, "upstream_request_id": None,
-        "upstream_status": None, "outcome": None, "request": BODY,
+        "id": tx.id,
+        "agent": "bot",
+        "endpoint": "fal-ai/flux/dev",
+        "model": "fal-ai/flux/dev",
+        "operation": "generate",
+        "status": "pending",
+        "estimated_cost": "0.01185",
+        "estimated_price": "$0.012",
+        "actual_cost": None,
+        "price_book": DEV.price_book,
+        "created_at": "2026-11-25T12:00:00Z",
+        "completed_at": None,
+        "idempotency_key": None,
+        "denial": None,
+        "upstream_request_id": None,
+        "upstream_status": None,
+        "outcome": None,
+        "request": BODY,
         "cost_lines": [{"kind": "estimate", "amount": "0.01185", "note": None, "created_at": "2026-11-25T12:00:00Z"}],
-        "facts": [], "result": None,
+        "facts": [],
+        "result": None,
     }
     assert "request" not in tx.to_json()  # only a detailed record carries the request, lines, facts, result
 
@@ -117,6 +132,7 @@ def test_a_denied_request_is_recorded_as_denied_and_holds_nothing(gov, budget, e
 
 
 # --- settle -----------------------------------------------------------------------------------
+
 
 def test_settling_below_the_estimate_counts_the_actual_and_frees_the_rest(gov, budget, engine, clock) -> None:
     tx = hold(gov)
@@ -154,8 +170,14 @@ def test_settling_at_zero_is_allowed_but_a_negative_actual_is_refused(gov, budge
 
 def test_settle_records_facts_and_upstream_details(gov) -> None:
     tx = hold(gov)
-    done = gov.settle(tx.id, EST, facts={"output_sizes": "1024x768", "latency_ms": 1234},
-                      upstream_request_id="req-1", upstream_status=200, response={"images": []})
+    done = gov.settle(
+        tx.id,
+        EST,
+        facts={"output_sizes": "1024x768", "latency_ms": 1234},
+        upstream_request_id="req-1",
+        upstream_status=200,
+        response={"images": []},
+    )
     assert (done.upstream_request_id, done.upstream_status) == ("req-1", 200)
     assert fact_values(gov, tx.id) == {"output_sizes": "1024x768", "latency_ms": "1234"}
     detail = gov.transaction(tx.id, detail=True).detail
@@ -166,8 +188,11 @@ def test_settle_records_facts_and_upstream_details(gov) -> None:
 @pytest.mark.parametrize("finish", ["settle", "void", "fail"])
 def test_a_resolved_transaction_cannot_be_settled_again(gov, budget, engine, finish) -> None:
     tx = hold(gov)
-    {"settle": lambda: gov.settle(tx.id, EST), "void": lambda: gov.void(tx.id),
-     "fail": lambda: gov.fail(tx.id, "upstream 500")}[finish]()
+    {
+        "settle": lambda: gov.settle(tx.id, EST),
+        "void": lambda: gov.void(tx.id),
+        "fail": lambda: gov.fail(tx.id, "upstream 500"),
+    }[finish]()
     before = snapshot(engine)
     with pytest.raises(Conflict) as error:
         gov.settle(tx.id, Decimal("0.5"))
@@ -207,6 +232,7 @@ def test_spend_settled_after_midnight_counts_in_the_day_it_was_authorized(gov, b
 
 
 # --- complete: choosing the actual cost -------------------------------------------------------
+
 
 def test_complete_with_a_given_actual_settles_at_that_amount(gov, budget, engine) -> None:
     tx = hold(gov)
@@ -249,8 +275,10 @@ def test_complete_with_a_response_of_several_images_prices_each(gov) -> None:
     assert "repriced_estimate" not in facts_  # the stored request prices as it was estimated
 
 
-@pytest.mark.parametrize("response", [{"images": []}, {"images": [{"url": "https://x/1.png"}]}, {},
-                                      {"images": [{"width": 1024, "height": 0}]}])
+@pytest.mark.parametrize(
+    "response",
+    [{"images": []}, {"images": [{"url": "https://x/1.png"}]}, {}, {"images": [{"width": 1024, "height": 0}]}],
+)
 def test_complete_with_a_response_without_sizes_settles_at_the_estimate(gov, budget, engine, response) -> None:
     tx = hold(gov)
     done = gov.complete(tx.id, response=response)
@@ -290,6 +318,7 @@ def test_complete_with_both_an_actual_and_a_response_is_refused_and_writes_nothi
 
 # --- release: void, fail ----------------------------------------------------------------------
 
+
 def test_voiding_a_pending_transaction_releases_its_hold(gov, budget, engine) -> None:
     tx = hold(gov)
     voided = gov.void(tx.id, "never sent")
@@ -327,6 +356,7 @@ def test_voiding_twice_is_refused_and_changes_nothing(gov, budget, engine) -> No
 
 
 # --- unknown outcomes -------------------------------------------------------------------------
+
 
 def test_an_unknown_outcome_keeps_the_estimate_counted_as_spent(gov, budget, engine, clock) -> None:
     tx = hold(gov)
@@ -367,6 +397,7 @@ def test_voiding_an_unknown_outcome_removes_its_estimate_from_spend(gov, budget,
 
 
 # --- expiry -----------------------------------------------------------------------------------
+
 
 def test_a_hold_expires_only_once_older_than_the_ttl(gov, budget, engine, clock) -> None:
     tx = hold(gov)
@@ -500,6 +531,7 @@ def test_a_governor_does_not_read_the_environment(engine, monkeypatch) -> None:
 
 # --- idempotency ------------------------------------------------------------------------------
 
+
 def test_a_retry_with_the_same_key_returns_the_same_transaction_and_holds_nothing_new(gov, budget, engine) -> None:
     first = gov.authorize("bot", DEV, BODY, idempotency_key="job-42")
     retry = gov.authorize("bot", DEV, BODY, idempotency_key="job-42")
@@ -567,6 +599,7 @@ def test_requests_without_a_key_are_never_merged(gov, engine) -> None:
 
 # --- adjustments and facts --------------------------------------------------------------------
 
+
 def test_an_adjustment_adds_a_cost_line_and_counts_in_the_budget(gov, budget, engine) -> None:
     tx = hold(gov)
     gov.settle(tx.id, EST)
@@ -574,8 +607,11 @@ def test_an_adjustment_adds_a_cost_line_and_counts_in_the_budget(gov, budget, en
     gov.add_cost(tx.id, Decimal("-0.005"), note="FAL credit")
     detail = gov.transaction(tx.id, detail=True)
     assert [(c.kind, c.amount, c.note) for c in detail.detail.cost_lines] == [
-        ("estimate", EST, None), ("actual", EST, None),
-        ("adjustment", Decimal("0.002"), "late surcharge"), ("adjustment", Decimal("-0.005"), "FAL credit")]
+        ("estimate", EST, None),
+        ("actual", EST, None),
+        ("adjustment", Decimal("0.002"), "late surcharge"),
+        ("adjustment", Decimal("-0.005"), "FAL credit"),
+    ]
     assert [c["amount"] for c in detail.to_json()["cost_lines"]] == ["0.01185", "0.01185", "0.002", "-0.005"]
     assert detail.actual_cost == EST  # a ledger row is never rewritten: corrections are new lines
     assert usage(engine, budget.id) == (Decimal("0.00885"), 0, 1)
@@ -650,7 +686,10 @@ def test_facts_are_appended_to_any_transaction(gov, engine) -> None:
     gov.add_fact(tx.id, "x-fal-billable-units", {"units": 0.79})
     detail = gov.transaction(tx.id, detail=True)
     assert [(f.key, f.value) for f in detail.detail.facts] == [
-        ("reviewer", "alice"), ("reviewer", "bob"), ("x-fal-billable-units", '{"units": 0.79}')]
+        ("reviewer", "alice"),
+        ("reviewer", "bob"),
+        ("x-fal-billable-units", '{"units": 0.79}'),
+    ]
     assert detail.detail.fact("reviewer") == "bob"  # the latest
     assert detail.status == TxStatus.pending
 
@@ -668,6 +707,7 @@ def test_a_fact_needs_a_known_transaction_and_a_key(gov, engine) -> None:
 
 # --- bad input: a typed error and nothing written ---------------------------------------------
 
+
 @pytest.fixture
 def ledger_state(gov, admin):  # type: ignore[no-untyped-def]
     """A ledger with a counted rule and a pending, a completed and a voided transaction."""
@@ -682,16 +722,26 @@ def ledger_state(gov, admin):  # type: ignore[no-untyped-def]
 
 BAD_GOVERNOR_CALLS: dict[str, tuple[Callable[[Any, dict[str, int]], Any], type[Exception], str | None]] = {
     "authorize: idempotency key too long": (
-        lambda g, t: g.authorize("bot", DEV, BODY, idempotency_key="k" * 201), InvalidRequest, "idempotency_key"),
+        lambda g, t: g.authorize("bot", DEV, BODY, idempotency_key="k" * 201),
+        InvalidRequest,
+        "idempotency_key",
+    ),
     "authorize: empty idempotency key": (
-        lambda g, t: g.authorize("bot", DEV, BODY, idempotency_key=""), InvalidRequest, "idempotency_key"),
-    "authorize: invalid agent name": (
-        lambda g, t: g.authorize("no spaces please", DEV, BODY), InvalidRequest, "agent"),
+        lambda g, t: g.authorize("bot", DEV, BODY, idempotency_key=""),
+        InvalidRequest,
+        "idempotency_key",
+    ),
+    "authorize: invalid agent name": (lambda g, t: g.authorize("no spaces please", DEV, BODY), InvalidRequest, "agent"),
     "authorize: agent name with a trailing newline": (
-        lambda g, t: g.authorize("bot\n", DEV, BODY), InvalidRequest, "agent"),
+        lambda g, t: g.authorize("bot\n", DEV, BODY),
+        InvalidRequest,
+        "agent",
+    ),
     "authorize: same key, other request": (
-        lambda g, t: g.authorize("bot", DEV, {"prompt": "other"}, idempotency_key="k"), Conflict,
-        "idempotency_key"),
+        lambda g, t: g.authorize("bot", DEV, {"prompt": "other"}, idempotency_key="k"),
+        Conflict,
+        "idempotency_key",
+    ),
     "settle: negative actual": (lambda g, t: g.settle(t["pending"], Decimal("-0.01")), InvalidRequest, "actual"),
     "settle: unstorable actual": (lambda g, t: g.settle(t["pending"], Decimal("1e12")), InvalidRequest, "actual"),
     "settle: unknown transaction": (lambda g, t: g.settle(404, EST), NotFound, None),
@@ -699,9 +749,11 @@ BAD_GOVERNOR_CALLS: dict[str, tuple[Callable[[Any, dict[str, int]], Any], type[E
     "complete: malformed actual": (lambda g, t: g.complete(t["pending"], actual="ten"), InvalidRequest, "actual"),
     "complete: negative actual": (lambda g, t: g.complete(t["pending"], actual="-1"), InvalidRequest, "actual"),
     "complete: a response that is not an object": (
-        lambda g, t: g.complete(t["pending"], response=[1, 2]), InvalidRequest, "response"),
-    "complete: both": (
-        lambda g, t: g.complete(t["pending"], actual="0.01", response={}), InvalidRequest, "actual"),
+        lambda g, t: g.complete(t["pending"], response=[1, 2]),
+        InvalidRequest,
+        "response",
+    ),
+    "complete: both": (lambda g, t: g.complete(t["pending"], actual="0.01", response={}), InvalidRequest, "actual"),
     "complete: unknown transaction": (lambda g, t: g.complete(404), NotFound, None),
     "complete: a completed transaction": (lambda g, t: g.complete(t["completed"]), Conflict, None),
     "fail: a completed transaction": (lambda g, t: g.fail(t["completed"], "late"), Conflict, None),
@@ -709,9 +761,15 @@ BAD_GOVERNOR_CALLS: dict[str, tuple[Callable[[Any, dict[str, int]], Any], type[E
     "mark_unknown: unknown transaction": (lambda g, t: g.mark_unknown(404, "x"), NotFound, None),
     "add_cost: a pending transaction": (lambda g, t: g.add_cost(t["pending"], Decimal("0.01")), Conflict, None),
     "add_cost: not an adjustment": (
-        lambda g, t: g.add_cost(t["completed"], Decimal("0.01"), kind="actual"), InvalidRequest, "kind"),
+        lambda g, t: g.add_cost(t["completed"], Decimal("0.01"), kind="actual"),
+        InvalidRequest,
+        "kind",
+    ),
     "add_cost: unstorable amount": (
-        lambda g, t: g.add_cost(t["completed"], Decimal("-1e12")), InvalidRequest, "amount"),
+        lambda g, t: g.add_cost(t["completed"], Decimal("-1e12")),
+        InvalidRequest,
+        "amount",
+    ),
     "add_fact: empty key": (lambda g, t: g.add_fact(t["pending"], "", "v"), InvalidRequest, "key"),
     "add_fact: unknown transaction": (lambda g, t: g.add_fact(404, "k", "v"), NotFound, None),
     "expire: negative age": (lambda g, t: g.expire(older_than=-1), InvalidRequest, "older_than"),
@@ -721,8 +779,9 @@ BAD_GOVERNOR_CALLS: dict[str, tuple[Callable[[Any, dict[str, int]], Any], type[E
 
 
 @pytest.mark.parametrize("case", list(BAD_GOVERNOR_CALLS))
-def test_a_governor_call_with_bad_input_raises_a_typed_error_and_writes_nothing(gov, engine, ledger_state,
-                                                                                case) -> None:
+def test_a_governor_call_with_bad_input_raises_a_typed_error_and_writes_nothing(
+    gov, engine, ledger_state, case
+) -> None:
     call, error_type, field = BAD_GOVERNOR_CALLS[case]
     if case.startswith("authorize: same key"):
         gov.authorize("bot", DEV, BODY, idempotency_key="k")  # the first use of the key is a real write
@@ -738,6 +797,7 @@ def test_a_governor_call_with_bad_input_raises_a_typed_error_and_writes_nothing(
 
 
 # --- agent names ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["bot\n", "", " bot", "no spaces please", "bot\x00"])
 def test_a_check_refuses_an_invalid_agent_name_like_authorize(gov, budget, engine, name: str) -> None:
@@ -769,6 +829,7 @@ def test_an_agent_name_with_a_trailing_newline_is_not_the_agent(gov, admin) -> N
 
 
 # --- reading ----------------------------------------------------------------------------------
+
 
 def test_transactions_are_listed_newest_first_and_filtered(gov, clock) -> None:
     a = hold(gov, "alice")
@@ -815,14 +876,16 @@ def test_holds_record_the_counters_each_transaction_was_counted_in(gov, admin, b
     rate = admin.create_rule(spec(name="rate", type="rate-limit", limit="10", window="1h"))
     tx = hold(gov)
     with engine.connect() as conn:
-        rows = conn.execute(select(holds.c.rule_id, holds.c.bucket).where(holds.c.transaction_id == tx.id)
-                            .order_by(holds.c.rule_id)).all()
+        rows = conn.execute(
+            select(holds.c.rule_id, holds.c.bucket).where(holds.c.transaction_id == tx.id).order_by(holds.c.rule_id)
+        ).all()
     day = int(datetime(2026, 11, 25, tzinfo=UTC).timestamp())
     minute = int(datetime(2026, 11, 25, 12, tzinfo=UTC).timestamp())
     assert [tuple(r) for r in rows] == [(budget.id, day), (rate.id, minute)]  # not the uncounted cap
 
 
 # --- the counters are a cache of the ledger ---------------------------------------------------
+
 
 def _period_start(period: str, when: datetime) -> datetime:
     """The UTC calendar period `when` falls in, computed here (not by `ledger.periods`)."""
@@ -849,19 +912,29 @@ def recount(engine: Any, rule: SpendingRule) -> dict[int, tuple[Decimal, Decimal
     assert rule.period is not None and rule.window is None
     t = transactions.c
     with engine.connect() as conn:
-        rows = conn.execute(select(t.id, agents.c.name.label("agent"), t.endpoint, t.model, t.operation, t.status,
-                                   t.estimated_cost, t.actual_cost, t.created_at)
-                            .join(agents, agents.c.id == t.agent_id)).all()
+        rows = conn.execute(
+            select(
+                t.id,
+                agents.c.name.label("agent"),
+                t.endpoint,
+                t.model,
+                t.operation,
+                t.status,
+                t.estimated_cost,
+                t.actual_cost,
+                t.created_at,
+            ).join(agents, agents.c.id == t.agent_id)
+        ).all()
         adjusted: dict[int, Decimal] = defaultdict(Decimal)
-        for tx_id, amount in conn.execute(select(cost_lines.c.transaction_id, cost_lines.c.amount)
-                                          .where(cost_lines.c.kind == "adjustment")):
+        for tx_id, amount in conn.execute(
+            select(cost_lines.c.transaction_id, cost_lines.c.amount).where(cost_lines.c.kind == "adjustment")
+        ):
             adjusted[tx_id] += amount
     counters: dict[int, tuple[Decimal, Decimal, int]] = {}
     for row in rows:
         if rule.agent is not None and row.agent != rule.agent:
             continue
-        if rule.model is not None and not (fnmatchcase(row.endpoint, rule.model)
-                                           or fnmatchcase(row.model, rule.model)):
+        if rule.model is not None and not (fnmatchcase(row.endpoint, rule.model) or fnmatchcase(row.model, rule.model)):
             continue
         if rule.operation is not None and row.operation != rule.operation:
             continue
@@ -885,8 +958,9 @@ def stored_counters(engine: Any, rule_id: int) -> dict[int, tuple[Decimal, Decim
     c = rule_counters.c
     with engine.connect() as conn:
         rows = conn.execute(select(c.bucket, c.spent, c.held, c.requests).where(c.rule_id == rule_id)).all()
-    return {int(r.bucket): (r.spent, r.held, int(r.requests)) for r in rows
-            if (r.spent, r.held, r.requests) != (0, 0, 0)}
+    return {
+        int(r.bucket): (r.spent, r.held, int(r.requests)) for r in rows if (r.spent, r.held, r.requests) != (0, 0, 0)
+    }
 
 
 def test_counters_can_be_recounted_from_the_transactions(gov, admin, budget, engine, clock) -> None:
@@ -896,8 +970,11 @@ def test_counters_can_be_recounted_from_the_transactions(gov, admin, budget, eng
     The scenario asserts no decision on the way: whatever the governor allowed or denied, the
     final comparison with the independent recount is the oracle."""
     admin.create_agent("alice")
-    alice_hourly = admin.create_rule(spec(name="alice-flux-hourly", type="spend-limit", limit="1", period="hour",
-                                          agent="alice", model="fal-ai/flux/*"))
+    alice_hourly = admin.create_rule(
+        spec(
+            name="alice-flux-hourly", type="spend-limit", limit="1", period="hour", agent="alice", model="fal-ai/flux/*"
+        )
+    )
 
     def attempt(agent: str = "bot", q=DEV) -> Transaction | None:  # type: ignore[no-untyped-def]
         auth = gov.authorize(agent, q, BODY)
@@ -926,8 +1003,14 @@ def test_counters_can_be_recounted_from_the_transactions(gov, admin, budget, eng
     clock.advance(901)
     pending = attempt("bob")  # denied while stale holds stand in the way: they are expired, and it is allowed
     gov.expire()
-    then(stale, lambda i: gov.settle(i, Decimal("0.011"), allow_expired=True)
-         if gov.transaction(i).status == TxStatus.expired else None)
+    then(
+        stale,
+        lambda i: (
+            gov.settle(i, Decimal("0.011"), allow_expired=True)
+            if gov.transaction(i).status == TxStatus.expired
+            else None
+        ),
+    )
     attempt("alice")
     # Day 2, the next hour: an unknown outcome settled above its estimate.
     clock.set(datetime(2026, 11, 26, 10, 30, 0, tzinfo=UTC))

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import scratch_engine
 from sqlalchemy import func, select
 
-from conftest import scratch_engine
 from ledger import Ledger, Settings, TxStatus
 from ledger.cli import cli
 from ledger.errors import InProgress, InvalidRequest
@@ -45,8 +45,9 @@ def invoke(db_url: str, *args: str, env: dict[str, str | None] | None = None) ->
 
 def row_counts(db_url: str) -> dict[str, int]:
     with scratch_engine(db_url) as engine, engine.connect() as conn:
-        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in Base.metadata.sorted_tables}
+        return {
+            t.name: conn.execute(select(func.count()).select_from(t)).scalar_one() for t in Base.metadata.sorted_tables
+        }
 
 
 def one_error_line(result: Result) -> str:
@@ -65,13 +66,23 @@ def opened(db_url: str) -> Iterator[Ledger]:
 def counters_match_the_ledger(db_url: str) -> None:
     """Every rule's counters equal what the ledger's rows count (the one definition of spend)."""
     with scratch_engine(db_url) as engine, engine.connect() as conn:
-        rows = conn.execute(select(transactions.c.id, transactions.c.status, transactions.c.estimated_cost,
-                                   transactions.c.actual_cost)).all()
-        adjustments = dict(conn.execute(select(cost_lines.c.transaction_id, func.sum(cost_lines.c.amount))
-                                        .where(cost_lines.c.kind == "adjustment")
-                                        .group_by(cost_lines.c.transaction_id)).all())
-        expected_spent = sum((counted(r.status, r.estimated_cost, r.actual_cost,
-                                      adjustments.get(r.id) or Decimal(0)).spent for r in rows), Decimal(0))
+        rows = conn.execute(
+            select(transactions.c.id, transactions.c.status, transactions.c.estimated_cost, transactions.c.actual_cost)
+        ).all()
+        adjustments = dict(
+            conn.execute(
+                select(cost_lines.c.transaction_id, func.sum(cost_lines.c.amount))
+                .where(cost_lines.c.kind == "adjustment")
+                .group_by(cost_lines.c.transaction_id)
+            ).all()
+        )
+        expected_spent = sum(
+            (
+                counted(r.status, r.estimated_cost, r.actual_cost, adjustments.get(r.id) or Decimal(0)).spent
+                for r in rows
+            ),
+            Decimal(0),
+        )
         expected_held = sum((counted(r.status, r.estimated_cost).held for r in rows), Decimal(0))
         got = conn.execute(select(func.sum(rule_counters.c.spent), func.sum(rule_counters.c.held))).one()
     assert (got[0] or 0, got[1] or 0) == (expected_spent, expected_held)
@@ -80,26 +91,43 @@ def counters_match_the_ledger(db_url: str) -> None:
 @pytest.fixture
 def budgeted(db_url: str) -> str:
     """A daily budget for every agent, so the counters have something to count."""
-    assert invoke(db_url, "rules", "create", "--name", "daily", "--type", "spend-limit", "--limit", "10",
-                  "--period", "day").exit_code == 0
+    assert (
+        invoke(
+            db_url, "rules", "create", "--name", "daily", "--type", "spend-limit", "--limit", "10", "--period", "day"
+        ).exit_code
+        == 0
+    )
     return db_url
 
 
 # --- defect 4: nothing strands a hold -------------------------------------------------------
 
-@pytest.mark.parametrize("args", [
-    ["--upstream-url", "http://[::1"],
-    ["--upstream-url", "http://"],
-    ["--upstream-url", "ftp://example.test"],
-    ["--params", '{"extra": NaN}'],
-    ["--params", '{"extra": Infinity}'],
-    ["--guidance", "inf"],
-    ["--timeout", "nan"],
-    ["--timeout", "1e308"],
-])
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--upstream-url", "http://[::1"],
+        ["--upstream-url", "http://"],
+        ["--upstream-url", "ftp://example.test"],
+        ["--params", '{"extra": NaN}'],
+        ["--params", '{"extra": Infinity}'],
+        ["--guidance", "inf"],
+        ["--timeout", "nan"],
+        ["--timeout", "1e308"],
+    ],
+)
 def test_a_run_that_cannot_be_sent_is_refused_before_any_hold(sqlite_url, fake_fal, args: list[str]) -> None:
-    result = invoke(sqlite_url, "run", DEV, "--agent", "bot", "--prompt", "a fox", *args,
-                    env={"FAL_KEY": FAL_KEY, "PIXELGOV_UPSTREAM_URL": fake_fal.url})
+    result = invoke(
+        sqlite_url,
+        "run",
+        DEV,
+        "--agent",
+        "bot",
+        "--prompt",
+        "a fox",
+        *args,
+        env={"FAL_KEY": FAL_KEY, "PIXELGOV_UPSTREAM_URL": fake_fal.url},
+    )
     assert result.exit_code == 2, result.output
     assert one_error_line(result).startswith("error: ")
     assert not any(row_counts(sqlite_url).values())
@@ -125,8 +153,9 @@ class _FailingUpstream(Upstream):
 
 @pytest.mark.parametrize("exc", [_Boom("bug"), KeyboardInterrupt()], ids=["exception", "interrupt"])
 @pytest.mark.parametrize("step", ["after_authorize", "before_send", "after_send", "settle", "pricing"])
-def test_an_exception_at_any_step_of_a_run_ends_its_transaction(budgeted, fake_fal, step: str,
-                                                                 exc: BaseException, monkeypatch) -> None:
+def test_an_exception_at_any_step_of_a_run_ends_its_transaction(
+    budgeted, fake_fal, step: str, exc: BaseException, monkeypatch
+) -> None:
     db_url = budgeted
     with opened(db_url) as ledger:
         gov = ledger.governor
@@ -134,6 +163,7 @@ def test_an_exception_at_any_step_of_a_run_ends_its_transaction(budgeted, fake_f
         upstream: Upstream = Upstream(config)
         hook = None
         if step == "after_authorize":
+
             def hook(_auth: Any) -> None:
                 raise exc
         elif step in ("before_send", "after_send"):
@@ -147,6 +177,7 @@ def test_an_exception_at_any_step_of_a_run_ends_its_transaction(budgeted, fake_f
                 if calls["n"] == 1:
                     raise exc
                 return real(*a, **kw)
+
             monkeypatch.setattr(gov, "settle", settle)
         elif step == "pricing":
             monkeypatch.setattr("ledger.runner.actual_cost", lambda *_a, **_k: (_ for _ in ()).throw(exc))
@@ -157,9 +188,13 @@ def test_an_exception_at_any_step_of_a_run_ends_its_transaction(budgeted, fake_f
             run_governed(gov, upstream, agent="bot", quote=quote, body=BODY, fal_key=FAL_KEY, after_authorize=hook)
         upstream.close()
         [tx] = gov.transactions()
-        expected = {"after_authorize": TxStatus.failed, "before_send": TxStatus.unknown,
-                    "after_send": TxStatus.unknown, "settle": TxStatus.unknown,
-                    "pricing": TxStatus.completed if absorbed else TxStatus.unknown}[step]
+        expected = {
+            "after_authorize": TxStatus.failed,
+            "before_send": TxStatus.unknown,
+            "after_send": TxStatus.unknown,
+            "settle": TxStatus.unknown,
+            "pricing": TxStatus.completed if absorbed else TxStatus.unknown,
+        }[step]
         assert tx.status == expected, (step, tx)
         if expected == TxStatus.unknown:
             assert "interrupted" in (tx.outcome or "")
@@ -176,11 +211,22 @@ def _no_raise() -> Iterator[None]:
 
 # --- defect 5: an absurd answer is recorded, never dropped ----------------------------------
 
+
 def test_an_absurd_upstream_answer_is_settled_at_the_estimate_flagged_and_alerted(budgeted, fake_fal) -> None:
     db_url = budgeted
     fake_fal.set_mode("wrong_size", width=10**9, height=10**9)
-    result = invoke(db_url, "run", DEV, "--agent", "bot", "--prompt", "a fox", "--format", "json",
-                    env={"FAL_KEY": FAL_KEY, "PIXELGOV_UPSTREAM_URL": fake_fal.url})
+    result = invoke(
+        db_url,
+        "run",
+        DEV,
+        "--agent",
+        "bot",
+        "--prompt",
+        "a fox",
+        "--format",
+        "json",
+        env={"FAL_KEY": FAL_KEY, "PIXELGOV_UPSTREAM_URL": fake_fal.url},
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["transaction"]["status"] == "completed"
@@ -197,22 +243,47 @@ def test_an_absurd_upstream_answer_is_settled_at_the_estimate_flagged_and_alerte
 
 # --- minor: an idempotent retry in flight is a conflict -------------------------------------
 
+
 def test_an_idempotent_retry_while_the_first_is_in_flight_is_a_conflict(sqlite_url, fake_fal) -> None:
-    assert invoke(sqlite_url, "authorize", DEV, "--agent", "bot", "--prompt", "a fox",
-                  "--idempotency-key", "job-1").exit_code == 0
-    result = invoke(sqlite_url, "run", DEV, "--agent", "bot", "--prompt", "a fox", "--idempotency-key", "job-1",
-                    "--format", "json", env={"FAL_KEY": FAL_KEY, "PIXELGOV_UPSTREAM_URL": fake_fal.url})
+    assert (
+        invoke(
+            sqlite_url, "authorize", DEV, "--agent", "bot", "--prompt", "a fox", "--idempotency-key", "job-1"
+        ).exit_code
+        == 0
+    )
+    result = invoke(
+        sqlite_url,
+        "run",
+        DEV,
+        "--agent",
+        "bot",
+        "--prompt",
+        "a fox",
+        "--idempotency-key",
+        "job-1",
+        "--format",
+        "json",
+        env={"FAL_KEY": FAL_KEY, "PIXELGOV_UPSTREAM_URL": fake_fal.url},
+    )
     assert result.exit_code == 1
     error = json.loads(result.output)["error"]
     assert error["code"] == "conflict" and "in progress" in error["message"]
     assert fake_fal.requests == []
     with opened(sqlite_url) as ledger, pytest.raises(InProgress):
         with Upstream(UpstreamConfig(url=fake_fal.url)) as upstream:
-            run_governed(ledger.governor, upstream, agent="bot", quote=ledger.quote(DEV, BODY),
-                         body={"prompt": "a fox"}, fal_key=FAL_KEY, idempotency_key="job-1")
+            run_governed(
+                ledger.governor,
+                upstream,
+                agent="bot",
+                quote=ledger.quote(DEV, BODY),
+                body={"prompt": "a fox"},
+                fal_key=FAL_KEY,
+                idempotency_key="job-1",
+            )
 
 
 # --- defect 3: a busy SQLite database --------------------------------------------------------
+
 
 @contextmanager
 def write_locked(path: Path) -> Iterator[None]:
@@ -247,6 +318,7 @@ def test_reads_proceed_and_a_write_waits_once_while_sqlite_is_locked(sqlite_url)
 
 # --- defect 7: the ledger is private -----------------------------------------------------------
 
+
 def test_the_default_ledger_is_private_to_its_user(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     old = os.umask(0o022)
@@ -266,11 +338,19 @@ def test_the_default_ledger_is_private_to_its_user(tmp_path, monkeypatch) -> Non
 
 # --- minor classes ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("var, value", [
-    ("PIXELGOV_HOLD_TTL", "nan"), ("PIXELGOV_HOLD_TTL", "inf"), ("PIXELGOV_HOLD_TTL", "-1"),
-    ("PIXELGOV_DB_TIMEOUT", "abc"), ("PIXELGOV_DB_TIMEOUT", "inf"), ("PIXELGOV_UPSTREAM_TIMEOUT", "1e400"),
-    ("PIXELGOV_AUTO_CREATE_AGENTS", "maybe"),
-])
+
+@pytest.mark.parametrize(
+    "var, value",
+    [
+        ("PIXELGOV_HOLD_TTL", "nan"),
+        ("PIXELGOV_HOLD_TTL", "inf"),
+        ("PIXELGOV_HOLD_TTL", "-1"),
+        ("PIXELGOV_DB_TIMEOUT", "abc"),
+        ("PIXELGOV_DB_TIMEOUT", "inf"),
+        ("PIXELGOV_UPSTREAM_TIMEOUT", "1e400"),
+        ("PIXELGOV_AUTO_CREATE_AGENTS", "maybe"),
+    ],
+)
 def test_absurd_numbers_in_the_environment_are_one_clear_error(sqlite_url, var: str, value: str) -> None:
     result = invoke(sqlite_url, "tx", "list", env={var: value})
     assert result.exit_code == 2
@@ -306,10 +386,16 @@ def test_check_and_authorize_refuse_the_same_bad_agent_names(sqlite_url, name: s
     assert not any(row_counts(sqlite_url).values())
 
 
-@pytest.mark.parametrize("url, code", [
-    ("mysql://root@localhost/x", 2), ("postgresql+psycopg2://u@h/d", 2), ("", 2), ("not a url", 2),
-    ("sqlite:////dev/null/under/a/file.db", 1),
-])
+@pytest.mark.parametrize(
+    "url, code",
+    [
+        ("mysql://root@localhost/x", 2),
+        ("postgresql+psycopg2://u@h/d", 2),
+        ("", 2),
+        ("not a url", 2),
+        ("sqlite:////dev/null/under/a/file.db", 1),
+    ],
+)
 def test_unsupported_database_urls_are_one_clear_error(url: str, code: int) -> None:
     result = CliRunner().invoke(cli, ["--db", url, "tx", "list"])
     assert result.exit_code == code, result.output
@@ -338,8 +424,14 @@ def test_a_rate_of_thirty_digits_is_estimated_at_or_above_its_exact_value(tmp_pa
 
 
 def test_secret_like_fields_are_never_stored_at_any_depth(sqlite_url) -> None:
-    body = {"prompt": "x", "auth": "a1", "passwd": "p1", "cookie": "c1", "headers": {"X-Anything": "h1"},
-            "nested": {"session_id": "s1", "signature": "g1", "ok": "kept"}}
+    body = {
+        "prompt": "x",
+        "auth": "a1",
+        "passwd": "p1",
+        "cookie": "c1",
+        "headers": {"X-Anything": "h1"},
+        "nested": {"session_id": "s1", "signature": "g1", "ok": "kept"},
+    }
     assert invoke(sqlite_url, "authorize", DEV, "--agent", "bot", "--params", json.dumps(body)).exit_code == 0
     with scratch_engine(sqlite_url) as engine, engine.connect() as conn:
         stored = json.loads(conn.execute(select(transactions.c.request_json)).scalar_one())
@@ -349,8 +441,9 @@ def test_secret_like_fields_are_never_stored_at_any_depth(sqlite_url) -> None:
 def test_an_anomaly_alert_names_its_transaction(budgeted, fake_fal) -> None:
     fake_fal.set_mode("wrong_size", width=20000, height=20000)
     with opened(budgeted) as ledger, Upstream(UpstreamConfig(url=fake_fal.url)) as upstream:
-        outcome = run_governed(ledger.governor, upstream, agent="bot", quote=ledger.quote(DEV, BODY), body=BODY,
-                               fal_key=FAL_KEY)
+        outcome = run_governed(
+            ledger.governor, upstream, agent="bot", quote=ledger.quote(DEV, BODY), body=BODY, fal_key=FAL_KEY
+        )
     with scratch_engine(budgeted) as engine, engine.connect() as conn:
         rows = conn.execute(select(alerts.c.kind, alerts.c.transaction_id)).all()
     assert rows == [("anomaly", outcome.transaction.id)]
@@ -358,8 +451,16 @@ def test_an_anomaly_alert_names_its_transaction(budgeted, fake_fal) -> None:
 
 def test_a_failed_upstream_never_raises_past_the_cli(sqlite_url, fake_fal) -> None:
     fake_fal.set_mode("status", status=500)
-    result = invoke(sqlite_url, "run", DEV, "--agent", "bot", "--prompt", "x",
-                    env={"FAL_KEY": FAL_KEY, "PIXELGOV_UPSTREAM_URL": fake_fal.url})
+    result = invoke(
+        sqlite_url,
+        "run",
+        DEV,
+        "--agent",
+        "bot",
+        "--prompt",
+        "x",
+        env={"FAL_KEY": FAL_KEY, "PIXELGOV_UPSTREAM_URL": fake_fal.url},
+    )
     assert result.exit_code == 1
     assert "HTTP 500" in one_error_line(result)
     with opened(sqlite_url) as ledger:

@@ -32,18 +32,33 @@ MOMENTS = [
 
 
 def _values(agent_id: int, amount: Decimal, moment: datetime, n: int) -> dict[str, object]:
-    return {"agent_id": agent_id, "endpoint": "fal-ai/flux/dev", "model": "fal-ai/flux/dev", "operation": "generate",
-            "request_json": json.dumps({"n": n}), "request_hash": f"h{n}", "price_book": "b",
-            "estimated_cost": amount, "status": TxStatus.pending.value, "idempotency_key": None,
-            "denial_json": None, "created_at": moment}
+    return {
+        "agent_id": agent_id,
+        "endpoint": "fal-ai/flux/dev",
+        "model": "fal-ai/flux/dev",
+        "operation": "generate",
+        "request_json": json.dumps({"n": n}),
+        "request_hash": f"h{n}",
+        "price_book": "b",
+        "estimated_cost": amount,
+        "status": TxStatus.pending.value,
+        "idempotency_key": None,
+        "denial_json": None,
+        "created_at": moment,
+        "images": 1,
+        "billable_mp_nano": 790_000_000,
+    }
 
 
 @pytest.mark.parametrize("amount", AMOUNTS, ids=str)
 def test_raw_and_core_writes_store_and_read_identical_values(engine, amount: Decimal) -> None:
     pg = engine.dialect.name == "postgresql"
     with writing(engine) as conn:
-        agent_id = conn.execute(insert(agents).values(name="parity", status="active", created_at=MOMENTS[0],
-                                                      updated_at=MOMENTS[0]).returning(agents.c.id)).scalar_one()
+        agent_id = conn.execute(
+            insert(agents)
+            .values(name="parity", status="active", created_at=MOMENTS[0], updated_at=MOMENTS[0])
+            .returning(agents.c.id)
+        ).scalar_one()
     ids: list[tuple[int, int]] = []
     for n, moment in enumerate(MOMENTS):
         core_values = _values(agent_id, amount, moment, 2 * n)
@@ -51,33 +66,54 @@ def test_raw_and_core_writes_store_and_read_identical_values(engine, amount: Dec
         raw_values["estimated_cost"] = to_nano(amount)
         raw_values["created_at"] = bind_ts(moment, pg)
         with writing(engine) as conn:
-            core_id = conn.execute(insert(transactions).values(**core_values)
-                                   .returning(transactions.c.id)).scalar_one()
-            conn.execute(insert(cost_lines).values(transaction_id=core_id, kind="estimate", amount=amount, note=None,
-                                                   created_at=moment))
+            core_id = conn.execute(insert(transactions).values(**core_values).returning(transactions.c.id)).scalar_one()
+            conn.execute(
+                insert(cost_lines).values(
+                    transaction_id=core_id, kind="estimate", amount=amount, note=None, created_at=moment
+                )
+            )
             d = Driver(conn)
             if pg:
                 raw_id = d.one(SQL[True].insert_tx, raw_values)[0]  # type: ignore[index]
             else:
                 d.execute(SQL[False].insert_tx, raw_values)
                 raw_id = d.lastrowid
-            d.execute(SQL[pg].insert_line, {"tx_id": raw_id, "kind": "estimate", "amount": to_nano(amount),
-                                            "note": None, "created_at": bind_ts(moment, pg)})
+            d.execute(
+                SQL[pg].insert_line,
+                {
+                    "tx_id": raw_id,
+                    "kind": "estimate",
+                    "amount": to_nano(amount),
+                    "note": None,
+                    "created_at": bind_ts(moment, pg),
+                },
+            )
         ids.append((core_id, raw_id))
 
     t = transactions.c
     with engine.connect() as conn:
         for (core_id, raw_id), moment in zip(ids, MOMENTS):
             # As stored: the very same column values, whichever path wrote them.
-            stored = {row[0]: row[1:] for row in conn.execute(
-                select(t.id, type_coerce(t.estimated_cost, BigInteger), type_coerce(t.created_at, String))
-                .where(t.id.in_([core_id, raw_id])))}
+            stored = {
+                row[0]: row[1:]
+                for row in conn.execute(
+                    select(t.id, type_coerce(t.estimated_cost, BigInteger), type_coerce(t.created_at, String)).where(
+                        t.id.in_([core_id, raw_id])
+                    )
+                )
+            }
             assert stored[core_id] == stored[raw_id]
             assert stored[core_id][0] == to_nano(amount)
-            lines = {row[0]: row[1:] for row in conn.execute(
-                select(cost_lines.c.transaction_id, type_coerce(cost_lines.c.amount, BigInteger),
-                       type_coerce(cost_lines.c.created_at, String))
-                .where(cost_lines.c.transaction_id.in_([core_id, raw_id])))}
+            lines = {
+                row[0]: row[1:]
+                for row in conn.execute(
+                    select(
+                        cost_lines.c.transaction_id,
+                        type_coerce(cost_lines.c.amount, BigInteger),
+                        type_coerce(cost_lines.c.created_at, String),
+                    ).where(cost_lines.c.transaction_id.in_([core_id, raw_id]))
+                )
+            }
             assert lines[core_id] == lines[raw_id]
             # As read: Core's column types and the hot path's decoders give the same Python values.
             core_rows = {r.id: r for r in conn.execute(select(transactions).where(t.id.in_([core_id, raw_id])))}

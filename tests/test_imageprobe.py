@@ -23,7 +23,7 @@ from ledger.quoting import quote_body
 from pricing import InvalidRequest, ModelNotFound
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_fal import BIG_BODY_MAX_SECONDS, FakeFal  # noqa: E402
+from fake_fal import BIG_BODY_MAX_SECONDS, FakeFal
 
 UPSCALE = "fal-ai/topaz/upscale/image"
 

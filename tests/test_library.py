@@ -29,8 +29,10 @@ def test_the_public_api_is_importable_by_name() -> None:
 
 
 def test_importing_the_package_imports_no_database_or_http_library() -> None:
-    code = ("import sys, ledger, ledger.records, ledger.settings, ledger.spend; "
-            "print(sorted(m for m in ('sqlalchemy', 'httpx', 'psycopg') if m in sys.modules))")
+    code = (
+        "import sys, ledger, ledger.records, ledger.settings, ledger.spend; "
+        "print(sorted(m for m in ('sqlalchemy', 'httpx', 'psycopg') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -61,8 +63,11 @@ def test_every_public_class_and_method_has_a_docstring() -> None:
     for cls in [*classes, Governor, Admin, Reports]:
         if not (cls.__doc__ or "").strip():
             missing.append(cls.__qualname__)
-        missing += [f"{cls.__qualname__}.{name}" for name, fn in _public_members(cls)
-                    if not (getattr(fn, "__doc__", None) or "").strip()]
+        missing += [
+            f"{cls.__qualname__}.{name}"
+            for name, fn in _public_members(cls)
+            if not (getattr(fn, "__doc__", None) or "").strip()
+        ]
     assert missing == []
 
 

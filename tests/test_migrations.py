@@ -12,17 +12,34 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner
+from conftest import PG_TEST_PREFIX, pg_database, scratch_engine
 from sqlalchemy import BigInteger, inspect
 
-from conftest import PG_TEST_PREFIX, pg_database, scratch_engine
 from ledger import db
 from ledger.cli import cli
 from ledger.models import Base
 
-TABLES = {"agents", "transactions", "cost_lines", "facts", "spending_rules", "rule_counters", "holds", "alerts",
-          "audit_log", "service_keys", "queue_requests"}
-MONEY_COLUMNS = [("transactions", "estimated_cost"), ("transactions", "actual_cost"), ("cost_lines", "amount"),
-                 ("spending_rules", "limit_amount"), ("rule_counters", "spent"), ("rule_counters", "held")]
+TABLES = {
+    "agents",
+    "transactions",
+    "cost_lines",
+    "facts",
+    "spending_rules",
+    "rule_counters",
+    "holds",
+    "alerts",
+    "audit_log",
+    "service_keys",
+    "queue_requests",
+}
+MONEY_COLUMNS = [
+    ("transactions", "estimated_cost"),
+    ("transactions", "actual_cost"),
+    ("cost_lines", "amount"),
+    ("spending_rules", "limit_amount"),
+    ("rule_counters", "spent"),
+    ("rule_counters", "held"),
+]
 
 
 @pytest.fixture
@@ -102,6 +119,7 @@ def test_the_migrated_schema_can_hold_the_ledger(empty_url: str) -> None:
 
 # --- the CLI ----------------------------------------------------------------------------------
 
+
 def invoke(url: str, *args: str):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(cli, ["--db", url, *args])
 
@@ -142,6 +160,7 @@ def test_db_downgrade_to_base_removes_the_schema(empty_sqlite: str) -> None:
 
 # --- the test suite's own databases -----------------------------------------------------------
 
+
 @pytest.mark.postgres
 def test_the_postgres_fixtures_never_touch_the_configured_database(pg_server: str) -> None:
     """Point a real pytest run's PIXELGOV_TEST_POSTGRES_URL at a "user's" database holding a migrated
@@ -153,9 +172,8 @@ def test_the_postgres_fixtures_never_touch_the_configured_database(pg_server: st
     import sys
 
     import psycopg
-    from sqlalchemy.engine import make_url
-
     from conftest import _pg_dsn
+    from sqlalchemy.engine import make_url
 
     with pg_database(pg_server, migrated=False) as user_url:
         assert make_url(user_url).database != make_url(pg_server).database
@@ -166,12 +184,22 @@ def test_the_postgres_fixtures_never_touch_the_configured_database(pg_server: st
             conn.execute("CREATE TABLE users_sentinel (v text)")
             conn.execute("INSERT INTO users_sentinel VALUES ('keep me')")
         here = Path(__file__).parent
-        tests = [f"{here / 'test_migrations.py'}::{name}" for name in (
-            "test_upgrade_to_head_creates_every_table_and_downgrade_to_base_removes_them[postgresql]",
-            "test_db_current_hides_the_password")]
+        tests = [
+            f"{here / 'test_migrations.py'}::{name}"
+            for name in (
+                "test_upgrade_to_head_creates_every_table_and_downgrade_to_base_removes_them[postgresql]",
+                "test_db_current_hides_the_password",
+            )
+        ]
         env = {**os.environ, "PIXELGOV_TEST_POSTGRES_URL": user_url}
-        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                                cwd=here.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+            cwd=here.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0 and "2 passed" in out, out
         with psycopg.connect(_pg_dsn(user_url), autocommit=True) as conn:
@@ -179,6 +207,7 @@ def test_the_postgres_fixtures_never_touch_the_configured_database(pg_server: st
             assert conn.execute("SELECT name FROM agents").fetchall() == [("users-own-agent",)]
             assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(db.SCHEMA_HEAD,)]
             # ...and every database that run made is gone.
-            left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                (f"{PG_TEST_PREFIX}{proc.pid}\\_%",)).fetchall()
+            left = conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{PG_TEST_PREFIX}{proc.pid}\\_%",)
+            ).fetchall()
         assert left == []

@@ -36,8 +36,12 @@ EXPECTED_ENDPOINTS = {
     "fal-ai/topaz/upscale/image": ("upscale", "0.03"),
 }
 EXPECTED_PRESETS = {
-    "square_hd": (1024, 1024), "square": (512, 512), "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024), "landscape_4_3": (1024, 768), "landscape_16_9": (1024, 576),
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
 }
 
 
@@ -50,7 +54,7 @@ def mutated(change: Callable[[dict[str, Any]], None]) -> str:
 def book_error(text: str) -> PriceBookError:
     with pytest.raises(PriceBookError) as exc:
         parse_book(text, "user.json")
-    assert exc.value.code == "invalid_price_book"
+    assert (exc.value.code, exc.value.details["reason"]) == ("invalid_request", "invalid_price_book")
     return exc.value
 
 
@@ -222,14 +226,22 @@ def test_a_rate_written_as_a_json_number_is_read_exactly():
     [
         (lambda d: d.pop("version"), "version"),
         (lambda d: d.update(version=""), "version"),
-        (lambda d: d["endpoints"]["fal-ai/flux/dev"].update(rate_per_megapixel="-0.015"),
-         "endpoints.fal-ai/flux/dev.rate_per_megapixel"),
-        (lambda d: d["endpoints"]["fal-ai/flux/dev"].update(rate_per_megapixel="0"),
-         "endpoints.fal-ai/flux/dev.rate_per_megapixel"),
-        (lambda d: d["endpoints"]["fal-ai/flux/dev"].update(rate_per_megapixel="NaN"),
-         "endpoints.fal-ai/flux/dev.rate_per_megapixel"),
-        (lambda d: d["endpoints"]["fal-ai/flux/dev"].pop("rate_per_megapixel"),
-         "endpoints.fal-ai/flux/dev.rate_per_megapixel"),
+        (
+            lambda d: d["endpoints"]["fal-ai/flux/dev"].update(rate_per_megapixel="-0.015"),
+            "endpoints.fal-ai/flux/dev.rate_per_megapixel",
+        ),
+        (
+            lambda d: d["endpoints"]["fal-ai/flux/dev"].update(rate_per_megapixel="0"),
+            "endpoints.fal-ai/flux/dev.rate_per_megapixel",
+        ),
+        (
+            lambda d: d["endpoints"]["fal-ai/flux/dev"].update(rate_per_megapixel="NaN"),
+            "endpoints.fal-ai/flux/dev.rate_per_megapixel",
+        ),
+        (
+            lambda d: d["endpoints"]["fal-ai/flux/dev"].pop("rate_per_megapixel"),
+            "endpoints.fal-ai/flux/dev.rate_per_megapixel",
+        ),
         (lambda d: d["endpoints"]["fal-ai/flux/dev"].update(operation="paint"), "endpoints.fal-ai/flux/dev.operation"),
         (lambda d: d["endpoints"]["fal-ai/flux/dev"].update(aliases=["fal-ai/flux/schnell"]), "endpoints"),
         (lambda d: d["endpoints"]["fal-ai/stable-diffusion-xl"].update(aliases=["fal-ai/fast-sdxl"] * 2), "endpoints"),
@@ -267,7 +279,7 @@ def test_an_unreadable_book_file_is_refused_naming_the_path(tmp_path):
     missing = tmp_path / "nope.json"
     with pytest.raises(PriceBookError) as exc:
         load_book(missing)
-    assert exc.value.code == "invalid_price_book"
+    assert (exc.value.code, exc.value.details["reason"]) == ("invalid_request", "invalid_price_book")
     assert exc.value.details["field"] == "(file)"
     assert exc.value.details["path"] == str(missing)
     with pytest.raises(PriceBookError) as exc:

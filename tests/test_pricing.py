@@ -215,8 +215,17 @@ def test_num_images_multiplies_a_custom_size(images):
 
 def test_steps_guidance_seed_and_output_format_do_not_change_the_price():
     plain = quote(DEV, {"image_size": "square_hd"})
-    tuned = quote(DEV, {"image_size": "square_hd", "num_inference_steps": 100, "guidance_scale": 20.5,
-                        "seed": 123456, "output_format": "png", "prompt": "a fox"})
+    tuned = quote(
+        DEV,
+        {
+            "image_size": "square_hd",
+            "num_inference_steps": 100,
+            "guidance_scale": 20.5,
+            "seed": 123456,
+            "output_format": "png",
+            "prompt": "a fox",
+        },
+    )
     assert tuned == plain
 
 
@@ -302,8 +311,15 @@ def test_default_book_midpoint_0_0045_is_shown_as_0_005():
 
 @pytest.mark.parametrize(
     ("amount", "shown"),
-    [("0.0125", "$0.013"), ("0.0105", "$0.011"), ("0.0005", "$0.001"), ("0.00049999", "$0.000"),
-     ("0", "$0.000"), ("12.3455", "$12.346"), ("0.063", "$0.063")],
+    [
+        ("0.0125", "$0.013"),
+        ("0.0105", "$0.011"),
+        ("0.0005", "$0.001"),
+        ("0.00049999", "$0.000"),
+        ("0", "$0.000"),
+        ("12.3455", "$12.346"),
+        ("0.063", "$0.063"),
+    ],
 )
 def test_display_price_of_an_amount(amount, shown):
     assert display_price(Decimal(amount)) == shown
@@ -436,8 +452,17 @@ def test_a_body_that_is_not_an_object_is_invalid(body):
     assert (exc.value.code, exc.value.field) == ("invalid_request", "body")
 
 
-@pytest.mark.parametrize("endpoint", ["fal-ai/flux/nope", "fal-ai/flux", "FAL-AI/FLUX/DEV", "fal-ai/flux/dev/",
-                                      "fal-ai/topaz/upscale/image/image-to-image", ""])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "fal-ai/flux/nope",
+        "fal-ai/flux",
+        "FAL-AI/FLUX/DEV",
+        "fal-ai/flux/dev/",
+        "fal-ai/topaz/upscale/image/image-to-image",
+        "",
+    ],
+)
 def test_unknown_endpoint_is_model_not_found(endpoint):
     with pytest.raises(ModelNotFound) as exc:
         quote(endpoint, {})
@@ -477,11 +502,22 @@ def test_validate_request_fills_the_defaults():
 
 
 def test_upstream_body_keeps_unknown_fields_and_strips_input_size():
-    body = {"prompt": "a fox", "image_url": "u", "input_size": "1024x768", "loras": [{"path": "x"}],
-            "num_images": 2, "custom": {"nested": [1, 2]}}
+    body = {
+        "prompt": "a fox",
+        "image_url": "u",
+        "input_size": "1024x768",
+        "loras": [{"path": "x"}],
+        "num_images": 2,
+        "custom": {"nested": [1, 2]},
+    }
     sent = upstream_body(body)
-    assert sent == {"prompt": "a fox", "image_url": "u", "loras": [{"path": "x"}], "num_images": 2,
-                    "custom": {"nested": [1, 2]}}
+    assert sent == {
+        "prompt": "a fox",
+        "image_url": "u",
+        "loras": [{"path": "x"}],
+        "num_images": 2,
+        "custom": {"nested": [1, 2]},
+    }
     assert "input_size" in body  # the caller's body is not modified
 
 
@@ -601,6 +637,7 @@ def fake_fal_response():
     from fake_fal import FakeFal
 
     with FakeFal() as fake, httpx.Client(timeout=5) as client:
+
         def post(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
             resp = client.post(f"{fake.url}/{endpoint}", json=body)
             assert resp.status_code == 200

@@ -22,8 +22,14 @@ PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 DEFAULT = json.loads((Path(__file__).parents[1] / "pricing" / "default_book.json").read_text())
 DEV = "fal-ai/flux/dev"
 UPSCALE = "fal-ai/topaz/upscale/image"
-MONEY_KEYS = ("megapixels_per_image", "billable_megapixels_per_image", "billable_megapixels",
-              "rate_per_megapixel", "amount", "price")
+MONEY_KEYS = (
+    "megapixels_per_image",
+    "billable_megapixels_per_image",
+    "billable_megapixels",
+    "rate_per_megapixel",
+    "amount",
+    "price",
+)
 
 
 def make_book(step: str | int, ppm: int, rate: str) -> PriceBook:
@@ -90,8 +96,15 @@ def test_upscale_amount_is_never_below_the_exact_price_of_its_output(rate, width
 
 
 @PROPS
-@given(step=STEPS, ppm=PPMS, width=st.integers(1, 10000), height=st.integers(1, 10000),
-       dw=st.integers(0, 4142), dh=st.integers(0, 4142), images=st.integers(1, 3))
+@given(
+    step=STEPS,
+    ppm=PPMS,
+    width=st.integers(1, 10000),
+    height=st.integers(1, 10000),
+    dw=st.integers(0, 4142),
+    dh=st.integers(0, 4142),
+    images=st.integers(1, 3),
+)
 def test_amount_is_monotonic_in_width_height_and_num_images(step, ppm, width, height, dw, dh, images):
     book = make_book(step, ppm, "0.015")
 
@@ -116,13 +129,24 @@ def walk(value: Any, path: str = "") -> None:
 
 
 REQUESTS = st.one_of(
-    st.builds(lambda p, n: (DEV, {"image_size": p, "num_images": n}),
-              st.sampled_from(sorted(DEFAULT["presets"])), IMAGES),
-    st.builds(lambda w, h, n: ("fal-ai/flux/dev/image-to-image", {"image_size": {"width": w, "height": h},
-                                                                   "num_images": n, "strength": 0.5}),
-              st.integers(1, 10000), st.integers(1, 10000), IMAGES),
-    st.builds(lambda w, h, s: (UPSCALE, {"input_size": {"width": w, "height": h}, "scale": s}),
-              st.integers(1, 3535), st.integers(1, 3535), st.sampled_from([2, 4])),
+    st.builds(
+        lambda p, n: (DEV, {"image_size": p, "num_images": n}), st.sampled_from(sorted(DEFAULT["presets"])), IMAGES
+    ),
+    st.builds(
+        lambda w, h, n: (
+            "fal-ai/flux/dev/image-to-image",
+            {"image_size": {"width": w, "height": h}, "num_images": n, "strength": 0.5},
+        ),
+        st.integers(1, 10000),
+        st.integers(1, 10000),
+        IMAGES,
+    ),
+    st.builds(
+        lambda w, h, s: (UPSCALE, {"input_size": {"width": w, "height": h}, "scale": s}),
+        st.integers(1, 3535),
+        st.integers(1, 3535),
+        st.sampled_from([2, 4]),
+    ),
 )
 
 
@@ -150,8 +174,9 @@ def test_a_quote_holds_no_float_and_its_json_carries_money_as_decimal_strings(re
 @PROPS
 @given(step=STEPS, ppm=PPMS, rate=RATES, width=SIDE, height=SIDE, images=IMAGES)
 def test_display_price_is_the_amount_rounded_half_up_to_a_tenth_of_a_cent(step, ppm, rate, width, height, images):
-    q = quote(DEV, {"image_size": {"width": width, "height": height}, "num_images": images},
-              book=make_book(step, ppm, rate))
+    q = quote(
+        DEV, {"image_size": {"width": width, "height": height}, "num_images": images}, book=make_book(step, ppm, rate)
+    )
     thousandths = math.floor(Fraction(q.amount) * 1000 + Fraction(1, 2))
     assert q.price == f"${thousandths // 1000}.{thousandths % 1000:03d}"
 

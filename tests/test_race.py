@@ -22,9 +22,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-
 from conftest import scratch_engine
+from sqlalchemy import text
 
 WORKERS = 8
 PER_WORKER = 25
@@ -66,7 +65,7 @@ def _authorize_worker(url: str, agent: str, count: int, key: str | None, barrier
                 tx = auth.transaction
                 outcomes.append((tx.id, tx.status.value, auth.replayed))
         results.put(("ok", outcomes))
-    except BaseException:  # noqa: BLE001 - every failure is reported to the parent
+    except BaseException:  # every failure is reported to the parent
         results.put(("error", traceback.format_exc()))
 
 
@@ -99,8 +98,9 @@ def _spawn_and_collect(target: Any, args_for: Any, while_running: Any = None) ->
     return collected
 
 
-def _run_workers(url: str, agent_for: Any, count: int, key: str | None = None,
-                 while_running: Any = None) -> list[list[tuple[int, str, bool]]]:
+def _run_workers(
+    url: str, agent_for: Any, count: int, key: str | None = None, while_running: Any = None
+) -> list[list[tuple[int, str, bool]]]:
     return _spawn_and_collect(_authorize_worker, lambda i: (url, agent_for(i), count, key), while_running)
 
 
@@ -110,8 +110,16 @@ def _setup_budget(url: str) -> tuple[int, Decimal]:
 
     with _open(url) as opened:
         opened.admin.create_agent("racer")
-        rule = opened.admin.create_rule(RuleSpec(name="race-daily", type="spend-limit", limit=LIMIT, period="day",
-                                                 agent="racer", given={"name", "type", "limit", "period", "agent"}))
+        rule = opened.admin.create_rule(
+            RuleSpec(
+                name="race-daily",
+                type="spend-limit",
+                limit=LIMIT,
+                period="day",
+                agent="racer",
+                given={"name", "type", "limit", "period", "agent"},
+            )
+        )
     return rule.id, quote(ENDPOINT, {}).amount
 
 
@@ -133,16 +141,20 @@ def _budget_race(url: str) -> None:
     with scratch_engine(url) as engine, engine.connect() as conn:
         by_status = dict(conn.execute(text("SELECT status, COUNT(*) FROM transactions GROUP BY status")).all())
         assert by_status == {"pending": expected, "denied": WORKERS * PER_WORKER - expected}
-        pending_nano = conn.execute(text(
-            "SELECT COALESCE(SUM(estimated_cost), 0) FROM transactions WHERE status = 'pending'")).scalar_one()
-        counters = conn.execute(text("SELECT bucket, spent, held, requests FROM rule_counters WHERE rule_id = :r"),
-                                {"r": rule_id}).all()
+        pending_nano = conn.execute(
+            text("SELECT COALESCE(SUM(estimated_cost), 0) FROM transactions WHERE status = 'pending'")
+        ).scalar_one()
+        counters = conn.execute(
+            text("SELECT bucket, spent, held, requests FROM rule_counters WHERE rule_id = :r"), {"r": rule_id}
+        ).all()
         n_holds = conn.execute(text("SELECT COUNT(*) FROM holds WHERE rule_id = :r"), {"r": rule_id}).scalar_one()
-        denied_holds = conn.execute(text(
-            "SELECT COUNT(*) FROM holds h JOIN transactions t ON t.id = h.transaction_id "
-            "WHERE t.status <> 'pending'")).scalar_one()
-        estimate_lines = conn.execute(text(
-            "SELECT COUNT(*) FROM cost_lines WHERE kind = 'estimate'")).scalar_one()
+        denied_holds = conn.execute(
+            text(
+                "SELECT COUNT(*) FROM holds h JOIN transactions t ON t.id = h.transaction_id "
+                "WHERE t.status <> 'pending'"
+            )
+        ).scalar_one()
+        estimate_lines = conn.execute(text("SELECT COUNT(*) FROM cost_lines WHERE kind = 'estimate'")).scalar_one()
     day, _ = buckets("day", None, NOW)
     assert len(counters) == 1
     bucket, spent, held, requests = counters[0]
@@ -164,8 +176,9 @@ def _idempotency_race(url: str) -> None:
     with scratch_engine(url) as engine, engine.connect() as conn:
         txs = conn.execute(text("SELECT id, idempotency_key, status FROM transactions")).all()
         agents = conn.execute(text("SELECT id FROM agents WHERE name = 'idem-agent'")).all()
-        audits = conn.execute(text(
-            "SELECT COUNT(*) FROM audit_log WHERE entity = 'agent' AND entity_name = 'idem-agent'")).scalar_one()
+        audits = conn.execute(
+            text("SELECT COUNT(*) FROM audit_log WHERE entity = 'agent' AND entity_name = 'idem-agent'")
+        ).scalar_one()
         estimate_lines = conn.execute(text("SELECT COUNT(*) FROM cost_lines")).scalar_one()
     assert [(r.id, r.idempotency_key, r.status) for r in txs] == [(ids.pop(), "same-key", "pending")]
     assert len(agents) == 1 and audits == 1  # created once, audited once
@@ -177,8 +190,11 @@ def _idempotency_race_existing_agent(url: str, while_running: Any = None) -> Non
     unique (agent, key) index raise IntegrityError and must replay the winner's transaction."""
     with _open(url) as opened:
         opened.admin.create_agent("idem-agent")
-    outcomes = [o for worker in _run_workers(url, lambda i: "idem-agent", 1, key="same-key",
-                                             while_running=while_running) for o in worker]
+    outcomes = [
+        o
+        for worker in _run_workers(url, lambda i: "idem-agent", 1, key="same-key", while_running=while_running)
+        for o in worker
+    ]
     assert len(outcomes) == WORKERS
     ids = {tx_id for tx_id, _, _ in outcomes}
     assert len(ids) == 1, outcomes  # every worker got the same transaction id
@@ -202,7 +218,6 @@ def test_idempotency_race_with_an_existing_agent_postgres(pg_url: str) -> None:
     wait) until every worker has looked its key up, found nothing and is waiting to insert; then lets
     them go. One INSERT wins; the other seven hit the unique index."""
     import psycopg
-
     from conftest import _pg_dsn
 
     gate = psycopg.connect(_pg_dsn(pg_url))
@@ -214,7 +229,8 @@ def test_idempotency_race_with_an_existing_agent_postgres(pg_url: str) -> None:
             while time.monotonic() < deadline:
                 waiting = watcher.execute(
                     "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                    "WHERE NOT l.granted AND c.relname = 'transactions'").fetchone()[0]  # type: ignore[index]
+                    "WHERE NOT l.granted AND c.relname = 'transactions'"
+                ).fetchone()[0]  # type: ignore[index]
                 if waiting >= WORKERS:
                     break
                 time.sleep(0.01)
@@ -289,7 +305,7 @@ def _mixed_worker(url: str, agent: str, seed: int, barrier: Any, results: Any) -
                 except Conflict:
                     outcomes.append("conflict")  # another worker's expire released it first: refused, as it must be
         results.put(("ok", outcomes))
-    except BaseException:  # noqa: BLE001 - every failure is reported to the parent
+    except BaseException:  # every failure is reported to the parent
         results.put(("error", traceback.format_exc()))
 
 
@@ -303,9 +319,11 @@ def _run_mixed(url: str) -> list[str]:
 #: write a trigger records the rule's usage as that transaction sees it (PostgreSQL: its own writes plus
 #: every commit; the rule lock makes that the state at its commit; SQLite: the writer's state). The
 #: window summed is the part of the rule's window the authorization certainly checked.
-_AUDIT_SUM = ("SELECT NEW.rule_id, SUM(c.spent + c.held), SUM(c.requests) FROM rule_counters c "
-              "JOIN race_span s ON s.rule_id = c.rule_id "
-              "WHERE c.rule_id = NEW.rule_id AND c.bucket > NEW.bucket - s.span AND c.bucket <= NEW.bucket")
+_AUDIT_SUM = (
+    "SELECT NEW.rule_id, SUM(c.spent + c.held), SUM(c.requests) FROM rule_counters c "
+    "JOIN race_span s ON s.rule_id = c.rule_id "
+    "WHERE c.rule_id = NEW.rule_id AND c.bucket > NEW.bucket - s.span AND c.bucket <= NEW.bucket"
+)
 _AUDIT_PG = [
     "CREATE TABLE race_span (rule_id integer PRIMARY KEY, span bigint NOT NULL)",
     "CREATE TABLE race_audit (rule_id integer, total bigint, requests bigint)",
@@ -320,8 +338,12 @@ _AUDIT_SQLITE = [
     "CREATE TRIGGER race_audit_upd AFTER UPDATE ON rule_counters WHEN NEW.requests > OLD.requests "
     "BEGIN INSERT INTO race_audit " + _AUDIT_SUM + "; END",
 ]
-_UNAUDIT = ["DROP TRIGGER IF EXISTS race_audit ON rule_counters", "DROP FUNCTION IF EXISTS race_audit_fn()",
-            "DROP TABLE IF EXISTS race_audit", "DROP TABLE IF EXISTS race_span"]
+_UNAUDIT = [
+    "DROP TRIGGER IF EXISTS race_audit ON rule_counters",
+    "DROP FUNCTION IF EXISTS race_audit_fn()",
+    "DROP TABLE IF EXISTS race_audit",
+    "DROP TABLE IF EXISTS race_span",
+]
 
 
 def _mixed_race(url: str) -> None:
@@ -347,17 +369,39 @@ def _mixed_race_audited(url: str) -> None:
     with _open(url) as opened:
         admin = opened.admin
         shared = [
-            admin.create_rule(RuleSpec(name="shared-daily", type="spend-limit", limit="0.5", period="day",
-                                       given={"name", "type", "limit", "period"})),
-            admin.create_rule(RuleSpec(name="shared-rolling", type="spend-limit", limit="0.4", window="1h",
-                                       given={"name", "type", "limit", "window"})),
-            admin.create_rule(RuleSpec(name="shared-rate", type="rate-limit", limit="100", period="hour",
-                                       given={"name", "type", "limit", "period"})),
+            admin.create_rule(
+                RuleSpec(
+                    name="shared-daily",
+                    type="spend-limit",
+                    limit="0.5",
+                    period="day",
+                    given={"name", "type", "limit", "period"},
+                )
+            ),
+            admin.create_rule(
+                RuleSpec(
+                    name="shared-rolling",
+                    type="spend-limit",
+                    limit="0.4",
+                    window="1h",
+                    given={"name", "type", "limit", "window"},
+                )
+            ),
+            admin.create_rule(
+                RuleSpec(
+                    name="shared-rate",
+                    type="rate-limit",
+                    limit="100",
+                    period="hour",
+                    given={"name", "type", "limit", "period"},
+                )
+            ),
         ]
         with opened.engine.begin() as conn:
             for r in shared:
-                conn.execute(text("INSERT INTO race_span VALUES (:r, :span)"),
-                             {"r": r.id, "span": 3600 if r.window else 1})
+                conn.execute(
+                    text("INSERT INTO race_span VALUES (:r, :span)"), {"r": r.id, "span": 3600 if r.window else 1}
+                )
     assert [r.window for r in shared] == [None, "1h", None]
     assert [r.type for r in shared] == [RuleType.spend_limit, RuleType.spend_limit, RuleType.rate_limit]
     assert shared[2].limit == 100 and isinstance(shared[2].limit, int)
@@ -366,11 +410,15 @@ def _mixed_race_audited(url: str) -> None:
     assert "denied" in outcomes and any(o not in ("denied", "conflict") for o in outcomes)
 
     with scratch_engine(url) as engine, engine.connect() as conn:
-        txs = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(text(
-            "SELECT id, status, estimated_cost, actual_cost FROM transactions"))}
+        txs = {
+            r[0]: (r[1], r[2], r[3])
+            for r in conn.execute(text("SELECT id, status, estimated_cost, actual_cost FROM transactions"))
+        }
         holds = conn.execute(text("SELECT transaction_id, rule_id, bucket FROM holds")).all()
-        counters = {(r[0], r[1]): [r[2], r[3], r[4]] for r in conn.execute(text(
-            "SELECT rule_id, bucket, spent, held, requests FROM rule_counters"))}
+        counters = {
+            (r[0], r[1]): [r[2], r[3], r[4]]
+            for r in conn.execute(text("SELECT rule_id, bucket, spent, held, requests FROM rule_counters"))
+        }
     assert len(txs) == WORKERS * MIXED_PER_WORKER
     # Every counter equals its recount from the rows.
     expected: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -401,8 +449,12 @@ def _mixed_race_audited(url: str) -> None:
     # The invariant at every commit, not only at the end: no authorization ever held money (or counted a
     # request) beyond a limit, even if that overspend was voided, failed or expired afterwards.
     with scratch_engine(url) as engine, engine.connect() as conn:
-        seen = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(text(
-            "SELECT rule_id, MAX(total), MAX(requests), COUNT(*) FROM race_audit GROUP BY rule_id"))}
+        seen = {
+            r[0]: (r[1], r[2], r[3])
+            for r in conn.execute(
+                text("SELECT rule_id, MAX(total), MAX(requests), COUNT(*) FROM race_audit GROUP BY rule_id")
+            )
+        }
     allowed = sum(1 for o in outcomes if o != "denied")
     for r in shared:
         max_total, max_requests, n = seen[r.id]
@@ -424,9 +476,11 @@ def test_mixed_race_postgres(pg_url: str) -> None:
 
 # --- a rule changed while an authorization waits for its lock --------------------------------
 
+
 @pytest.mark.postgres
 def test_an_authorization_waiting_for_a_rule_lock_decides_with_the_rule_as_changed(
-        pg_url: str, request: pytest.FixtureRequest) -> None:
+    pg_url: str, request: pytest.FixtureRequest
+) -> None:
     """PostgreSQL reads the rules before locking them: an authorization that waits for a rule's
     lock while an update lowers its limit must decide with the new limit, not the one it read."""
     import threading
@@ -441,8 +495,16 @@ def test_an_authorization_waiting_for_a_rule_lock_decides_with_the_rule_as_chang
     request.addfinalizer(opened.close)
     engine, admin, gov = opened.engine, opened.admin, opened.governor
     admin.create_agent("bot")
-    admin.create_rule(RuleSpec(name="daily", type="spend-limit", limit="1", period="day", agent="bot",
-                               given={"name", "type", "limit", "period", "agent"}))
+    admin.create_rule(
+        RuleSpec(
+            name="daily",
+            type="spend-limit",
+            limit="1",
+            period="day",
+            agent="bot",
+            given={"name", "type", "limit", "period", "agent"},
+        )
+    )
     q = quote(ENDPOINT, {})
     dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
     outcome: dict[str, Any] = {}
@@ -450,19 +512,22 @@ def test_an_authorization_waiting_for_a_rule_lock_decides_with_the_rule_as_chang
     def authorize() -> None:
         try:
             outcome["auth"] = gov.authorize("bot", q, {})
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             outcome["error"] = exc
 
     with psycopg.connect(dsn) as editor, psycopg.connect(dsn, autocommit=True) as watcher:
         # What `rules update daily --limit 0.01` does, held open: the rule row stays locked.
-        editor.execute("UPDATE spending_rules SET limit_amount = %s, version = version + 1 WHERE name = 'daily'",
-                       (to_nano(Decimal("0.01")),))
+        editor.execute(
+            "UPDATE spending_rules SET limit_amount = %s, version = version + 1 WHERE name = 'daily'",
+            (to_nano(Decimal("0.01")),),
+        )
         worker = threading.Thread(target=authorize)
         worker.start()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # until the authorization waits for the rule's lock
-            waiting = watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                      "AND wait_event_type = 'Lock'").fetchone()
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
             if waiting and waiting[0] >= 1:
                 break
             time.sleep(0.02)

@@ -86,8 +86,11 @@ RUNNABLE = [
     ("pixelgov price fal-ai/topaz/upscale/image --input-size 1024x768 --scale 2", 0),
     ("pixelgov run fal-ai/flux/dev --agent demo --prompt 'a red fox in the snow' --dry-run", 0),
     ("pixelgov agents create demo", 0),
-    ("pixelgov rules create --name demo-daily --type spend-limit --limit 0.05 --period day --agent demo "
-     "--alert-at 80", 0),
+    (
+        "pixelgov rules create --name demo-daily --type spend-limit --limit 0.05 --period day --agent demo "
+        "--alert-at 80",
+        0,
+    ),
     ("pixelgov rules create --name flux-only --type model-allowlist --models 'fal-ai/flux/*'", 0),
     ("pixelgov check fal-ai/flux-pro --agent demo", 3),
     ("pixelgov agents create marketing-bot --description 'social images'", 0),
@@ -131,9 +134,18 @@ def test_the_readme_examples_that_need_no_network_run(tmp_path: Path, monkeypatc
 
 def test_the_python_example_runs_and_prints_what_its_comments_say(tmp_path: Path) -> None:
     example = next(b for b in _blocks("python") if "from ledger import Ledger" in b)
-    expected = [line.split("# ", 1)[1].strip() for line in example.splitlines()
-                if line.strip().startswith("print(") and "# " in line]
-    done = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data")})
+    expected = [
+        line.split("# ", 1)[1].strip()
+        for line in example.splitlines()
+        if line.strip().startswith("print(") and "# " in line
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data")},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == expected

@@ -5,7 +5,7 @@ what adjustments, unknown and expired outcomes count; bad input.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -35,9 +35,10 @@ def reports(ledger) -> Reports:  # type: ignore[no-untyped-def]
 
 # --- what each outcome counts ------------------------------------------------------------------
 
+
 def test_each_status_counts_as_the_one_definition_of_spend_says(writer, reports) -> None:
     at = utc(2026, 11, 10, 12)
-    writer.add("bot", at=at, status="completed", actual=D("0.02"))            # variance +0.00815
+    writer.add("bot", at=at, status="completed", actual=D("0.02"))  # variance +0.00815
     writer.add("bot", at=at, status="completed", adjustments=[(D("-0.005"), "FAL credit")])
     writer.add("bot", at=at, status="completed", adjustments=[(D("-1"), "credit larger than the charge")])
     writer.add("bot", at=at, status="unknown")
@@ -48,14 +49,14 @@ def test_each_status_counts_as_the_one_definition_of_spend_says(writer, reports)
     t = reports.spend(["agent"]).total
     assert t.transactions == 8 and t.denials == 1
     assert t.actual == D("0.02") + EST + EST
-    assert t.adjustments == D("-1.005")                       # every adjustment line, in full
-    assert t.held == EST                                      # the pending estimate
-    assert t.unknown == EST                                   # the unknown estimate counts as spent
+    assert t.adjustments == D("-1.005")  # every adjustment line, in full
+    assert t.held == EST  # the pending estimate
+    assert t.unknown == EST  # the unknown estimate counts as spent
     # 0.02 + (0.01185 - 0.005) + max(0, 0.01185 - 1) + unknown 0.01185; failed/voided/expired/denied: nothing
     assert t.net == D("0.02") + (EST - D("0.005")) + 0 + EST
     assert t.variance == D("0.02") - EST
-    assert t.estimated == EST * 5                             # completed x3, unknown, pending
-    assert t.images == 4 and t.billable_mp == D("0.79") * 4   # completed and unknown
+    assert t.estimated == EST * 5  # completed x3, unknown, pending
+    assert t.images == 4 and t.billable_mp == D("0.79") * 4  # completed and unknown
 
 
 amounts = st.integers(0, 10**12).map(lambda n: D(n).scaleb(-9))
@@ -93,27 +94,43 @@ def _instants() -> st.SearchStrategy[datetime]:
     return st.one_of(midnights, just_before, anywhere)
 
 
-transaction = st.fixed_dictionaries({
-    "agent": st.sampled_from(["a", "b", "c"]),
-    "endpoint": st.sampled_from(ENDPOINTS),
-    "status": st.sampled_from([s.value for s in TxStatus]),
-    "at": _instants(),
-    "actual": st.one_of(st.none(), st.integers(0, 200_000_000).map(lambda n: D(n).scaleb(-9))),
-    "adjustments": st.lists(st.tuples(st.integers(-60_000_000, 30_000_000).map(lambda n: D(n).scaleb(-9)),
-                                      st.just("note")), max_size=2),
-})
+transaction = st.fixed_dictionaries(
+    {
+        "agent": st.sampled_from(["a", "b", "c"]),
+        "endpoint": st.sampled_from(ENDPOINTS),
+        "status": st.sampled_from([s.value for s in TxStatus]),
+        "at": _instants(),
+        "actual": st.one_of(st.none(), st.integers(0, 200_000_000).map(lambda n: D(n).scaleb(-9))),
+        "adjustments": st.lists(
+            st.tuples(st.integers(-60_000_000, 30_000_000).map(lambda n: D(n).scaleb(-9)), st.just("note")), max_size=2
+        ),
+    }
+)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(transaction, max_size=25), st.sampled_from([
-    ("agent",), ("model",), ("operation",), ("agent", "model", "day"), ("week",), ("month", "agent"),
-    ("operation", "model", "week")]), st.sampled_from([None, (utc(2026, 11, 1), utc(2026, 11, 9))]))
+@given(
+    st.lists(transaction, max_size=25),
+    st.sampled_from(
+        [
+            ("agent",),
+            ("model",),
+            ("operation",),
+            ("agent", "model", "day"),
+            ("week",),
+            ("month", "agent"),
+            ("operation", "model", "week"),
+        ]
+    ),
+    st.sampled_from([None, (utc(2026, 11, 1), utc(2026, 11, 9))]),
+)
 def test_spend_reconciles_to_the_nano_usd_with_a_recount_of_the_ledger(writer, reports, txs, by, window) -> None:
     writer.clear()
     for tx in txs:
         adjustments = tx["adjustments"] if tx["status"] == "completed" else []
-        writer.add(tx["agent"], tx["endpoint"], at=tx["at"], status=tx["status"], actual=tx["actual"],
-                   adjustments=adjustments)
+        writer.add(
+            tx["agent"], tx["endpoint"], at=tx["at"], status=tx["status"], actual=tx["actual"], adjustments=adjustments
+        )
     since, until = window or (None, None)
     report = reports.spend(by, since=since, until=until)
     expected = recount(writer.engine, by, since=since, until=until)
@@ -130,27 +147,41 @@ def test_spend_reconciles_to_the_nano_usd_with_a_recount_of_the_ledger(writer, r
     board = reports.leaderboard("agent", top=10, since=since, until=until)
     assert sum(e.spend for e in board.entries) == D(everything["net"])
     statement = reports.statement("2026-11")
-    assert statement.total.to_json() == total(recount(writer.engine, since=utc(2026, 11, 1),
-                                                      until=utc(2026, 12, 1))).to_json()
+    assert (
+        statement.total.to_json()
+        == total(recount(writer.engine, since=utc(2026, 11, 1), until=utc(2026, 12, 1))).to_json()
+    )
 
 
 def test_reports_reconcile_with_the_ledger_written_by_the_governor(ledger, clock, admin, reports) -> None:
     from ledger.rules import RuleSpec
 
     admin.create_agent("blocked", with_key=False)
-    fields = {"name": "schnell-only", "type": "model-allowlist", "models": ["fal-ai/flux/schnell"],
-              "agent": "blocked"}
+    fields = {"name": "schnell-only", "type": "model-allowlist", "models": ["fal-ai/flux/schnell"], "agent": "blocked"}
     admin.create_rule(RuleSpec(**fields, given=set(fields)))
-    ids = via_governor(ledger, clock, [
-        ("a", "bot", "completed"), ("b", "bot", "completed+credit"), ("c", "bot", "completed+big-credit"),
-        ("d", "bot", "completed+charge"), ("e", "bot", "over"), ("f", "bot", "unknown"), ("g", "bot", "failed"),
-        ("h", "bot", "voided"), ("i", "other", "expired"), ("j", "blocked", "denied"), ("k", "other", "pending"),
-    ])
+    ids = via_governor(
+        ledger,
+        clock,
+        [
+            ("a", "bot", "completed"),
+            ("b", "bot", "completed+credit"),
+            ("c", "bot", "completed+big-credit"),
+            ("d", "bot", "completed+charge"),
+            ("e", "bot", "over"),
+            ("f", "bot", "unknown"),
+            ("g", "bot", "failed"),
+            ("h", "bot", "voided"),
+            ("i", "other", "expired"),
+            ("j", "blocked", "denied"),
+            ("k", "other", "pending"),
+        ],
+    )
     assert len(ids) == 11
     report = reports.spend(["agent"])
     expected = recount(ledger.engine, ("agent",))
     assert {row.key["agent"]: row.totals.to_json() for row in report.rows} == {
-        k[0]: v.to_json() for k, v in expected.items()}
+        k[0]: v.to_json() for k, v in expected.items()
+    }
     t = report.total
     # completed 0.0118 x4 (+0.02 over), credits -0.005 and -1 (floored), +0.003, unknown 0.01185, pending held
     assert t.net == D("0.0118") * 3 - D("0.005") + D("0.003") + D("0.02") + EST
@@ -158,16 +189,20 @@ def test_reports_reconcile_with_the_ledger_written_by_the_governor(ledger, clock
     assert t.held == EST and t.unknown == EST
     assert (t.transactions, t.denials) == (10, 1)
     summary = reports.summary().to_json()
-    assert summary["transactions_by_status"] == {"pending": 1, "completed": 5, "failed": 1, "voided": 1,
-                                                 "expired": 1, "unknown": 1, "denied": 1}
+    assert summary["transactions_by_status"] == {
+        "pending": 1,
+        "completed": 5,
+        "failed": 1,
+        "voided": 1,
+        "expired": 1,
+        "unknown": 1,
+        "denied": 1,
+    }
     assert summary["denials_by_rule"] == [{"rule": "schnell-only", "type": "model-allowlist", "denials": 1}]
     rules = reports.leaderboard("rule").to_json()["top_rules"]
-    assert rules == [{"name": "schnell-only", "transactions": 0, "spend": "0", "denials": 1,
-                      "type": "model-allowlist"}]
+    assert rules == [{"name": "schnell-only", "transactions": 0, "spend": "0", "denials": 1, "type": "model-allowlist"}]
 
 
-@pytest.mark.xfail(reason="the governor does not record images / billable_mp_nano yet (lead: see report)",
-                   strict=False)
 def test_the_governor_records_the_images_and_megapixels_it_priced(ledger, clock, reports) -> None:
     via_governor(ledger, clock, [("a", "bot", "completed")])
     t = reports.spend(["agent"]).total
@@ -175,6 +210,7 @@ def test_the_governor_records_the_images_and_megapixels_it_priced(ledger, clock,
 
 
 # --- periods -----------------------------------------------------------------------------------
+
 
 def test_a_transaction_at_midnight_belongs_to_the_day_it_starts(writer, reports) -> None:
     writer.add(at=utc(2026, 10, 31, 23, 59, 59, 999999))
@@ -195,8 +231,13 @@ def test_since_is_inclusive_and_until_exclusive(writer, reports) -> None:
 
 
 def test_weeks_are_iso_weeks_starting_monday_across_month_and_year_ends(writer, reports) -> None:
-    for at in (utc(2026, 11, 29, 23, 59), utc(2026, 11, 30), utc(2026, 12, 31, 12), utc(2027, 1, 3, 23),
-               utc(2027, 1, 4)):
+    for at in (
+        utc(2026, 11, 29, 23, 59),
+        utc(2026, 11, 30),
+        utc(2026, 12, 31, 12),
+        utc(2027, 1, 3, 23),
+        utc(2027, 1, 4),
+    ):
         writer.add(at=at)
     weeks = {r.key["week"]: r.totals.transactions for r in reports.spend(["week"]).rows}
     # Sun 29 Nov is in the week of Mon 23 Nov; Thu 31 Dec and Sun 3 Jan in the week of Mon 28 Dec.
@@ -218,8 +259,12 @@ def test_chart_fills_every_period_of_the_window_with_zeros(writer, reports) -> N
     writer.add(at=utc(2026, 11, 5, 10), status="denied")
     chart = reports.chart("day", since=utc(2026, 11, 2), until=utc(2026, 11, 7))
     assert [(p.date.isoformat(), p.usage, usd_str(p.spend), p.denials) for p in chart.points] == [
-        ("2026-11-02", 0, "0", 0), ("2026-11-03", 1, "0.01185", 0), ("2026-11-04", 0, "0", 0),
-        ("2026-11-05", 0, "0", 1), ("2026-11-06", 0, "0", 0)]
+        ("2026-11-02", 0, "0", 0),
+        ("2026-11-03", 1, "0.01185", 0),
+        ("2026-11-04", 0, "0", 0),
+        ("2026-11-05", 0, "0", 1),
+        ("2026-11-06", 0, "0", 0),
+    ]
     months = reports.chart("month")
     assert [p.date.isoformat() for p in months.points] == ["2026-11-01"]
 
@@ -244,6 +289,7 @@ def test_summary_compares_with_the_previous_period_of_the_same_length(writer, le
 
 
 # --- edges -------------------------------------------------------------------------------------
+
 
 def test_an_empty_ledger_reports_zeros_and_no_rows(reports) -> None:
     assert reports.spend(["agent", "model", "day"]).rows == ()
@@ -288,8 +334,10 @@ def test_rule_leaderboard_ranks_rules_by_denials_with_their_scope(writer, admin,
     from ledger.rules import RuleSpec
 
     admin.create_agent("a", with_key=False)
-    for fields in ({"name": "a-daily", "type": "spend-limit", "limit": "5", "period": "day", "agent": "a"},
-                   {"name": "pro-cap", "type": "request-cap", "limit": "0.01", "model": "fal-ai/flux-pro*"}):
+    for fields in (
+        {"name": "a-daily", "type": "spend-limit", "limit": "5", "period": "day", "agent": "a"},
+        {"name": "pro-cap", "type": "request-cap", "limit": "0.01", "model": "fal-ai/flux-pro*"},
+    ):
         admin.create_rule(RuleSpec(**fields, given=set(fields)))
     writer.add("a", at=utc(2026, 11, 2))
     writer.add("b", "fal-ai/flux-pro", at=utc(2026, 11, 2), status="denied", denied_by=["pro-cap"])
@@ -303,26 +351,42 @@ def test_rule_leaderboard_ranks_rules_by_denials_with_their_scope(writer, admin,
     ]
 
 
+def test_windows_at_the_ends_of_the_calendar_are_reported_not_crashed(writer, reports) -> None:
+    writer.add(at=utc(2026, 11, 2))
+    first, last = datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    whole = reports.summary(since=first, until=last)
+    assert whole.totals.transactions == 1 and whole.previous is None  # nothing before year 1
+    assert reports.summary(since=last).totals.transactions == 0
+    assert [p.date.isoformat() for p in reports.chart("month", since=datetime(9999, 11, 5, tzinfo=UTC)).points] == []
+    points = reports.chart("day", since=datetime(9999, 12, 30, tzinfo=UTC), until=last).points
+    assert [p.date.isoformat() for p in points] == ["9999-12-30", "9999-12-31"]
+    assert reports.spend(["month"], since=first, until=last).total.transactions == 1
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("call", "error", "field"), [
-    (lambda r: r.spend(["agent", "colour"]), InvalidRequest, "by"),
-    (lambda r: r.spend(["day", "month"]), InvalidRequest, "by"),
-    (lambda r: r.spend([]), InvalidRequest, "by"),
-    (lambda r: r.spend(["agent"], since=utc(2026, 11, 2), until=utc(2026, 11, 1)), InvalidRequest, "until"),
-    (lambda r: r.spend(["agent"], since=utc(2026, 11, 2), until=utc(2026, 11, 2)), InvalidRequest, "until"),
-    (lambda r: r.spend(["agent"], agent="nobody"), NotFound, "agent"),
-    (lambda r: r.spend(["agent"], model="fal-ai/nope"), NotFound, "model"),
-    (lambda r: r.spend(["agent"], operation="paint"), InvalidRequest, "operation"),
-    (lambda r: r.spend(["agent"], status="lost"), InvalidRequest, "status"),
-    (lambda r: r.leaderboard("colour"), InvalidRequest, "by"),
-    (lambda r: r.leaderboard("agent", top=0), InvalidRequest, "top"),
-    (lambda r: r.chart("hour"), InvalidRequest, "by"),
-    (lambda r: r.statement("2026-13"), InvalidRequest, "month"),
-    (lambda r: r.statement("November"), InvalidRequest, "month"),
-    (lambda r: r.summary(period="fortnight"), InvalidRequest, "period"),
-    (lambda r: r.summary(period="day", since=utc(2026, 11, 1)), InvalidRequest, "period"),
-])
+
+@pytest.mark.parametrize(
+    ("call", "error", "field"),
+    [
+        (lambda r: r.spend(["agent", "colour"]), InvalidRequest, "by"),
+        (lambda r: r.spend(["day", "month"]), InvalidRequest, "by"),
+        (lambda r: r.spend([]), InvalidRequest, "by"),
+        (lambda r: r.spend(["agent"], since=utc(2026, 11, 2), until=utc(2026, 11, 1)), InvalidRequest, "until"),
+        (lambda r: r.spend(["agent"], since=utc(2026, 11, 2), until=utc(2026, 11, 2)), InvalidRequest, "until"),
+        (lambda r: r.spend(["agent"], agent="nobody"), NotFound, "agent"),
+        (lambda r: r.spend(["agent"], model="fal-ai/nope"), NotFound, "model"),
+        (lambda r: r.spend(["agent"], operation="paint"), InvalidRequest, "operation"),
+        (lambda r: r.spend(["agent"], status="lost"), InvalidRequest, "status"),
+        (lambda r: r.leaderboard("colour"), InvalidRequest, "by"),
+        (lambda r: r.leaderboard("agent", top=0), InvalidRequest, "top"),
+        (lambda r: r.chart("hour"), InvalidRequest, "by"),
+        (lambda r: r.statement("2026-13"), InvalidRequest, "month"),
+        (lambda r: r.statement("November"), InvalidRequest, "month"),
+        (lambda r: r.summary(period="fortnight"), InvalidRequest, "period"),
+        (lambda r: r.summary(period="day", since=utc(2026, 11, 1)), InvalidRequest, "period"),
+    ],
+)
 def test_bad_input_is_refused_naming_the_field_not_a_flag(reports, call, error, field) -> None:
     with pytest.raises(error) as caught:
         call(reports)

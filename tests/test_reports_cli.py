@@ -68,8 +68,12 @@ def test_spend_csv_round_trips_to_the_json_rows(db_url, month) -> None:
     rows = as_csv(invoke(db_url, *args, "--format", "csv"))
     assert rows == [{k: str(v) for k, v in row.items()} for row in doc["rows"]]
     assert [(r["agent"], r["model"]) for r in rows] == [
-        ("alpha", "fal-ai/flux-pro"), ("alpha", "fal-ai/flux/dev"), ("alpha", "fal-ai/flux/schnell"),
-        ("beta", "fal-ai/flux/dev"), ("beta", "fal-ai/flux/schnell")]
+        ("alpha", "fal-ai/flux-pro"),
+        ("alpha", "fal-ai/flux/dev"),
+        ("alpha", "fal-ai/flux/schnell"),
+        ("beta", "fal-ai/flux/dev"),
+        ("beta", "fal-ai/flux/schnell"),
+    ]
     # alpha: 0.01185 - 0.002 credit, unknown schnell 0.00316, pro at 0.05; beta: 0.01185 (expired, denied: 0)
     assert doc["total"]["net"] == "0.07486"
     assert sum(Decimal(r["net"]) for r in rows) == Decimal(doc["total"]["net"])
@@ -90,18 +94,34 @@ def test_summary_leaderboard_chart_and_statement_round_trip_through_csv(db_url, 
 
     board = as_csv(invoke(db_url, "leaderboard", "--by", "agent", *WINDOW, "--format", "csv"))
     assert [(r["rank"], r["name"], r["transactions"], r["spend"], r["denials"]) for r in board] == [
-        ("1", "alpha", "3", "0.06301", "0"), ("2", "beta", "2", "0.01185", "1")]
+        ("1", "alpha", "3", "0.06301", "0"),
+        ("2", "beta", "2", "0.01185", "1"),
+    ]
 
     points = as_csv(invoke(db_url, "chart", "--by", "week", *WINDOW, "--format", "csv"))
-    assert [p["date"] for p in points] == ["2026-10-26", "2026-11-02", "2026-11-09", "2026-11-16", "2026-11-23",
-                                           "2026-11-30"]
+    assert [p["date"] for p in points] == [
+        "2026-10-26",
+        "2026-11-02",
+        "2026-11-09",
+        "2026-11-16",
+        "2026-11-23",
+        "2026-11-30",
+    ]
     assert sum(Decimal(p["spend"]) for p in points) == Decimal("0.07486")
 
     lines = as_csv(invoke(db_url, "statement", "--month", "2026-11", "--format", "csv"))
     adjustment = [r for r in lines if r["line"] == "adjustment"]
-    assert adjustment == [{**{k: "" for k in lines[0]}, "agent": "alpha", "line": "adjustment",
-                           "model": "fal-ai/flux/dev", "transaction_id": adjustment[0]["transaction_id"],
-                           "note": "FAL credit, ticket 7", "adjustments": "-0.002"}]
+    assert adjustment == [
+        {
+            **{k: "" for k in lines[0]},
+            "agent": "alpha",
+            "line": "adjustment",
+            "model": "fal-ai/flux/dev",
+            "transaction_id": adjustment[0]["transaction_id"],
+            "note": "FAL credit, ticket 7",
+            "adjustments": "-0.002",
+        }
+    ]
     grand = [r for r in lines if r["line"] == "total" and not r["agent"]]
     assert grand[0]["net"] == "0.07486"
 
@@ -112,7 +132,8 @@ def test_statement_reconciles_with_spend_for_the_month(db_url, month) -> None:
     assert statement["total"] == spend["total"]
     lines = {(a["agent"], line["model"]): line for a in statement["agents"] for line in a["lines"]}
     assert {k: {c: v for c, v in line.items() if c not in ("model", "operation")} for k, line in lines.items()} == {
-        (r["agent"], r["model"]): {c: v for c, v in r.items() if c not in ("agent", "model")} for r in spend["rows"]}
+        (r["agent"], r["model"]): {c: v for c, v in r.items() if c not in ("agent", "model")} for r in spend["rows"]
+    }
     table = ok(invoke(db_url, "statement", "--month", "2026-11", "--agent", "alpha")).stdout
     assert "agent alpha" in table and "FAL credit, ticket 7" in table and "agent beta" not in table
 
@@ -172,8 +193,24 @@ def test_png_chart_is_an_image_of_the_stated_size_with_a_bar_per_day(sqlite_url,
     for day in range(1, 8):
         w.add(at=utc(2026, 11, day, 12))
     target = tmp_path / "spend.png"
-    result = ok(invoke(sqlite_url, "chart", "--by", "day", "--since", "2026-11-01", "--until", "2026-11-08",
-                       "--png", str(target), "--width", "800", "--height", "400"))
+    result = ok(
+        invoke(
+            sqlite_url,
+            "chart",
+            "--by",
+            "day",
+            "--since",
+            "2026-11-01",
+            "--until",
+            "2026-11-08",
+            "--png",
+            str(target),
+            "--width",
+            "800",
+            "--height",
+            "400",
+        )
+    )
     assert f"wrote {target} (png, 800x400 px, 7 bars per series)" in result.stdout
     from PIL import Image
 
@@ -188,8 +225,23 @@ def test_svg_chart_states_its_size_and_holds_one_bar_per_week(sqlite_url, sqlite
         w.add(at=utc(2026, 11, day))
         w.add(at=utc(2026, 11, day), status="denied")
     target = tmp_path / "spend.svg"
-    doc = as_json(invoke(sqlite_url, "chart", "--by", "week", *WINDOW, "--svg", str(target), "--width", "1200",
-                         "--height", "600", "--format", "json"))
+    doc = as_json(
+        invoke(
+            sqlite_url,
+            "chart",
+            "--by",
+            "week",
+            *WINDOW,
+            "--svg",
+            str(target),
+            "--width",
+            "1200",
+            "--height",
+            "600",
+            "--format",
+            "json",
+        )
+    )
     assert doc["images"] == [{"path": str(target), "format": "svg", "width": 1200, "height": 600, "bars": 6}]
     root = ET.parse(target).getroot()
     to_px = {"pt": Fraction(4, 3), "px": Fraction(1)}  # CSS: 1 px = 0.75 pt
@@ -202,20 +254,27 @@ def test_svg_chart_states_its_size_and_holds_one_bar_per_week(sqlite_url, sqlite
 
 # --- bad input -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [
-    ["spend", "--by", "agent,colour"],
-    ["spend", "--by", "day,month"],
-    ["spend", "--since", "2026-13-01"],
-    ["spend", "--since", "yesterday"],
-    ["spend", "--since", "2026-11-02", "--until", "2026-11-01"],
-    ["spend", "--agent", "nobody"],
-    ["spend", "--model", "fal-ai/nope"],
-    ["summary", "--period", "fortnight"],
-    ["leaderboard", "--top", "0"],
-    ["leaderboard", "--by", "colour"],
-    ["statement", "--month", "2026-13"],
-    ["statement"],
-])
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["spend", "--by", "agent,colour"],
+        ["spend", "--by", "day,month"],
+        ["spend", "--since", "2026-13-01"],
+        ["spend", "--since", "yesterday"],
+        ["spend", "--since", "2026-11-02", "--until", "2026-11-01"],
+        ["spend", "--agent", "nobody"],
+        ["spend", "--model", "fal-ai/nope"],
+        ["summary", "--period", "fortnight"],
+        ["leaderboard", "--top", "0"],
+        ["leaderboard", "--by", "colour"],
+        ["statement", "--month", "2026-13"],
+        ["statement", "--month", "9999-12"],
+        ["statement"],
+        ["chart", "--since", "9999-12-31T23:59:59-23:59"],
+        ["summary", "--until", "0001-01-01T00:00:00+01:00"],
+    ],
+)
 def test_bad_input_exits_2_with_one_line(db_url, month, args) -> None:
     result = invoke(db_url, *args)
     assert result.exit_code == 2, (result.stdout, result.stderr)
@@ -227,15 +286,18 @@ def test_bad_input_exits_2_with_one_line(db_url, month, args) -> None:
         assert json.loads(as_json_error.stdout)["error"]["code"] in ("invalid_request", "not_found")
 
 
-@pytest.mark.parametrize("args", [
-    lambda d: ["export", "--focus", str(d / "missing" / "out.csv")],
-    lambda d: ["export", "--focus", str(d)],
-    lambda d: ["export", str(d / "out.csv")],
-    lambda d: ["export", "--focus", str(d / "out.csv"), "--since", "2026-11-05", "--until", "2026-11-01"],
-    lambda d: ["chart", "--png", str(d / "missing" / "c.png")],
-    lambda d: ["chart", "--svg", str(d / "c.svg"), "--width", "10"],
-    lambda d: ["chart", "--png", str(d / "c.png"), "--agent", "nobody"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        lambda d: ["export", "--focus", str(d / "missing" / "out.csv")],
+        lambda d: ["export", "--focus", str(d)],
+        lambda d: ["export", str(d / "out.csv")],
+        lambda d: ["export", "--focus", str(d / "out.csv"), "--since", "2026-11-05", "--until", "2026-11-01"],
+        lambda d: ["chart", "--png", str(d / "missing" / "c.png")],
+        lambda d: ["chart", "--svg", str(d / "c.svg"), "--width", "10"],
+        lambda d: ["chart", "--png", str(d / "c.png"), "--agent", "nobody"],
+    ],
+)
 def test_unwritable_output_or_bad_input_writes_nothing(db_url, month, tmp_path, args) -> None:
     out = tmp_path / "out"
     out.mkdir()

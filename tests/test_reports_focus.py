@@ -49,27 +49,45 @@ def focus_validator() -> tuple[Path, Path]:
         if not ready.exists():
             shutil.rmtree(VALIDATOR, ignore_errors=True)
             try:
-                subprocess.run([sys.executable, "-m", "venv", str(VALIDATOR)], check=True, capture_output=True,
-                               timeout=300)
-                subprocess.run([str(VALIDATOR / "bin" / "pip"), "install", "-q", *REQUIREMENTS], check=True,
-                               capture_output=True, text=True, timeout=900)
+                subprocess.run(
+                    [sys.executable, "-m", "venv", str(VALIDATOR)], check=True, capture_output=True, timeout=300
+                )
+                subprocess.run(
+                    [str(VALIDATOR / "bin" / "pip"), "install", "-q", *REQUIREMENTS],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
                 shutil.rmtree(VALIDATOR, ignore_errors=True)
                 detail = getattr(exc, "stderr", "") or ""
                 _unavailable(f"cannot install {' '.join(REQUIREMENTS)}: {str(detail).strip()[-300:]}")
             ready.touch()
     site = subprocess.run(
-        [str(VALIDATOR / "bin" / "python"), "-c",
-         "import focus_validator, os; print(os.path.dirname(os.path.dirname(focus_validator.__file__)))"],
-        check=True, capture_output=True, text=True, timeout=120).stdout.strip()
+        [
+            str(VALIDATOR / "bin" / "python"),
+            "-c",
+            "import focus_validator, os; print(os.path.dirname(os.path.dirname(focus_validator.__file__)))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.strip()
     return VALIDATOR / "bin" / "focus-validator", Path(site)
 
 
 def validate(tool: tuple[Path, Path], data: Path) -> str:
     """The validator's output for `data` (it exits 0 whatever it finds)."""
     executable, site = tool
-    done = subprocess.run([str(executable), "--data-file", str(data), "--validate-version", "1.0"], cwd=site,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(executable), "--data-file", str(data), "--validate-version", "1.0"],
+        cwd=site,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return done.stdout + done.stderr
 
 
@@ -78,20 +96,41 @@ def exported(db_url: str, engine, tmp_path: Path) -> Iterator[tuple[Path, Ledger
     """A month of every kind of charge, exported through the CLI."""
     w = LedgerWriter(engine)
     w.add("design-team", at=utc(2026, 11, 2, 9, 30), adjustments=[(D("-0.002"), 'credit, "ticket" 7')])
-    w.add("design-team", "fal-ai/flux-pro", at=utc(2026, 11, 3), actual=D("0.05"),
-          adjustments=[(D("-1"), "refund larger than the charge"), (D("0.01"), "correction")])
-    w.add("design-team", "fal-ai/topaz/upscale/image", at=utc(2026, 11, 4),
-          body={"image_url": "https://example.com/a.png", "input_size": "1024x768", "scale": 2})
-    w.add("social-bot", "fal-ai/flux/schnell/image-to-image", at=utc(2026, 11, 5),
-          body={"image_url": "https://example.com/b.png", "prompt": "x"}, status="unknown")
-    w.add("social-bot", "fal-ai/fast-sdxl", at=utc(2026, 11, 30, 23, 59),
-          adjustments=[(D("-0.001"), "late credit")], adjusted_at=utc(2026, 12, 3))  # a correction in December
+    w.add(
+        "design-team",
+        "fal-ai/flux-pro",
+        at=utc(2026, 11, 3),
+        actual=D("0.05"),
+        adjustments=[(D("-1"), "refund larger than the charge"), (D("0.01"), "correction")],
+    )
+    w.add(
+        "design-team",
+        "fal-ai/topaz/upscale/image",
+        at=utc(2026, 11, 4),
+        body={"image_url": "https://example.com/a.png", "input_size": "1024x768", "scale": 2},
+    )
+    w.add(
+        "social-bot",
+        "fal-ai/flux/schnell/image-to-image",
+        at=utc(2026, 11, 5),
+        body={"image_url": "https://example.com/b.png", "prompt": "x"},
+        status="unknown",
+    )
+    w.add(
+        "social-bot",
+        "fal-ai/fast-sdxl",
+        at=utc(2026, 11, 30, 23, 59),
+        adjustments=[(D("-0.001"), "late credit")],
+        adjusted_at=utc(2026, 12, 3),
+    )  # a correction in December
     for status in ("pending", "failed", "voided", "expired", "denied"):
         w.add("social-bot", at=utc(2026, 11, 6), status=status)
     w.add("social-bot", at=utc(2026, 10, 30))  # outside the window
     target = tmp_path / "november.csv"
-    result = CliRunner().invoke(cli, ["--db", db_url, "report", "export", "--focus", str(target), "--since",
-                                      "2026-11-01", "--until", "2026-12-01"])
+    result = CliRunner().invoke(
+        cli,
+        ["--db", db_url, "report", "export", "--focus", str(target), "--since", "2026-11-01", "--until", "2026-12-01"],
+    )
     assert result.exit_code == 0, (result.stdout, result.stderr)
     yield target, w
 
@@ -128,15 +167,28 @@ def test_focus_rows_reconcile_with_the_reports(exported) -> None:
     by_tx = {r["x_TransactionId"]: r for r in usage}
     credits = [r for r in rows if r["ChargeCategory"] == "Credit"]
     assert {r["ChargeDescription"].split(" (")[0] for r in credits} == {
-        'credit, "ticket" 7', "refund larger than the charge", "late credit"}
+        'credit, "ticket" 7',
+        "refund larger than the charge",
+        "late credit",
+    }
     late = next(r for r in credits if r["ChargeDescription"].startswith("late"))
     assert (late["ChargeClass"], late["BillingPeriodStart"], late["ChargePeriodStart"]) == (
-        "Correction", "2026-12-01T00:00:00Z", "2026-11-30T23:00:00Z")
+        "Correction",
+        "2026-12-01T00:00:00Z",
+        "2026-11-30T23:00:00Z",
+    )
     first = next(r for r in usage if r["x_Agent"] == "design-team" and r["SkuId"] == "fal-ai/flux/dev")
     assert (first["BilledCost"], first["ListUnitPrice"], first["ConsumedQuantity"], first["ConsumedUnit"]) == (
-        "0.01185", "0.015", "0.79", "Megapixels")
+        "0.01185",
+        "0.015",
+        "0.79",
+        "Megapixels",
+    )
     assert (first["ChargePeriodStart"], first["ChargePeriodEnd"], first["BillingPeriodEnd"]) == (
-        "2026-11-02T09:00:00Z", "2026-11-02T10:00:00Z", "2026-12-01T00:00:00Z")
+        "2026-11-02T09:00:00Z",
+        "2026-11-02T10:00:00Z",
+        "2026-12-01T00:00:00Z",
+    )
     assert by_tx[first["x_TransactionId"]]["SubAccountId"] == "design-team"
     unknown = next(r for r in usage if r["x_Status"] == "unknown")
     assert unknown["BilledCost"] == unknown["x_EstimatedCost"] == "0.03555"  # 0.79 MP at the transform rate

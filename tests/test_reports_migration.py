@@ -49,22 +49,36 @@ def test_upgrading_fills_images_and_megapixels_of_earlier_transactions(old_url: 
     columns = [c for c in transactions.c if c.name not in ("id", "images", "billable_mp_nano")]
     with scratch_engine(old_url) as engine, engine.begin() as conn:
         now = utc(2026, 11, 1)
-        agent_id = conn.execute(insert(agents).values(name="old", status="active", created_at=now, updated_at=now)
-                                .returning(agents.c.id)).scalar_one()
+        agent_id = conn.execute(
+            insert(agents).values(name="old", status="active", created_at=now, updated_at=now).returning(agents.c.id)
+        ).scalar_one()
         for endpoint, body in requests.items():
             values: dict[str, Any] = {c.name: None for c in columns}
-            values.update(agent_id=agent_id, endpoint=endpoint, model=endpoint, operation="generate",
-                          request_json=json.dumps(body), request_hash="0" * 64, price_book="old",
-                          estimated_cost=Decimal(0), status="completed", created_at=now)
+            values.update(
+                agent_id=agent_id,
+                endpoint=endpoint,
+                model=endpoint,
+                operation="generate",
+                request_json=json.dumps(body),
+                request_hash="0" * 64,
+                price_book="old",
+                estimated_cost=Decimal(0),
+                status="completed",
+                created_at=now,
+            )
             conn.execute(insert(transactions).values(values))
     db.upgrade(old_url)
     with scratch_engine(old_url) as engine, engine.connect() as conn:
-        found = {r.endpoint: (r.images, r.billable_mp_nano) for r in conn.execute(
-            select(transactions.c.endpoint, transactions.c.images, transactions.c.billable_mp_nano))}
+        found = {
+            r.endpoint: (r.images, r.billable_mp_nano)
+            for r in conn.execute(
+                select(transactions.c.endpoint, transactions.c.images, transactions.c.billable_mp_nano)
+            )
+        }
     assert found == {
-        "fal-ai/flux/dev": (2, 1_580_000_000),               # 2 x 0.79 MP
-        "fal-ai/topaz/upscale/image": (1, 3_150_000_000),    # 2048x1536 -> 3.15 MP
-        "fal-ai/retired-model": (None, None),                # no longer priced: left unknown
+        "fal-ai/flux/dev": (2, 1_580_000_000),  # 2 x 0.79 MP
+        "fal-ai/topaz/upscale/image": (1, 3_150_000_000),  # 2048x1536 -> 3.15 MP
+        "fal-ai/retired-model": (None, None),  # no longer priced: left unknown
     }
 
 
@@ -87,6 +101,6 @@ def test_sqlite_reports_stream_the_report_index_instead_of_sorting_the_ledger(sq
         with ledger.engine.connect() as conn:
             for statement, parameters in statements:
                 plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)]
-                inner = plan[:plan.index("SCAN per_status")]
+                inner = plan[: plan.index("SCAN per_status")]
                 assert any("COVERING INDEX ix_transactions_report_days" in step for step in inner), plan
                 assert not any("TEMP B-TREE" in step for step in inner), plan

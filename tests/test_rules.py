@@ -53,18 +53,22 @@ def allowed(gov, agent: str, q=DEV) -> bool:  # type: ignore[no-untyped-def]
 
 # --- periods and windows (pure) -----------------------------------------------------------------
 
-@pytest.mark.parametrize("period, now, start", [
-    ("minute", at(2026, 11, 25, 12, 34, 56), at(2026, 11, 25, 12, 34)),
-    ("hour", at(2026, 11, 25, 12, 34, 56), at(2026, 11, 25, 12)),
-    ("day", at(2026, 11, 25, 23, 59, 59), at(2026, 11, 25)),
-    ("week", at(2026, 11, 25, 12), at(2026, 11, 23)),  # a Wednesday: its ISO week began on Monday the 23rd
-    ("week", at(2026, 11, 29, 23, 59, 59), at(2026, 11, 23)),  # Sunday still belongs to that week
-    ("week", at(2026, 11, 30), at(2026, 11, 30)),  # Monday starts the next
-    ("week", at(2027, 1, 1, 8), at(2026, 12, 28)),  # a week spans the new year
-    ("month", at(2026, 11, 30, 23, 59, 59), at(2026, 11, 1)),
-    ("month", at(2026, 12, 1), at(2026, 12, 1)),
-    ("total", at(2026, 11, 25, 12), at(1970, 1, 1)),
-])
+
+@pytest.mark.parametrize(
+    "period, now, start",
+    [
+        ("minute", at(2026, 11, 25, 12, 34, 56), at(2026, 11, 25, 12, 34)),
+        ("hour", at(2026, 11, 25, 12, 34, 56), at(2026, 11, 25, 12)),
+        ("day", at(2026, 11, 25, 23, 59, 59), at(2026, 11, 25)),
+        ("week", at(2026, 11, 25, 12), at(2026, 11, 23)),  # a Wednesday: its ISO week began on Monday the 23rd
+        ("week", at(2026, 11, 29, 23, 59, 59), at(2026, 11, 23)),  # Sunday still belongs to that week
+        ("week", at(2026, 11, 30), at(2026, 11, 30)),  # Monday starts the next
+        ("week", at(2027, 1, 1, 8), at(2026, 12, 28)),  # a week spans the new year
+        ("month", at(2026, 11, 30, 23, 59, 59), at(2026, 11, 1)),
+        ("month", at(2026, 12, 1), at(2026, 12, 1)),
+        ("total", at(2026, 11, 25, 12), at(1970, 1, 1)),
+    ],
+)
 def test_calendar_periods_start_at_their_utc_boundary(period: str, now: datetime, start: datetime) -> None:
     assert period_start(period, now) == start
 
@@ -77,10 +81,19 @@ def test_period_start_reads_an_aware_time_in_utc() -> None:
     assert period_start("day", datetime(2026, 11, 26, 8, tzinfo=tokyo)) == at(2026, 11, 25)
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("1m", 60), ("30m", 1800), ("1h", 3600), ("24h", 86400), ("7d", 604800), ("2w", 1209600),
-    (" 90 s ", 90), ("366d", 366 * 86400),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("1m", 60),
+        ("30m", 1800),
+        ("1h", 3600),
+        ("24h", 86400),
+        ("7d", 604800),
+        ("2w", 1209600),
+        (" 90 s ", 90),
+        ("366d", 366 * 86400),
+    ],
+)
 def test_windows_parse_as_a_number_and_a_unit(text: str, seconds: int) -> None:
     assert parse_window(text) == seconds
 
@@ -107,15 +120,20 @@ def test_a_rolling_window_sums_every_bucket_overlapping_the_window() -> None:
 
 # --- spend-limit: calendar periods ------------------------------------------------------------
 
-@pytest.mark.parametrize("period, start, last_moment, next_start", [
-    ("hour", at(2026, 11, 25, 12), at(2026, 11, 25, 12, 59, 59), at(2026, 11, 25, 13)),
-    ("day", at(2026, 11, 25), at(2026, 11, 25, 23, 59, 59), at(2026, 11, 26)),
-    ("week", at(2026, 11, 23), at(2026, 11, 29, 23, 59, 59), at(2026, 11, 30)),
-    ("month", at(2026, 11, 1), at(2026, 11, 30, 23, 59, 59), at(2026, 12, 1)),
-    ("month", at(2026, 12, 1), at(2026, 12, 31, 23, 59, 59), at(2027, 1, 1)),
-])
-def test_spend_limit_resets_exactly_at_the_calendar_boundary(gov, admin, clock, period, start, last_moment,
-                                                             next_start) -> None:
+
+@pytest.mark.parametrize(
+    "period, start, last_moment, next_start",
+    [
+        ("hour", at(2026, 11, 25, 12), at(2026, 11, 25, 12, 59, 59), at(2026, 11, 25, 13)),
+        ("day", at(2026, 11, 25), at(2026, 11, 25, 23, 59, 59), at(2026, 11, 26)),
+        ("week", at(2026, 11, 23), at(2026, 11, 29, 23, 59, 59), at(2026, 11, 30)),
+        ("month", at(2026, 11, 1), at(2026, 11, 30, 23, 59, 59), at(2026, 12, 1)),
+        ("month", at(2026, 12, 1), at(2026, 12, 31, 23, 59, 59), at(2027, 1, 1)),
+    ],
+)
+def test_spend_limit_resets_exactly_at_the_calendar_boundary(
+    gov, admin, clock, period, start, last_moment, next_start
+) -> None:
     make_rule(admin, name="budget", type="spend-limit", limit=TWO_DEV, period=period)
     # Spend in the previous period does not count in this one.
     clock.set(start - timedelta(microseconds=1))
@@ -164,8 +182,9 @@ def test_a_spend_limit_without_a_period_counts_per_month(gov, admin, clock) -> N
 
 
 def test_one_nano_usd_over_the_limit_is_denied(gov, admin) -> None:
-    make_rule(admin, name="budget", type="spend-limit", limit=str(DEV.amount * 2 - Decimal("0.000000001")),
-              period="day")
+    make_rule(
+        admin, name="budget", type="spend-limit", limit=str(DEV.amount * 2 - Decimal("0.000000001")), period="day"
+    )
     spend(gov, "bot")
     second = gov.authorize("bot", DEV, {})
     assert not second.allowed
@@ -193,16 +212,21 @@ def test_held_estimates_count_against_the_budget_like_settled_spend(gov, admin) 
 
 # --- spend-limit: rolling windows -------------------------------------------------------------
 
-@pytest.mark.parametrize("window, spent_at, still_counted_at, dropped_at", [
-    # 1h: 1-minute buckets. Spend at 12:00:30 sits in the 12:00 bucket, counted while it overlaps the window.
-    ("1h", at(2026, 11, 25, 12, 0, 30), at(2026, 11, 25, 13, 0, 59), at(2026, 11, 25, 13, 1)),
-    # 24h: 1-hour buckets; the window crosses midnight (a calendar day would have reset).
-    ("24h", at(2026, 11, 25, 12, 10), at(2026, 11, 26, 12, 59, 59), at(2026, 11, 26, 13)),
-    # 7d: 6-hour buckets.
-    ("7d", at(2026, 11, 25, 12, 10), at(2026, 12, 2, 17, 59, 59), at(2026, 12, 2, 18)),
-])
-def test_spend_drops_out_of_a_rolling_window_once_its_bucket_leaves_it(gov, admin, clock, window, spent_at,
-                                                                       still_counted_at, dropped_at) -> None:
+
+@pytest.mark.parametrize(
+    "window, spent_at, still_counted_at, dropped_at",
+    [
+        # 1h: 1-minute buckets. Spend at 12:00:30 sits in the 12:00 bucket, counted while it overlaps the window.
+        ("1h", at(2026, 11, 25, 12, 0, 30), at(2026, 11, 25, 13, 0, 59), at(2026, 11, 25, 13, 1)),
+        # 24h: 1-hour buckets; the window crosses midnight (a calendar day would have reset).
+        ("24h", at(2026, 11, 25, 12, 10), at(2026, 11, 26, 12, 59, 59), at(2026, 11, 26, 13)),
+        # 7d: 6-hour buckets.
+        ("7d", at(2026, 11, 25, 12, 10), at(2026, 12, 2, 17, 59, 59), at(2026, 12, 2, 18)),
+    ],
+)
+def test_spend_drops_out_of_a_rolling_window_once_its_bucket_leaves_it(
+    gov, admin, clock, window, spent_at, still_counted_at, dropped_at
+) -> None:
     make_rule(admin, name="rolling", type="spend-limit", limit=TWO_DEV, window=window)
     clock.set(spent_at)
     spend(gov, "bot")
@@ -239,6 +263,7 @@ def test_a_rolling_window_counts_spend_from_several_buckets_together(gov, admin,
 
 # --- request-cap ------------------------------------------------------------------------------
 
+
 def test_request_cap_allows_an_estimate_equal_to_the_cap(gov, admin) -> None:
     make_rule(admin, name="cap", type="request-cap", limit="0.01185")
     assert allowed(gov, "bot")
@@ -262,13 +287,18 @@ def test_request_cap_looks_at_each_request_alone_not_at_history(gov, admin, engi
 
 # --- rate-limit -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("period, start, last_moment, next_start", [
-    ("minute", at(2026, 11, 25, 12, 0), at(2026, 11, 25, 12, 0, 59, 999999), at(2026, 11, 25, 12, 1)),
-    ("hour", at(2026, 11, 25, 12), at(2026, 11, 25, 12, 59, 59), at(2026, 11, 25, 13)),
-    ("day", at(2026, 11, 25), at(2026, 11, 25, 23, 59, 59), at(2026, 11, 26)),
-])
-def test_rate_limit_allows_n_requests_per_calendar_period(gov, admin, clock, period, start, last_moment,
-                                                          next_start) -> None:
+
+@pytest.mark.parametrize(
+    "period, start, last_moment, next_start",
+    [
+        ("minute", at(2026, 11, 25, 12, 0), at(2026, 11, 25, 12, 0, 59, 999999), at(2026, 11, 25, 12, 1)),
+        ("hour", at(2026, 11, 25, 12), at(2026, 11, 25, 12, 59, 59), at(2026, 11, 25, 13)),
+        ("day", at(2026, 11, 25), at(2026, 11, 25, 23, 59, 59), at(2026, 11, 26)),
+    ],
+)
+def test_rate_limit_allows_n_requests_per_calendar_period(
+    gov, admin, clock, period, start, last_moment, next_start
+) -> None:
     make_rule(admin, name="rate", type="rate-limit", limit="2", period=period)
     clock.set(start)
     assert allowed(gov, "bot")
@@ -317,24 +347,27 @@ def test_denied_requests_do_not_use_up_a_rate_limit(gov, admin) -> None:
 
 # --- model-allowlist --------------------------------------------------------------------------
 
+
 def _allowlist(*models: str) -> Rule:
-    return Rule(1, "allow", "model-allowlist", None, None, None, None, models, None, None, None, "deny", None,
-                True, 1)
+    return Rule(1, "allow", "model-allowlist", None, None, None, None, models, None, None, None, "deny", None, True, 1)
 
 
-@pytest.mark.parametrize("models, q, ok", [
-    (["fal-ai/flux/*"], DEV, True),
-    (["fal-ai/flux/*"], SCHNELL, True),
-    (["fal-ai/flux/*"], I2I, True),  # * crosses "/" like a shell glob over names, not paths
-    (["fal-ai/flux/*"], PRO, False),
-    (["fal-ai/flux/*"], SDXL, False),
-    (["fal-ai/flux/dev"], I2I, False),
-    (["fal-ai/flux/dev", "fal-ai/flux-pro"], PRO, True),
-    (["fal-ai/stable-diffusion-xl"], SDXL, True),  # an alias matches its canonical model
-    (["fal-ai/fast-sdxl"], SDXL, True),  # and the endpoint as requested
-    (["fal-ai/flux/schnel?"], SCHNELL, True),
-    (["FAL-AI/FLUX/*"], DEV, False),  # globs are case-sensitive
-])
+@pytest.mark.parametrize(
+    "models, q, ok",
+    [
+        (["fal-ai/flux/*"], DEV, True),
+        (["fal-ai/flux/*"], SCHNELL, True),
+        (["fal-ai/flux/*"], I2I, True),  # * crosses "/" like a shell glob over names, not paths
+        (["fal-ai/flux/*"], PRO, False),
+        (["fal-ai/flux/*"], SDXL, False),
+        (["fal-ai/flux/dev"], I2I, False),
+        (["fal-ai/flux/dev", "fal-ai/flux-pro"], PRO, True),
+        (["fal-ai/stable-diffusion-xl"], SDXL, True),  # an alias matches its canonical model
+        (["fal-ai/fast-sdxl"], SDXL, True),  # and the endpoint as requested
+        (["fal-ai/flux/schnel?"], SCHNELL, True),
+        (["FAL-AI/FLUX/*"], DEV, False),  # globs are case-sensitive
+    ],
+)
 def test_model_allowlist_allows_only_endpoints_matching_a_glob(models, q, ok) -> None:
     verdict = evaluate(_allowlist(*models), q, None)
     assert verdict.ok is ok
@@ -349,10 +382,12 @@ def test_a_model_allowlist_denies_every_other_model(gov, admin) -> None:
     assert not denied.allowed
     assert denied.transaction.denials[0].type == RuleType.model_allowlist
     assert "fal-ai/flux-pro is not in the allowed models (fal-ai/flux/*, fal-ai/fast-sdxl)" in (
-        denied.transaction.denials[0].reason)
+        denied.transaction.denials[0].reason
+    )
 
 
 # --- scopes and filters -----------------------------------------------------------------------
+
 
 def test_an_agent_rule_counts_and_limits_only_that_agent(gov, admin) -> None:
     admin.create_agent("alice")
@@ -384,8 +419,7 @@ def test_an_agent_rule_and_an_every_agent_rule_both_apply(gov, admin) -> None:
 
 
 def test_a_model_glob_filter_limits_and_counts_only_matching_endpoints(gov, admin, engine) -> None:
-    rule = make_rule(admin, name="flux-budget", type="spend-limit", limit=TWO_DEV, period="day",
-                     model="fal-ai/flux/*")
+    rule = make_rule(admin, name="flux-budget", type="spend-limit", limit=TWO_DEV, period="day", model="fal-ai/flux/*")
     spend(gov, "bot", SDXL)
     spend(gov, "bot", DEV)
     spend(gov, "bot", SCHNELL)
@@ -411,6 +445,7 @@ def test_a_rate_limit_filtered_by_model_leaves_other_models_alone(gov, admin) ->
 
 
 # --- actions, alerts, enabled -----------------------------------------------------------------
+
 
 def _alert_rows(engine) -> list:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
@@ -441,9 +476,13 @@ def test_a_check_reports_alerts_but_records_none(gov, admin, engine) -> None:
     before = snapshot(engine)
     decision = gov.check("bot", DEV)
     assert decision.allowed and [a.rule for a in decision.alerts] == ["watch"]
-    assert decision.to_json() == {"allowed": True, "agent": "bot", "quote": DEV.to_json(), "denials": [],
-                                  "alerts": [{"rule": "watch", "type": "request-cap",
-                                              "reason": decision.alerts[0].reason}]}
+    assert decision.to_json() == {
+        "allowed": True,
+        "agent": "bot",
+        "quote": DEV.to_json(),
+        "denials": [],
+        "alerts": [{"rule": "watch", "type": "request-cap", "reason": decision.alerts[0].reason}],
+    }
     assert _alert_rows(engine) == []
     assert snapshot(engine) == before
 
@@ -533,52 +572,56 @@ def test_a_check_gives_the_same_denials_as_authorize_without_writing(gov, admin,
 
 # --- rule definitions (pure) ------------------------------------------------------------------
 
+
 def _spec(**fields) -> RuleSpec:  # type: ignore[no-untyped-def]
     return RuleSpec(**fields, given=set(fields))
 
 
-@pytest.mark.parametrize("fields, field", [
-    ({"type": "spend-limit", "limit": "1"}, "name"),
-    ({"name": "  ", "type": "spend-limit", "limit": "1"}, "name"),
-    ({"name": "r", "type": "budget", "limit": "1"}, "type"),
-    ({"name": "r"}, "type"),
-    ({"name": "r", "type": "spend-limit", "limit": "0", "period": "day"}, "limit"),
-    ({"name": "r", "type": "spend-limit", "limit": "-1", "period": "day"}, "limit"),
-    ({"name": "r", "type": "spend-limit", "period": "day"}, "limit"),
-    ({"name": "r", "type": "spend-limit", "limit": "0.0000000001", "period": "day"}, "limit"),
-    ({"name": "r", "type": "spend-limit", "limit": "ten", "period": "day"}, "limit"),
-    ({"name": "r", "type": "spend-limit", "limit": "NaN", "period": "day"}, "limit"),
-    ({"name": "r", "type": "spend-limit", "limit": "1e40", "period": "day"}, "limit"),
-    ({"name": "r", "type": "spend-limit", "limit": "10000000000", "period": "day"}, "limit"),
-    ({"name": "r", "type": "spend-limit", "limit": "1", "period": "fortnight"}, "period"),
-    ({"name": "r", "type": "spend-limit", "limit": "1", "period": "minute"}, "period"),
-    ({"name": "r", "type": "spend-limit", "limit": "1", "period": "day", "window": "24h"}, "period"),
-    ({"name": "r", "type": "spend-limit", "limit": "1", "window": "5x"}, "window"),
-    ({"name": "r", "type": "spend-limit", "limit": "1", "window": "30s"}, "window"),
-    ({"name": "r", "type": "spend-limit", "limit": "1", "window": "400d"}, "window"),
-    ({"name": "r", "type": "spend-limit", "limit": "1", "models": ["x"]}, "models"),
-    ({"name": "r", "type": "spend-limit", "limit": "1", "alert_at": "0"}, "alert_at"),
-    ({"name": "r", "type": "spend-limit", "limit": "1", "alert_at": "101"}, "alert_at"),
-    ({"name": "r", "type": "spend-limit", "limit": "1", "alert_at": "half"}, "alert_at"),
-    ({"name": "r", "type": "request-cap", "limit": "1", "period": "day"}, "period"),
-    ({"name": "r", "type": "request-cap", "limit": "1", "window": "1h"}, "window"),
-    ({"name": "r", "type": "request-cap", "limit": "1", "alert_at": "50"}, "alert_at"),
-    ({"name": "r", "type": "request-cap", "limit": "0"}, "limit"),
-    ({"name": "r", "type": "rate-limit", "limit": "0", "period": "day"}, "limit"),
-    ({"name": "r", "type": "rate-limit", "limit": "-5", "period": "day"}, "limit"),
-    ({"name": "r", "type": "rate-limit", "limit": "2.5", "period": "day"}, "limit"),
-    ({"name": "r", "type": "rate-limit", "limit": "99999999999", "period": "day"}, "limit"),
-    ({"name": "r", "type": "rate-limit", "limit": "5"}, "period"),
-    ({"name": "r", "type": "rate-limit", "limit": "5", "period": "week"}, "period"),
-    ({"name": "r", "type": "rate-limit", "limit": "5", "period": "month"}, "period"),
-    ({"name": "r", "type": "rate-limit", "limit": "5", "period": "day", "alert_at": "50"}, "alert_at"),
-    ({"name": "r", "type": "model-allowlist", "models": ["a"], "limit": "5"}, "limit"),
-    ({"name": "r", "type": "model-allowlist", "models": ["a"], "period": "day"}, "period"),
-    ({"name": "r", "type": "model-allowlist", "models": ["", " "]}, "models"),
-    ({"name": "r", "type": "model-allowlist"}, "models"),
-    ({"name": "r", "type": "request-cap", "limit": "1", "operation": "paint"}, "operation"),
-    ({"name": "r", "type": "request-cap", "limit": "1", "action": "block"}, "action"),
-])
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"type": "spend-limit", "limit": "1"}, "name"),
+        ({"name": "  ", "type": "spend-limit", "limit": "1"}, "name"),
+        ({"name": "r", "type": "budget", "limit": "1"}, "type"),
+        ({"name": "r"}, "type"),
+        ({"name": "r", "type": "spend-limit", "limit": "0", "period": "day"}, "limit"),
+        ({"name": "r", "type": "spend-limit", "limit": "-1", "period": "day"}, "limit"),
+        ({"name": "r", "type": "spend-limit", "period": "day"}, "limit"),
+        ({"name": "r", "type": "spend-limit", "limit": "0.0000000001", "period": "day"}, "limit"),
+        ({"name": "r", "type": "spend-limit", "limit": "ten", "period": "day"}, "limit"),
+        ({"name": "r", "type": "spend-limit", "limit": "NaN", "period": "day"}, "limit"),
+        ({"name": "r", "type": "spend-limit", "limit": "1e40", "period": "day"}, "limit"),
+        ({"name": "r", "type": "spend-limit", "limit": "10000000000", "period": "day"}, "limit"),
+        ({"name": "r", "type": "spend-limit", "limit": "1", "period": "fortnight"}, "period"),
+        ({"name": "r", "type": "spend-limit", "limit": "1", "period": "minute"}, "period"),
+        ({"name": "r", "type": "spend-limit", "limit": "1", "period": "day", "window": "24h"}, "period"),
+        ({"name": "r", "type": "spend-limit", "limit": "1", "window": "5x"}, "window"),
+        ({"name": "r", "type": "spend-limit", "limit": "1", "window": "30s"}, "window"),
+        ({"name": "r", "type": "spend-limit", "limit": "1", "window": "400d"}, "window"),
+        ({"name": "r", "type": "spend-limit", "limit": "1", "models": ["x"]}, "models"),
+        ({"name": "r", "type": "spend-limit", "limit": "1", "alert_at": "0"}, "alert_at"),
+        ({"name": "r", "type": "spend-limit", "limit": "1", "alert_at": "101"}, "alert_at"),
+        ({"name": "r", "type": "spend-limit", "limit": "1", "alert_at": "half"}, "alert_at"),
+        ({"name": "r", "type": "request-cap", "limit": "1", "period": "day"}, "period"),
+        ({"name": "r", "type": "request-cap", "limit": "1", "window": "1h"}, "window"),
+        ({"name": "r", "type": "request-cap", "limit": "1", "alert_at": "50"}, "alert_at"),
+        ({"name": "r", "type": "request-cap", "limit": "0"}, "limit"),
+        ({"name": "r", "type": "rate-limit", "limit": "0", "period": "day"}, "limit"),
+        ({"name": "r", "type": "rate-limit", "limit": "-5", "period": "day"}, "limit"),
+        ({"name": "r", "type": "rate-limit", "limit": "2.5", "period": "day"}, "limit"),
+        ({"name": "r", "type": "rate-limit", "limit": "99999999999", "period": "day"}, "limit"),
+        ({"name": "r", "type": "rate-limit", "limit": "5"}, "period"),
+        ({"name": "r", "type": "rate-limit", "limit": "5", "period": "week"}, "period"),
+        ({"name": "r", "type": "rate-limit", "limit": "5", "period": "month"}, "period"),
+        ({"name": "r", "type": "rate-limit", "limit": "5", "period": "day", "alert_at": "50"}, "alert_at"),
+        ({"name": "r", "type": "model-allowlist", "models": ["a"], "limit": "5"}, "limit"),
+        ({"name": "r", "type": "model-allowlist", "models": ["a"], "period": "day"}, "period"),
+        ({"name": "r", "type": "model-allowlist", "models": ["", " "]}, "models"),
+        ({"name": "r", "type": "model-allowlist"}, "models"),
+        ({"name": "r", "type": "request-cap", "limit": "1", "operation": "paint"}, "operation"),
+        ({"name": "r", "type": "request-cap", "limit": "1", "action": "block"}, "action"),
+    ],
+)
 def test_an_invalid_rule_definition_names_the_field(fields: dict, field: str) -> None:
     with pytest.raises(InvalidRequest) as error:
         validate_spec(_spec(**fields))
@@ -587,14 +630,27 @@ def test_an_invalid_rule_definition_names_the_field(fields: dict, field: str) ->
 
 
 def test_a_valid_rule_definition_becomes_column_values() -> None:
-    values = validate_spec(_spec(name=" daily ", type="spend-limit", limit="$5.5", window="24h", alert_at="80%",
-                                 model="fal-ai/flux/*", operation="generate"))
+    values = validate_spec(
+        _spec(
+            name=" daily ",
+            type="spend-limit",
+            limit="$5.5",
+            window="24h",
+            alert_at="80%",
+            model="fal-ai/flux/*",
+            operation="generate",
+        )
+    )
     assert values["name"] == "daily"
     assert values["limit_amount"] == Decimal("5.5") and isinstance(values["limit_amount"], Decimal)
     assert (values["period"], values["window_seconds"]) == (None, 86400)
     assert values["alert_at"] == 80
     assert (values["model_glob"], values["operation"], values["action"], values["enabled"]) == (
-        "fal-ai/flux/*", "generate", "deny", True)
+        "fal-ai/flux/*",
+        "generate",
+        "deny",
+        True,
+    )
 
 
 def test_a_rate_limit_counts_whole_requests() -> None:
@@ -603,18 +659,37 @@ def test_a_rate_limit_counts_whole_requests() -> None:
 
 
 def test_a_rule_record_gives_each_limit_its_type() -> None:
-    rate = Rule(7, "rate", "rate-limit", None, 60, None, 3600, (), 3, "fal-ai/flux/*", "generate", "deny", None,
-                True, 2)
+    rate = Rule(
+        7, "rate", "rate-limit", None, 60, None, 3600, (), 3, "fal-ai/flux/*", "generate", "deny", None, True, 2
+    )
     record = rule_record(rate, "bot")
     assert isinstance(record, SpendingRule)
-    assert (record.id, record.type, record.limit, record.window, record.period) == (7, RuleType.rate_limit, 60,
-                                                                                    "1h", None)
+    assert (record.id, record.type, record.limit, record.window, record.period) == (
+        7,
+        RuleType.rate_limit,
+        60,
+        "1h",
+        None,
+    )
     assert (record.agent, record.model, record.operation, record.version) == ("bot", "fal-ai/flux/*", "generate", 2)
     assert record.models is None
-    budget = Rule(8, "budget", "spend-limit", Decimal("5.5"), None, "day", None, (), None, None, None, "alert", 80,
-                  False, 1)
+    budget = Rule(
+        8, "budget", "spend-limit", Decimal("5.5"), None, "day", None, (), None, None, None, "alert", 80, False, 1
+    )
     assert rule_record(budget, None).to_json() == {
-        "id": 8, "name": "budget", "type": "spend-limit", "limit": "5.5", "period": "day", "window": None,
-        "models": None, "agent": None, "model": None, "operation": None, "action": "alert", "alert_at": 80,
-        "enabled": False, "version": 1}
+        "id": 8,
+        "name": "budget",
+        "type": "spend-limit",
+        "limit": "5.5",
+        "period": "day",
+        "window": None,
+        "models": None,
+        "agent": None,
+        "model": None,
+        "operation": None,
+        "action": "alert",
+        "alert_at": 80,
+        "enabled": False,
+        "version": 1,
+    }
     assert rule_record(_allowlist("fal-ai/flux/*"), None).models == ("fal-ai/flux/*",)

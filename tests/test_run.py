@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import scratch_engine
 from PIL import Image
 from sqlalchemy import func, select
 
-from conftest import scratch_engine
 from ledger import Ledger, RuleSpec, Settings, Transaction, TxStatus
 from ledger.cli import cli
 from ledger.errors import Denied, InvalidRequest, UpstreamError
@@ -50,8 +50,10 @@ FAULT_STATUSES = [400, 404, 413, 422, 429, 500, 503]
 
 # --- helpers ---------------------------------------------------------------------------------
 
-def run_cli(db_url: str, upstream: str | None, *args: str, key: str | None = FAL_KEY,
-            env: dict[str, str | None] | None = None) -> Result:
+
+def run_cli(
+    db_url: str, upstream: str | None, *args: str, key: str | None = FAL_KEY, env: dict[str, str | None] | None = None
+) -> Result:
     """`pixelgov --db URL run ARGS` in process, with the upstream and FAL key in the environment."""
     environ = {"PIXELGOV_UPSTREAM_URL": upstream, "FAL_KEY": key, **(env or {})}
     return CliRunner().invoke(cli, ["--db", db_url, "run", *args], env=environ)
@@ -70,8 +72,9 @@ def opened(db_url: str, clock: Any = None) -> Iterator[Ledger]:
 
 def row_counts(db_url: str) -> dict[str, int]:
     with scratch_engine(db_url) as engine, engine.connect() as conn:
-        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in Base.metadata.sorted_tables}
+        return {
+            t.name: conn.execute(select(func.count()).select_from(t)).scalar_one() for t in Base.metadata.sorted_tables
+        }
 
 
 def nothing_written(db_url: str) -> bool:
@@ -93,8 +96,11 @@ def statuses(db_url: str) -> list[TxStatus]:
 def add_budget(db_url: str, limit: str = "1", name: str = "budget") -> None:
     """A `deny` spend-limit over all time: its counters show every hold and every spend."""
     with opened(db_url) as ledger:
-        ledger.admin.create_rule(RuleSpec(name=name, type="spend-limit", limit=limit, period="total",
-                                          given={"name", "type", "limit", "period"}))
+        ledger.admin.create_rule(
+            RuleSpec(
+                name=name, type="spend-limit", limit=limit, period="total", given={"name", "type", "limit", "period"}
+            )
+        )
 
 
 def show(db_url: str, tx_id: int) -> Transaction:
@@ -120,20 +126,37 @@ def json_of(result: Result) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-def governed(ledger: Ledger, upstream_url: str, body: dict[str, Any], *, agent: str = "bot",
-             key: str = FAL_KEY, idempotency_key: str | None = None, **config: Any) -> RunOutcome:
+def governed(
+    ledger: Ledger,
+    upstream_url: str,
+    body: dict[str, Any],
+    *,
+    agent: str = "bot",
+    key: str = FAL_KEY,
+    idempotency_key: str | None = None,
+    **config: Any,
+) -> RunOutcome:
     """`run_governed` for one request through a fresh client to `upstream_url`."""
     with Upstream(UpstreamConfig(url=upstream_url, **{"timeout": 10, **config})) as upstream:
-        return run_governed(ledger.governor, upstream, agent=agent, quote=ledger.quote(DEV, body), body=body,
-                            fal_key=key, idempotency_key=idempotency_key)
+        return run_governed(
+            ledger.governor,
+            upstream,
+            agent=agent,
+            quote=ledger.quote(DEV, body),
+            body=body,
+            fal_key=key,
+            idempotency_key=idempotency_key,
+        )
 
 
 # --- success ---------------------------------------------------------------------------------
 
+
 def test_run_settles_at_the_response_sizes_and_prints_the_upstream_json_unchanged(db_url, fake_fal):
     add_budget(db_url)
-    result = run_cli(db_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "a red fox", "--seed", "42",
-                     "--format", "json")
+    result = run_cli(
+        db_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "a red fox", "--seed", "42", "--format", "json"
+    )
     assert result.exit_code == 0, (result.stdout, result.stderr)
     doc = json_of(result)
     assert {"transaction", "result", "replayed"} <= set(doc)
@@ -142,13 +165,27 @@ def test_run_settles_at_the_response_sizes_and_prints_the_upstream_json_unchange
     assert url.startswith(f"{fake_fal.url}/files/")
     assert doc["result"] == {  # the fake's JSON, key for key
         "images": [{"url": url, "width": 1024, "height": 768, "content_type": "image/png"}],
-        "timings": {"inference": 0.01}, "seed": 42, "has_nsfw_concepts": [False], "prompt": "a red fox",
+        "timings": {"inference": 0.01},
+        "seed": 42,
+        "has_nsfw_concepts": [False],
+        "prompt": "a red fox",
     }
     wire = doc["transaction"]  # the wire shape: amounts as strings
     assert wire["status"] == "completed"
     assert wire["estimated_cost"] == wire["actual_cost"] == "0.01185"
-    assert {"id", "agent", "endpoint", "operation", "status", "estimated_cost", "actual_cost", "created_at",
-            "completed_at", "idempotency_key", "denial"} <= set(wire)
+    assert {
+        "id",
+        "agent",
+        "endpoint",
+        "operation",
+        "status",
+        "estimated_cost",
+        "actual_cost",
+        "created_at",
+        "completed_at",
+        "idempotency_key",
+        "denial",
+    } <= set(wire)
     assert fake_fal.count(DEV) == 1
     sent = fake_fal.requests[0]
     assert sent.headers["authorization"] == f"Key {FAL_KEY}"
@@ -193,8 +230,10 @@ def test_actual_cost_follows_the_sizes_that_came_back_not_the_estimate(db_url, f
     assert tx.estimated_cost == ESTIMATE
     assert tx.actual_cost == Decimal("0.01395")  # 1280×720 = 0.9216 → 0.93 MP × 0.015
     assert tx.detail is not None
-    assert [(c.kind, c.amount) for c in tx.detail.cost_lines] == [("estimate", ESTIMATE),
-                                                                   ("actual", Decimal("0.01395"))]
+    assert [(c.kind, c.amount) for c in tx.detail.cost_lines] == [
+        ("estimate", ESTIMATE),
+        ("actual", Decimal("0.01395")),
+    ]
     facts = facts_of(tx)
     assert facts["output_sizes"] == "1280x720"
     assert facts["variance"] == "0.0021"
@@ -225,8 +264,23 @@ def test_table_output_names_the_transaction_and_its_images(sqlite_url, fake_fal)
 
 def test_out_writes_real_images_named_by_transaction(db_url, fake_fal, tmp_path):
     out = tmp_path / "images" / "new"  # created on demand
-    result = run_cli(db_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "fox", "--image-size", "640x480",
-                     "--num-images", "2", "--out", str(out), "--format", "json")
+    result = run_cli(
+        db_url,
+        fake_fal.url,
+        DEV,
+        "--agent",
+        "bot",
+        "--prompt",
+        "fox",
+        "--image-size",
+        "640x480",
+        "--num-images",
+        "2",
+        "--out",
+        str(out),
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0, (result.stdout, result.stderr)
     tx_id = json_of(result)["transaction"]["id"]
     names = sorted(p.name for p in out.iterdir())
@@ -240,9 +294,11 @@ def test_out_writes_real_images_named_by_transaction(db_url, fake_fal, tmp_path)
 
 # --- dry run and denial ----------------------------------------------------------------------
 
+
 def test_dry_run_sends_nothing_writes_nothing_and_needs_no_key(db_url, fake_fal):
-    result = run_cli(db_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "fox", "--dry-run",
-                     "--format", "json", key=None)
+    result = run_cli(
+        db_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "fox", "--dry-run", "--format", "json", key=None
+    )
     assert result.exit_code == 0, result.output
     doc = json_of(result)
     assert doc["allowed"] is True
@@ -288,6 +344,7 @@ def test_denied_run_in_table_format_is_one_line_on_stderr(sqlite_url, fake_fal):
 
 
 # --- upstream faults -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("status", FAULT_STATUSES)
 def test_upstream_error_status_fails_the_transaction_and_releases_the_hold(sqlite_url, fake_fal, status):
@@ -389,6 +446,7 @@ def test_run_governed_unreachable_releases_the_hold(ledger, db_url):
 
 # --- idempotency -----------------------------------------------------------------------------
 
+
 def test_a_retried_idempotency_key_is_sent_once_and_replays_the_same_result(db_url, fake_fal):
     add_budget(db_url)
     args = (DEV, "--agent", "bot", "--prompt", "fox", "--idempotency-key", "job-42", "--format", "json")
@@ -431,16 +489,23 @@ def test_a_retried_key_of_a_failed_run_replays_the_failure_without_sending(db_ur
 def test_a_retried_key_of_a_run_still_in_flight_is_not_sent_again(db_url, fake_fal):
     held = invoke(db_url, "authorize", DEV, "--agent", "bot", "--prompt", "fox", "--idempotency-key", "job-9")
     assert held.exit_code == 0, held.output
-    result = run_cli(db_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "fox", "--idempotency-key", "job-9")
+    args = (DEV, "--agent", "bot", "--prompt", "fox", "--idempotency-key", "job-9")
+    result = run_cli(db_url, fake_fal.url, *args)
     assert result.exit_code == 1
-    assert "transaction 1" in result.stderr and "pending" in result.stderr
+    assert "transaction 1" in result.stderr and "in progress" in result.stderr
+    as_json = run_cli(db_url, fake_fal.url, *args, "--format", "json")
+    assert as_json.exit_code == 1
+    error = json_of(as_json)["error"]
+    assert error["code"] == "conflict"  # its own code (HTTP 409), not an upstream error
     assert fake_fal.count() == 0
     assert statuses(db_url) == [TxStatus.pending]
 
 
 def test_a_key_reused_for_a_different_request_is_refused_without_sending(sqlite_url, fake_fal):
-    assert run_cli(sqlite_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "fox",
-                   "--idempotency-key", "k").exit_code == 0
+    assert (
+        run_cli(sqlite_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "fox", "--idempotency-key", "k").exit_code
+        == 0
+    )
     other = run_cli(sqlite_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "a cat", "--idempotency-key", "k")
     assert other.exit_code == 2
     assert "already used for a different request" in other.stderr
@@ -449,11 +514,13 @@ def test_a_key_reused_for_a_different_request_is_refused_without_sending(sqlite_
 
 # --- a process killed between authorize and settle ------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def slow_fake() -> Iterator[str]:
     """A standalone fake (its own process) whose answers take 30 s."""
-    proc = subprocess.Popen([sys.executable, str(FAKE_SCRIPT), "--mode", "slow", "--delay", "30"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE_SCRIPT), "--mode", "slow", "--delay", "30"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
@@ -467,15 +534,22 @@ def slow_fake() -> Iterator[str]:
 def kill_mid_run(db_url: str, upstream: str) -> int:
     """Start `pixelgov run` as a process, SIGKILL it once its transaction is pending; return the id."""
     env = {**os.environ, "FAL_KEY": FAL_KEY, "PIXELGOV_UPSTREAM_URL": upstream}
-    proc = subprocess.Popen([str(PIXELGOV), "--db", db_url, "run", DEV, "--agent", "bot", "--prompt", "fox"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(PIXELGOV), "--db", db_url, "run", DEV, "--agent", "bot", "--prompt", "fox"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 30
     try:
         with scratch_engine(db_url) as engine:
             while True:
                 with engine.connect() as conn:
-                    pending = conn.execute(select(transactions.c.id)
-                                           .where(transactions.c.status == TxStatus.pending)).scalars().all()
+                    pending = (
+                        conn.execute(select(transactions.c.id).where(transactions.c.status == TxStatus.pending))
+                        .scalars()
+                        .all()
+                    )
                 if pending:
                     break
                 assert proc.poll() is None, proc.communicate()
@@ -516,8 +590,18 @@ def test_a_dead_hold_past_its_ttl_does_not_block_a_later_run(db_url, slow_fake, 
     add_budget(db_url, limit="0.02")
     tx_id = kill_mid_run(db_url, slow_fake)
     time.sleep(0.6)
-    result = run_cli(db_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "fox", "--format", "json",
-                     env={"PIXELGOV_HOLD_TTL": "0.5"})
+    result = run_cli(
+        db_url,
+        fake_fal.url,
+        DEV,
+        "--agent",
+        "bot",
+        "--prompt",
+        "fox",
+        "--format",
+        "json",
+        env={"PIXELGOV_HOLD_TTL": "0.5"},
+    )
     assert result.exit_code == 0, result.output
     assert statuses(db_url) == [TxStatus.expired, TxStatus.completed]
     assert show(db_url, tx_id).status == TxStatus.expired
@@ -557,16 +641,20 @@ def test_dry_run_predicts_the_run_when_a_dead_hold_is_past_its_ttl(sqlite_url, c
 
 # --- bad input -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("args", "code"), [
-    (("fal-ai/no-such-model", "--prompt", "fox"), "model_not_found"),
-    ((DEV, "--prompt", "fox", "--num-images", "9"), "invalid_request"),
-    ((DEV, "--prompt", "fox", "--image-size", "huge"), "invalid_request"),
-    ((DEV, "--prompt", "fox", "--params", '{"num_inference_steps": 0}'), "invalid_request"),
-    ((DEV, "--prompt", "fox", "--image-size", "20000x20000"), "image_too_large"),
-    ((DEV, "--prompt", ""), "invalid_request"),
-    ((DEV,), "invalid_request"),  # pricing needs no prompt; running does
-    ((UPSCALE, "--input-size", "1024x768"), "invalid_request"),  # no image_url to upscale
-])
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("fal-ai/no-such-model", "--prompt", "fox"), "model_not_found"),
+        ((DEV, "--prompt", "fox", "--num-images", "9"), "invalid_request"),
+        ((DEV, "--prompt", "fox", "--image-size", "huge"), "invalid_request"),
+        ((DEV, "--prompt", "fox", "--params", '{"num_inference_steps": 0}'), "invalid_request"),
+        ((DEV, "--prompt", "fox", "--image-size", "20000x20000"), "image_too_large"),
+        ((DEV, "--prompt", ""), "invalid_request"),
+        ((DEV,), "invalid_request"),  # pricing needs no prompt; running does
+        ((UPSCALE, "--input-size", "1024x768"), "invalid_request"),  # no image_url to upscale
+    ],
+)
 def test_bad_input_exits_2_before_anything_is_authorized_or_sent(sqlite_url, fake_fal, args, code):
     result = run_cli(sqlite_url, fake_fal.url, *args, "--agent", "bot", "--format", "json")
     assert result.exit_code == 2, result.output
@@ -613,30 +701,41 @@ def test_an_unsendable_fal_key_exits_2_without_quoting_it(sqlite_url, fake_fal, 
 def test_unwritable_out_exits_2_before_sending(db_url, fake_fal, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = run_cli(db_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "fox",
-                     "--out", str(blocker / "images"))
+    result = run_cli(db_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "fox", "--out", str(blocker / "images"))
     assert result.exit_code == 2
     assert "out:" in result.stderr and "not a writable directory" in result.stderr
     assert fake_fal.count() == 0
     assert nothing_written(db_url)
 
 
-@pytest.mark.parametrize(("option", "env"), [
-    (("--upstream-url", "ftp://fal.example"), {}),
-    (("--upstream-url", "http://"), {}),  # no host: nothing can be sent, so nothing is authorized
-    (("--upstream-url", "http://[::1"), {}),
-    ((), {"PIXELGOV_UPSTREAM_URL": "fal.run"}),
-    ((), {"PIXELGOV_UPSTREAM_TIMEOUT": "soon"}),
-    ((), {"PIXELGOV_UPSTREAM_TIMEOUT": "-1"}),
-    ((), {"PIXELGOV_UPSTREAM_TIMEOUT": "nan"}),
-    (("--timeout", "0"), {}),
-    (("--timeout", "nan"), {}),
-    (("--timeout", "inf"), {}),  # the wait is always bounded
-])
+@pytest.mark.parametrize(
+    ("option", "env"),
+    [
+        (("--upstream-url", "ftp://fal.example"), {}),
+        (("--upstream-url", "http://"), {}),  # no host: nothing can be sent, so nothing is authorized
+        (("--upstream-url", "http://[::1"), {}),
+        ((), {"PIXELGOV_UPSTREAM_URL": "fal.run"}),
+        ((), {"PIXELGOV_UPSTREAM_TIMEOUT": "soon"}),
+        ((), {"PIXELGOV_UPSTREAM_TIMEOUT": "-1"}),
+        ((), {"PIXELGOV_UPSTREAM_TIMEOUT": "nan"}),
+        (("--timeout", "0"), {}),
+        (("--timeout", "nan"), {}),
+        (("--timeout", "inf"), {}),  # the wait is always bounded
+    ],
+)
 def test_bad_upstream_configuration_exits_2_before_authorizing(sqlite_url, fake_fal, option, env):
     env = dict(env)
-    result = run_cli(sqlite_url, env.pop("PIXELGOV_UPSTREAM_URL", fake_fal.url), DEV, "--agent", "bot",
-                     "--prompt", "fox", *option, env=env)
+    result = run_cli(
+        sqlite_url,
+        env.pop("PIXELGOV_UPSTREAM_URL", fake_fal.url),
+        DEV,
+        "--agent",
+        "bot",
+        "--prompt",
+        "fox",
+        *option,
+        env=env,
+    )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert fake_fal.count() == 0

@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner, Result
+from conftest import scratch_engine
 from sqlalchemy import text
 
-from conftest import scratch_engine
 from ledger import Ledger, RuleSpec, Settings, TxStatus
 from ledger.cli import cli
 from ledger.errors import InvalidRequest, UpstreamError
@@ -63,8 +63,16 @@ def ledger_text(db_url: str) -> bytes:
         return b"".join(f.read_bytes() for f in files if f.exists())
     chunks: list[str] = []
     with scratch_engine(db_url) as engine, engine.connect() as conn:
-        tables = conn.execute(text("SELECT table_name FROM information_schema.tables "
-                                   "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'")).scalars().all()
+        tables = (
+            conn.execute(
+                text(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+                )
+            )
+            .scalars()
+            .all()
+        )
         assert "transactions" in tables and "facts" in tables
         for table in tables:
             chunks += conn.execute(text(f'SELECT t::text FROM "{table}" t')).scalars().all()
@@ -79,14 +87,19 @@ def closed_port() -> int:
 
 # --- the FAL key -----------------------------------------------------------------------------
 
-def test_the_fal_key_appears_only_in_the_upstream_authorization_header(db_url, fake_fal, fal_key, caplog,
-                                                                      capfd, tmp_path):
+
+def test_the_fal_key_appears_only_in_the_upstream_authorization_header(
+    db_url, fake_fal, fal_key, caplog, capfd, tmp_path
+):
     logging.basicConfig(level=logging.DEBUG)
     caplog.set_level(logging.DEBUG)
     with opened(db_url) as ledger:
         ledger.admin.create_agent("capped")
-        ledger.admin.create_rule(RuleSpec(name="cap", type="request-cap", limit="0.001", agent="capped",
-                                          given={"name", "type", "limit", "agent"}))
+        ledger.admin.create_rule(
+            RuleSpec(
+                name="cap", type="request-cap", limit="0.001", agent="capped", given={"name", "type", "limit", "agent"}
+            )
+        )
     env = {"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": fake_fal.url}
     request = ("--prompt", "a fox")
     outputs: list[str] = []
@@ -94,8 +107,9 @@ def test_the_fal_key_appears_only_in_the_upstream_authorization_header(db_url, f
 
     def run(*args: str, mode: tuple[str, dict[str, Any]] | None = None, upstream: str | None = None) -> None:
         fake_fal.set_mode(mode[0], **mode[1]) if mode else fake_fal.set_mode(None)
-        result = invoke(db_url, "run", DEV, *args, env={**env, **({"PIXELGOV_UPSTREAM_URL": upstream}
-                                                                   if upstream else {})})
+        result = invoke(
+            db_url, "run", DEV, *args, env={**env, **({"PIXELGOV_UPSTREAM_URL": upstream} if upstream else {})}
+        )
         outputs.extend([result.stdout, result.stderr, repr(result.exception)])
         exits.append(result.exit_code)
 
@@ -103,8 +117,9 @@ def test_the_fal_key_appears_only_in_the_upstream_authorization_header(db_url, f
         run("--agent", "bot", *request, "--format", fmt, "--out", str(tmp_path / fmt))  # completed
         run("--agent", "bot", *request, "--format", fmt, "--idempotency-key", f"k-{fmt}")  # completed
         run("--agent", "bot", *request, "--format", fmt, "--idempotency-key", f"k-{fmt}")  # replayed
-        run("--agent", "bot", *request, "--format", fmt,
-            mode=("status", {"status": 401, "detail": "Invalid API key"}))  # failed
+        run(
+            "--agent", "bot", *request, "--format", fmt, mode=("status", {"status": 401, "detail": "Invalid API key"})
+        )  # failed
         run("--agent", "bot", *request, "--format", fmt, mode=("status", {"status": 422}))  # failed
         run("--agent", "bot", *request, "--format", fmt, mode=("drop", {}))  # unknown
         run("--agent", "bot", *request, "--format", fmt, mode=("malformed", {}))  # unknown
@@ -120,8 +135,9 @@ def test_the_fal_key_appears_only_in_the_upstream_authorization_header(db_url, f
             run_governed(gov, upstream, agent="bot", quote=ledger.quote(DEV, body), body=body, fal_key=fal_key)
         outputs.append(json.dumps(raised.value.to_json()))
         with Upstream(UpstreamConfig(url=fake_fal.url)) as upstream, pytest.raises(InvalidRequest) as bad:
-            run_governed(gov, upstream, agent="bot", quote=ledger.quote(DEV, body), body=body,
-                         fal_key=f"{fal_key}\nX-Leak: 1")
+            run_governed(
+                gov, upstream, agent="bot", quote=ledger.quote(DEV, body), body=body, fal_key=f"{fal_key}\nX-Leak: 1"
+            )
         outputs.append(json.dumps(bad.value.to_json()))
         every = gov.transactions(limit=1000)
         outputs += [json.dumps(gov.transaction(tx.id, detail=True).to_json()) for tx in every]
@@ -151,6 +167,7 @@ def test_the_fal_key_appears_only_in_the_upstream_authorization_header(db_url, f
 
 # --- a hostile upstream that echoes the key back ------------------------------------------------
 
+
 class _Echo(BaseHTTPRequestHandler):
     """Answers every POST by echoing the request's Authorization header back, in the way its
     server's `mode` says: in a JSON error detail, in an HTML error page, in the headers of a
@@ -174,13 +191,18 @@ class _Echo(BaseHTTPRequestHandler):
             status, body = 502, f"<html><body>Bad gateway for {auth}</body></html>".encode()
         elif mode == "answer-headers":
             status = 200
-            body = json.dumps({"images": [{"url": "http://127.0.0.1:9/files/a.png", "width": 1024,
-                                           "height": 768}]}).encode()
+            body = json.dumps(
+                {"images": [{"url": "http://127.0.0.1:9/files/a.png", "width": 1024, "height": 768}]}
+            ).encode()
             headers = {"x-fal-request-id": auth, "x-fal-billable-units": key}
         else:  # answer-body
             status = 200
-            body = json.dumps({"images": [{"url": f"http://user:{key}@127.0.0.1:9/a.png", "width": 1024,
-                                           "height": 768}], "echo": {"authorization": auth}}).encode()
+            body = json.dumps(
+                {
+                    "images": [{"url": f"http://user:{key}@127.0.0.1:9/a.png", "width": 1024, "height": 768}],
+                    "echo": {"authorization": auth},
+                }
+            ).encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/html" if mode == "error-html" else "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -206,16 +228,27 @@ def echo_server() -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("mode", ["error-detail", "error-html", "answer-headers", "answer-body"])
-def test_an_upstream_that_echoes_the_key_back_never_gets_it_printed_logged_or_stored(db_url, echo_server, fal_key,
-                                                                                     mode, caplog, capfd):
+def test_an_upstream_that_echoes_the_key_back_never_gets_it_printed_logged_or_stored(
+    db_url, echo_server, fal_key, mode, caplog, capfd
+):
     """Whatever comes back from the upstream (bodies, headers, URLs with credentials) is scrubbed of
     the key before it is printed, logged or stored (issue 8)."""
     caplog.set_level(logging.DEBUG)
     echo_server.mode = mode
     outputs: list[str] = []
     for fmt in ("table", "json"):
-        result = invoke(db_url, "run", DEV, "--agent", "bot", "--prompt", "a fox", "--format", fmt,
-                        env={"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": echo_server.url})
+        result = invoke(
+            db_url,
+            "run",
+            DEV,
+            "--agent",
+            "bot",
+            "--prompt",
+            "a fox",
+            "--format",
+            fmt,
+            env={"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": echo_server.url},
+        )
         outputs += [result.stdout, result.stderr, repr(result.exception)]
         assert result.exit_code == (0 if mode.startswith("answer") else 1), result.output
     with opened(db_url) as ledger:
@@ -227,19 +260,26 @@ def test_an_upstream_that_echoes_the_key_back_never_gets_it_printed_logged_or_st
     for tx in every:
         outputs.append(invoke(db_url, "tx", "show", str(tx.id), "--format", "json").output)
     captured = capfd.readouterr()
-    leaks = [where for where, found in (
-        ("output", fal_key in "\n".join(outputs) + captured.out + captured.err),
-        ("logs", fal_key in caplog.text),
-        ("ledger", fal_key.encode() in ledger_text(db_url)),
-    ) if found]
+    leaks = [
+        where
+        for where, found in (
+            ("output", fal_key in "\n".join(outputs) + captured.out + captured.err),
+            ("logs", fal_key in caplog.text),
+            ("ledger", fal_key.encode() in ledger_text(db_url)),
+        )
+        if found
+    ]
     assert leaks == [], f"the FAL key echoed by the upstream leaked into: {', '.join(leaks)}"
 
 
-@pytest.mark.parametrize(("error", "kind"), [
-    (httpx.ConnectError, TxStatus.failed),  # nothing sent: unreachable
-    (httpx.ReadError, TxStatus.unknown),  # sent, then the connection broke
-    (httpx.RemoteProtocolError, TxStatus.unknown),
-])
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (httpx.ConnectError, TxStatus.failed),  # nothing sent: unreachable
+        (httpx.ReadError, TxStatus.unknown),  # sent, then the connection broke
+        (httpx.RemoteProtocolError, TxStatus.unknown),
+    ],
+)
 def test_a_transport_error_that_quotes_the_key_is_masked(db_url, fal_key, error, kind):
     """Transport errors may quote the request (its Authorization header): the key is masked in
     the error, its JSON and the transaction's stored outcome."""
@@ -251,8 +291,9 @@ def test_a_transport_error_that_quotes_the_key_is_masked(db_url, fal_key, error,
     config = UpstreamConfig(url="http://upstream.invalid", timeout=5, retries=1, backoff=0.01)
     with opened(db_url) as ledger, Upstream(config, transport=httpx.MockTransport(handler)) as upstream:
         with pytest.raises(UpstreamError) as raised:
-            run_governed(ledger.governor, upstream, agent="bot", quote=ledger.quote(DEV, body), body=body,
-                         fal_key=fal_key)
+            run_governed(
+                ledger.governor, upstream, agent="bot", quote=ledger.quote(DEV, body), body=body, fal_key=fal_key
+            )
         tx = ledger.governor.transaction(raised.value.details["transaction"].id, detail=True)
     assert tx.status == kind
     assert "***" in raised.value.message  # the quoted header is there, masked
@@ -263,11 +304,23 @@ def test_a_transport_error_that_quotes_the_key_is_masked(db_url, fal_key, error,
 
 
 def test_secret_like_request_parameters_are_forwarded_but_never_stored(db_url, fake_fal, fal_key):
-    hidden = {name: f"{name}-{secrets.token_hex(12)}" for name in
-              ("api_key", "token", "client_secret", "password", "Authorization", "access_token")}
+    hidden = {
+        name: f"{name}-{secrets.token_hex(12)}"
+        for name in ("api_key", "token", "client_secret", "password", "Authorization", "access_token")
+    }
     params = json.dumps({"prompt": "a fox", **hidden})
-    result = invoke(db_url, "run", DEV, "--agent", "bot", "--params", params, "--format", "json",
-                    env={"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": fake_fal.url})
+    result = invoke(
+        db_url,
+        "run",
+        DEV,
+        "--agent",
+        "bot",
+        "--params",
+        params,
+        "--format",
+        "json",
+        env={"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": fake_fal.url},
+    )
     assert result.exit_code == 0, result.output
     tx_id = json.loads(result.stdout)["transaction"]["id"]
     assert fake_fal.requests[0].body == {"prompt": "a fox", **hidden}  # passed through untouched
@@ -281,8 +334,16 @@ def test_secret_like_request_parameters_are_forwarded_but_never_stored(db_url, f
 def test_secret_like_parameters_nested_in_the_request_are_not_stored(sqlite_url, fake_fal, fal_key):
     token = "nested-" + secrets.token_hex(12)
     params = json.dumps({"prompt": "a fox", "loras": [{"path": "https://x.example/l.safetensors", "token": token}]})
-    result = invoke(sqlite_url, "run", DEV, "--agent", "bot", "--params", params,
-                    env={"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": fake_fal.url})
+    result = invoke(
+        sqlite_url,
+        "run",
+        DEV,
+        "--agent",
+        "bot",
+        "--params",
+        params,
+        env={"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": fake_fal.url},
+    )
     assert result.exit_code == 0, result.output
     assert token.encode() not in ledger_text(sqlite_url)
 
@@ -309,6 +370,7 @@ def test_agent_api_keys_are_stored_only_as_hashes(db_url):
 
 # --- bounded reads of an upscale input --------------------------------------------------------
 
+
 def test_a_header_that_never_ends_is_refused_within_bounds(fake_fal):
     started = time.monotonic()
     with pytest.raises(InvalidRequest) as raised:
@@ -319,8 +381,9 @@ def test_a_header_that_never_ends_is_refused_within_bounds(fake_fal):
     assert "input_size" in raised.value.message
 
 
-@pytest.mark.parametrize("path", ["/fixtures/redirect-loop", "/fixtures/redirect/4/64x48.png",
-                                  "/fixtures/redirect/50/64x48.png"])
+@pytest.mark.parametrize(
+    "path", ["/fixtures/redirect-loop", "/fixtures/redirect/4/64x48.png", "/fixtures/redirect/50/64x48.png"]
+)
 def test_redirect_loops_and_long_chains_are_refused_quickly(fake_fal, path):
     started = time.monotonic()
     with pytest.raises(InvalidRequest) as raised:
@@ -335,9 +398,18 @@ def test_a_short_redirect_chain_is_followed(fake_fal):
 
 def test_an_upscale_of_a_hostile_image_url_is_refused_before_anything_is_authorized(sqlite_url, fake_fal, fal_key):
     started = time.monotonic()
-    result = invoke(sqlite_url, "run", UPSCALE, "--agent", "bot", "--image-url",
-                    f"{fake_fal.url}/fixtures/big-header", "--format", "json",
-                    env={"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": fake_fal.url})
+    result = invoke(
+        sqlite_url,
+        "run",
+        UPSCALE,
+        "--agent",
+        "bot",
+        "--image-url",
+        f"{fake_fal.url}/fixtures/big-header",
+        "--format",
+        "json",
+        env={"FAL_KEY": fal_key, "PIXELGOV_UPSTREAM_URL": fake_fal.url},
+    )
     assert time.monotonic() - started < BOUND
     assert result.exit_code == 2
     assert json.loads(result.stdout)["error"]["code"] == "invalid_request"

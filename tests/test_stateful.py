@@ -3,8 +3,8 @@
 Random authorize / check / settle (also late, after expiry) / void / fail / mark-unknown /
 expire / adjust / pause / rule-toggle sequences, with a fake clock that crosses hold TTLs and
 UTC hour, day, ISO-week and month boundaries, against a ledger with calendar spend-limits
-(daily with an 80% alert threshold, weekly), rolling spend-limits (2h for one agent, a 7d
-`alert` rule), a monthly `alert` rule, an hourly rate-limit and a rolling 30m rate-limit.
+(daily with an 80% alert threshold, weekly), rolling spend-limits (2h and 6h for one agent; 24h and 14d
+`alert` rules), a monthly `alert` rule, an hourly rate-limit and a rolling 30m rate-limit.
 
 The oracle is a pure-Python model that shares no code with the product's rule, period or
 spend logic. It keeps every transaction it created (agent, created_at, estimate, status,
@@ -21,15 +21,17 @@ authorization expires first — and asserts the governor agrees. After every ste
   the window slice's start, epoch seconds UTC): pending → held += estimate; completed →
   spent += max(0, actual + adjustments); unknown → spent += estimate; requests = every
   authorized transaction (re-enabling a rule recounts its current period or window only);
-- the budget invariant, on what the database holds: for every enabled `deny` spend-limit and
-  its current period or window (unless some of it was authorized while the rule was disabled),
-  settled + held ≤ limit + the positive variances of completed
-  transactions + what was settled after its hold had expired (a late answer is recorded, not
-  dropped; see the report); every enabled deny rate-limit's requests ≤ its limit;
+- the budget invariant: for every enabled `deny` spend-limit and its current period or window
+  (unless some of it was authorized while the rule was disabled), settled + held ≤ limit +
+  what settlement added after the decisions (actual costs above their estimates, positive
+  adjustments, and answers recorded after their hold had expired); every enabled deny
+  rate-limit's requests ≤ its limit;
 - what each call returns equals a fresh read.
 
-Each hypothesis example gets a fresh database: a copy of the migrated SQLite template, or the
-PostgreSQL tables truncated.
+Each hypothesis example starts from the same ledger (the first agent and the rules, made once
+through the admin API): a fresh copy of that SQLite file, or on PostgreSQL its transactions
+deleted and its agents and rules reset. 100 examples on SQLite and 60 on PostgreSQL, up to 40
+steps each (about a minute in all); PIXELGOV_STATEFUL_EXAMPLES=N runs N on each.
 """
 
 from __future__ import annotations
@@ -45,20 +47,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FakeClock, scratch_engine
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from sqlalchemy import select, text
 
-from conftest import FakeClock, scratch_engine
 from ledger import Conflict, Ledger, RuleSpec, Settings, Transaction, TxStatus
 from ledger.models import agents, cost_lines, rule_counters, transactions
 
 HOLD_TTL = 900
 ENDPOINT = "fal-ai/flux/dev"
 #: Request bodies and their exact estimates (flux-dev $0.015/MP, megapixels rounded up to 0.01 MP per image).
-BODIES: tuple[dict[str, Any], ...] = ({}, {"num_images": 2}, {"image_size": "landscape_16_9"},
-                                      {"image_size": "square"})
+BODIES: tuple[dict[str, Any], ...] = ({}, {"num_images": 2}, {"image_size": "landscape_16_9"}, {"image_size": "square"})
 ESTIMATES = (Decimal("0.01185"), Decimal("0.0237"), Decimal("0.00885"), Decimal("0.00405"))
 AGENTS = ("alpha", "beta")  # alpha is created up front, beta on first use
 KEYS = (None, None, None, "k1", "k2")
@@ -69,8 +70,13 @@ EXAMPLES = {"sqlite": 100, "postgresql": 60}
 
 def machine_settings(database: str) -> settings:
     examples = int(os.environ.get("PIXELGOV_STATEFUL_EXAMPLES") or EXAMPLES[database])
-    return settings(max_examples=examples, stateful_step_count=40, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    return settings(
+        max_examples=examples,
+        stateful_step_count=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
 
 #: What a PostgreSQL example clears (in foreign-key order); the agents and rules are reset in place.
 RESET_TABLES = ("alerts", "facts", "cost_lines", "holds", "rule_counters", "transactions")
@@ -78,6 +84,7 @@ GRANULARITIES = (60, 300, 900, 3600, 6 * 3600, 86400)  # README "Period"
 
 
 # --- the oracle: rules, periods and windows, spend ----------------------------------------------
+
 
 @dataclass
 class ModelRule:
@@ -96,14 +103,26 @@ class ModelRule:
         given = {"name", "type", "limit", "period" if self.period else "window", "action"}
         window = None
         if self.window:
-            window = f"{self.window // 86400}d" if self.window % 86400 == 0 else (
-                f"{self.window // 3600}h" if self.window % 3600 == 0 else f"{self.window // 60}m")
+            window = (
+                f"{self.window // 86400}d"
+                if self.window % 86400 == 0
+                else (f"{self.window // 3600}h" if self.window % 3600 == 0 else f"{self.window // 60}m")
+            )
         if self.agent:
             given.add("agent")
         if self.alert_at:
             given.add("alert_at")
-        return RuleSpec(name=self.name, type=self.type, limit=str(self.limit), period=self.period, window=window,
-                        agent=self.agent, action=self.action, alert_at=self.alert_at, given=given)
+        return RuleSpec(
+            name=self.name,
+            type=self.type,
+            limit=str(self.limit),
+            period=self.period,
+            window=window,
+            agent=self.agent,
+            action=self.action,
+            alert_at=self.alert_at,
+            given=given,
+        )
 
     def applies(self, agent: str) -> bool:
         return self.agent is None or self.agent == agent
@@ -149,15 +168,20 @@ def calendar_start(period: str, when: datetime) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC)
 
 
+#: Spend limits are whole multiples of the default estimate (0.01185), so requests hit them exactly.
+#: Spend limits are whole multiples of the default estimate (0.01185), so requests hit them exactly.
+#: The windows use every slice size but a day's: 30m → 1-minute slices, 2h → 5 min (exactly 24),
+#: 6h → 15 min (exactly 24), 24h → 1 h (exactly 24), 14d → 6 h (not 1 day: that would be only 14).
 RULES = (
-    ModelRule("daily", "spend-limit", Decimal("0.08"), period="day", alert_at=80),
-    ModelRule("rolling-2h", "spend-limit", Decimal("0.04"), window=2 * 3600, agent="alpha"),  # 5-minute slices
+    ModelRule("daily", "spend-limit", Decimal("0.0711"), period="day", alert_at=80),  # 6 × 0.01185
+    ModelRule("rolling-2h", "spend-limit", Decimal("0.0474"), window=2 * 3600, agent="alpha"),
     ModelRule("hourly-rate", "rate-limit", 7, period="hour"),
-    ModelRule("weekly", "spend-limit", Decimal("0.12"), period="week"),
-    ModelRule("alpha-30m-rate", "rate-limit", 4, window=30 * 60, agent="alpha"),  # 1-minute slices
-    ModelRule("monthly-watch", "spend-limit", Decimal("0.1"), period="month", action="alert"),
-    ModelRule("rolling-24h", "spend-limit", Decimal("0.06"), window=86400, agent="alpha"),  # hourly slices
-    ModelRule("rolling-7d-watch", "spend-limit", Decimal("0.14"), window=7 * 86400, action="alert"),  # 6h slices
+    ModelRule("weekly", "spend-limit", Decimal("0.1185"), period="week"),
+    ModelRule("alpha-30m-rate", "rate-limit", 4, window=30 * 60, agent="alpha"),
+    ModelRule("monthly-watch", "spend-limit", Decimal("0.0948"), period="month", action="alert"),
+    ModelRule("rolling-6h", "spend-limit", Decimal("0.0711"), window=6 * 3600, agent="alpha"),
+    ModelRule("rolling-24h-watch", "spend-limit", Decimal("0.1185"), window=86400, action="alert"),
+    ModelRule("rolling-14d-watch", "spend-limit", Decimal("0.1422"), window=14 * 86400, action="alert"),
 )
 
 
@@ -172,6 +196,7 @@ class ModelTx:
     actual: Decimal | None = None
     adjustments: Decimal = Decimal(0)
     late: bool = False  #: settled after its hold had expired
+    raised: Decimal = Decimal(0)  #: the positive adjustments added after settlement
     rules_on: frozenset[str] = frozenset()  #: the rules enabled when it was authorized
 
     @property
@@ -186,6 +211,15 @@ class ModelTx:
         if self.status == "unknown":
             return self.estimate  # it may have been served
         return Decimal(0)
+
+    @property
+    def added_after_decisions(self) -> Decimal:
+        """What settling added to its budgets beyond what rule checks had counted: an actual above
+        the estimate, positive adjustments, or (settled after its hold expired and was released) all of it."""
+        if self.status != "completed":
+            return Decimal(0)
+        assert self.actual is not None
+        return (self.actual if self.late else max(Decimal(0), self.actual - self.estimate)) + self.raised
 
     @property
     def authorized(self) -> bool:
@@ -210,11 +244,13 @@ class Model:
         self.txs: dict[int, ModelTx] = {}
         self.paused: set[str] = set()
 
-    def usage(self, rule: ModelRule, now: datetime, expired: frozenset[int] = frozenset()
-              ) -> tuple[Decimal, Decimal, int]:
+    def usage(
+        self, rule: ModelRule, now: datetime, expired: frozenset[int] = frozenset()
+    ) -> tuple[Decimal, Decimal, int]:
         """(spent, held, requests) of `rule` at `now`; `expired`: pending holds to count as expired."""
-        counted = [t for t in self.txs.values()
-                   if t.authorized and rule.applies(t.agent) and rule.counts_at(t.created, now)]
+        counted = [
+            t for t in self.txs.values() if t.authorized and rule.applies(t.agent) and rule.counts_at(t.created, now)
+        ]
         held = sum((t.held for t in counted if t.id not in expired), Decimal(0))
         return sum((t.spent for t in counted), Decimal(0)), held, len(counted)
 
@@ -222,8 +258,9 @@ class Model:
         cutoff = now - timedelta(seconds=HOLD_TTL)
         return sorted(t.id for t in self.txs.values() if t.status == "pending" and t.created < cutoff)
 
-    def decide(self, agent: str, estimate: Decimal, now: datetime, *, expired: frozenset[int] = frozenset()
-               ) -> Prediction:
+    def decide(
+        self, agent: str, estimate: Decimal, now: datetime, *, expired: frozenset[int] = frozenset()
+    ) -> Prediction:
         denials: list[tuple[str | None, str]] = [(None, "agent-paused")] if agent in self.paused else []
         alerts: list[tuple[str, str]] = []
         after: dict[str, Decimal] = {}
@@ -268,8 +305,9 @@ class Model:
 
     def recount(self, rule: ModelRule, now: datetime) -> None:
         """A re-enabled rule counts what the ledger holds in its current period or window."""
-        rule.members = {t.id for t in self.txs.values()
-                        if t.authorized and rule.applies(t.agent) and rule.counts_at(t.created, now)}
+        rule.members = {
+            t.id for t in self.txs.values() if t.authorized and rule.applies(t.agent) and rule.counts_at(t.created, now)
+        }
 
     def counters(self, rule: ModelRule) -> dict[int, tuple[Decimal, Decimal, int]]:
         rows: dict[int, list[Any]] = defaultdict(lambda: [Decimal(0), Decimal(0), 0])
@@ -284,6 +322,7 @@ class Model:
 
 # --- the machine --------------------------------------------------------------------------------
 
+
 def prepare(url: str) -> dict[str, int]:
     """The starting ledger (the first agent and every rule, made through the admin API); rule ids by name."""
     with Ledger(url, clock=FakeClock(START - timedelta(days=40))) as ledger:
@@ -295,8 +334,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def __init__(self, fresh_url: Callable[[], str], rule_ids: dict[str, int]) -> None:
         super().__init__()
         self.clock = FakeClock(START)
-        self.ledger = Ledger(fresh_url(), clock=self.clock,
-                             settings=Settings(hold_ttl=HOLD_TTL, auto_create_agents=True))
+        self.ledger = Ledger(
+            fresh_url(), clock=self.clock, settings=Settings(hold_ttl=HOLD_TTL, auto_create_agents=True)
+        )
         self.gov = self.ledger.governor
         self.admin = self.ledger.admin
         self.model = Model()
@@ -325,7 +365,10 @@ class LedgerMachine(RuleBasedStateMachine):
         got_denials = [(d.rule, str(d.type)) for d in decision.denials]
         got_alerts = [(a.rule, str(a.type)) for a in decision.alerts]
         assert (decision.allowed, got_denials) == (expected.allowed, expected.denials), (
-            "the governor decided otherwise than the model", decision.to_json(), expected)
+            "the governor decided otherwise than the model",
+            decision.to_json(),
+            expected,
+        )
         assert got_alerts == expected.alerts, (decision.to_json(), expected)
         assert {v.rule.name for v in decision.verdicts} == expected.applying
         after = {v.rule.name: v.usage_after for v in decision.verdicts if v.usage_after is not None}
@@ -369,15 +412,30 @@ class LedgerMachine(RuleBasedStateMachine):
         assert tx.id not in self.model.txs and tx.agent == agent and tx.created_at == now
         assert tx.status == (TxStatus.pending if expected.allowed else TxStatus.denied)
         assert tx.estimated_cost == ESTIMATES[body]
-        event("authorize: " + ("allowed" if expected.allowed else "denied by " + ", ".join(
-            sorted({str(d[0] or d[1]) for d in expected.denials}))))
+        event(
+            "authorize: "
+            + (
+                "allowed"
+                if expected.allowed
+                else "denied by " + ", ".join(sorted({str(d[0] or d[1]) for d in expected.denials}))
+            )
+        )
         if expected.expires:
             event("authorize: expired stale holds, then decided again")
         if expected.alerts:
             event("authorize: alerts " + ", ".join(sorted({f"{a[0]}/{a[1]}" for a in expected.alerts})))
         self.model.expire(expected.expires)
-        self.model.add(ModelTx(tx.id, agent, now, ESTIMATES[body], tx.status.value, body,
-                               rules_on=frozenset(r.name for r in self.model.rules if r.enabled)))
+        self.model.add(
+            ModelTx(
+                tx.id,
+                agent,
+                now,
+                ESTIMATES[body],
+                tx.status.value,
+                body,
+                rules_on=frozenset(r.name for r in self.model.rules if r.enabled),
+            )
+        )
         if key:
             self.keys[(agent, key)] = (tx.id, body)
 
@@ -411,8 +469,9 @@ class LedgerMachine(RuleBasedStateMachine):
         est = model.estimate
         actual = {"at": est, "below": est / 2, "above": est * Decimal("1.5"), "zero": Decimal(0)}[how]
         was = model.status
-        if self._resolve(tx_id, allowed, "completed", lambda: self.gov.settle(
-                tx_id, actual, facts={"how": how}, allow_expired=late)):
+        if self._resolve(
+            tx_id, allowed, "completed", lambda: self.gov.settle(tx_id, actual, facts={"how": how}, allow_expired=late)
+        ):
             model.actual = actual
             model.late = was == "expired"
             event(f"settle: from {was}")
@@ -428,8 +487,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def fail(self, data: st.DataObject) -> None:
         tx_id = self._pick(data, ("pending",))
         if tx_id is not None:
-            self._resolve(tx_id, ("pending",), "failed", lambda: self.gov.fail(tx_id, "upstream 500",
-                                                                               upstream_status=500))
+            self._resolve(
+                tx_id, ("pending",), "failed", lambda: self.gov.fail(tx_id, "upstream 500", upstream_status=500)
+            )
 
     @rule(data=st.data())
     def mark_unknown(self, data: st.DataObject) -> None:
@@ -449,6 +509,7 @@ class LedgerMachine(RuleBasedStateMachine):
         tx = self.gov.add_cost(tx_id, Decimal(amount), note="correction")
         self._same_as_stored(tx)
         self.model.txs[tx_id].adjustments += Decimal(amount)
+        self.model.txs[tx_id].raised += max(Decimal(0), Decimal(amount))
         event(f"adjust: {amount}")
 
     @rule()
@@ -472,8 +533,24 @@ class LedgerMachine(RuleBasedStateMachine):
         if r.enabled:
             self.model.recount(r, self.clock())
 
-    @rule(step=st.sampled_from(["1s", "59s", "1m", "5m", "15m", "hold-ttl", "hold-ttl", "1h", "2h", "midnight",
-                                "next-monday", "next-month"]))
+    @rule(
+        step=st.sampled_from(
+            [
+                "1s",
+                "59s",
+                "1m",
+                "5m",
+                "15m",
+                "hold-ttl",
+                "hold-ttl",
+                "1h",
+                "2h",
+                "midnight",
+                "next-monday",
+                "next-month",
+            ]
+        )
+    )
     def advance(self, step: str) -> None:
         now = self.clock()
         midnight = datetime.combine(now.date(), time(), UTC)
@@ -484,17 +561,47 @@ class LedgerMachine(RuleBasedStateMachine):
         elif step == "next-month":
             self.clock.set(datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC))
         else:
-            self.clock.advance({"1s": 1, "59s": 59, "1m": 60, "5m": 300, "15m": 900, "hold-ttl": HOLD_TTL + 1,
-                                "1h": 3600, "2h": 7200}[step])
+            self.clock.advance(
+                {"1s": 1, "59s": 59, "1m": 60, "5m": 300, "15m": 900, "hold-ttl": HOLD_TTL + 1, "1h": 3600, "2h": 7200}[
+                    step
+                ]
+            )
+
+    @precondition(lambda self: bool(self.model.txs))
+    @rule(
+        data=st.data(),
+        which=st.sampled_from([r.name for r in RULES if r.window]),
+        edge=st.sampled_from(["window-end", "last-overlap", "first-out"]),
+    )
+    def advance_to_a_window_edge(self, data: st.DataObject, which: str, edge: str) -> None:
+        """To where a transaction leaves a rolling window: `window-end`, created + window (out of the
+        window, its slice still overlapping it); `last-overlap`, the last second its slice overlaps;
+        `first-out`, the first second it does not."""
+        tx = self.model.txs[data.draw(st.sampled_from(sorted(self.model.txs)))]
+        r = next(r for r in self.model.rules if r.name == which)
+        assert r.window is not None
+        slice_end = r.bucket_of(tx.created) + r.slice_seconds()
+        target = {
+            "window-end": int(tx.created.timestamp()) + r.window,
+            "last-overlap": slice_end + r.window - 1,
+            "first-out": slice_end + r.window,
+        }[edge]
+        if target > self.clock().timestamp():
+            self.clock.set(datetime.fromtimestamp(target, UTC))
 
     # --- invariants -----------------------------------------------------------------------------
 
     def _stored(self) -> dict[str, Any]:
         t, c = transactions.c, cost_lines.c
         with self.ledger.engine.connect() as conn:
-            txs = {r.id: r for r in conn.execute(
-                select(t.id, agents.c.name, t.status, t.estimated_cost, t.actual_cost, t.created_at)
-                .join(agents, agents.c.id == t.agent_id))}
+            txs = {
+                r.id: r
+                for r in conn.execute(
+                    select(t.id, agents.c.name, t.status, t.estimated_cost, t.actual_cost, t.created_at).join(
+                        agents, agents.c.id == t.agent_id
+                    )
+                )
+            }
             adjusted: dict[int, Decimal] = defaultdict(Decimal)
             for tx_id, amount in conn.execute(select(c.transaction_id, c.amount).where(c.kind == "adjustment")):
                 adjusted[tx_id] += amount
@@ -506,11 +613,20 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def the_ledger_equals_the_model(self) -> None:
         stored = self._stored()
-        expected = {i: (t.agent, t.status, t.estimate, t.actual, t.adjustments, t.created)
-                    for i, t in self.model.txs.items()}
-        got = {i: (r.name, r.status.value if hasattr(r.status, "value") else r.status, r.estimated_cost,
-                   r.actual_cost, stored["adjusted"].get(i, Decimal(0)), r.created_at)
-               for i, r in stored["txs"].items()}
+        expected = {
+            i: (t.agent, t.status, t.estimate, t.actual, t.adjustments, t.created) for i, t in self.model.txs.items()
+        }
+        got = {
+            i: (
+                r.name,
+                r.status.value if hasattr(r.status, "value") else r.status,
+                r.estimated_cost,
+                r.actual_cost,
+                stored["adjusted"].get(i, Decimal(0)),
+                r.created_at,
+            )
+            for i, r in stored["txs"].items()
+        }
         assert got == expected
 
         now = self.clock()
@@ -518,8 +634,11 @@ class LedgerMachine(RuleBasedStateMachine):
             want = self.model.counters(r)
             have = stored["counters"].get(self.rule_ids[r.name], {})
             if r.window is not None:  # a slice that left the window is never read again: compare live ones
-                live = {b for b in set(want) | set(have)
-                        if b + r.slice_seconds() > now.timestamp() - r.window and b <= now.timestamp()}
+                live = {
+                    b
+                    for b in set(want) | set(have)
+                    if b + r.slice_seconds() > now.timestamp() - r.window and b <= now.timestamp()
+                }
                 want = {b: v for b, v in want.items() if b in live}
                 have = {b: v for b, v in have.items() if b in live}
             assert have == want, (r.name, "counters differ from the model's recount", have, want)
@@ -532,16 +651,18 @@ class LedgerMachine(RuleBasedStateMachine):
         for r in self.model.rules:
             if r.action != "deny" or not r.enabled:
                 continue
-            counted = [t for t in self.model.txs.values()
-                       if t.authorized and r.applies(t.agent) and r.counts_at(t.created, now)]
+            counted = [
+                t
+                for t in self.model.txs.values()
+                if t.authorized and r.applies(t.agent) and r.counts_at(t.created, now)
+            ]
             if any(r.name not in t.rules_on for t in counted):
                 continue  # some of it was authorized while the rule was off: its limit was not in force
             if r.type == "rate-limit":
                 assert len(counted) <= r.limit, r.name
                 continue
             used = sum((t.spent + t.held for t in counted), Decimal(0))
-            excess = sum((t.spent if t.late else max(Decimal(0), t.spent - t.estimate)
-                          for t in counted if t.status == "completed"), Decimal(0))
+            excess = sum((t.added_after_decisions for t in counted), Decimal(0))
             assert used <= r.limit + excess, (r.name, used, excess)
 
 

@@ -13,16 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import rule_usage
 
 from ledger import RuleSpec, Settings, TxStatus
 from ledger.cli.run_cmd import fal_key_from_env
 from ledger.errors import InvalidRequest, UpstreamError
 from ledger.runner import run_governed
 from ledger.upstream import (
-    CONNECT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_URL, NoAnswer, Refused, Unreachable, Upstream, UpstreamConfig,
-    UpstreamFailure, UpstreamResult, error_message,
+    CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    NoAnswer,
+    Refused,
+    Unreachable,
+    Upstream,
+    UpstreamConfig,
+    UpstreamFailure,
+    UpstreamResult,
+    error_message,
 )
-from support import rule_usage
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -47,6 +56,7 @@ def closed_port() -> int:
 
 
 # --- classification --------------------------------------------------------------------------
+
 
 def test_a_success_returns_the_json_and_fal_headers(fake_fal):
     with client(fake_fal.url) as up:
@@ -169,10 +179,16 @@ def test_the_failure_classes_say_what_they_mean_for_money(ledger, fake_fal, case
     `failed`, nothing counted; no usable answer → `unknown`, the estimate counted as spent (it may
     have been served); an answer → `completed` at the actual cost of what came back."""
     drive, failure, status, counts = MONEY_CASES[case]
-    budget = ledger.admin.create_rule(RuleSpec(name="budget", type="spend-limit", limit="1", period="total",
-                                               given={"name", "type", "limit", "period"}))
-    requests = ledger.admin.create_rule(RuleSpec(name="requests", type="rate-limit", limit="100", period="day",
-                                                 given={"name", "type", "limit", "period"}))
+    budget = ledger.admin.create_rule(
+        RuleSpec(
+            name="budget", type="spend-limit", limit="1", period="total", given={"name", "type", "limit", "period"}
+        )
+    )
+    requests = ledger.admin.create_rule(
+        RuleSpec(
+            name="requests", type="rate-limit", limit="100", period="day", given={"name", "type", "limit", "period"}
+        )
+    )
     if drive is not None:
         fake_fal.set_mode(drive[0], **drive[1])
     url = fake_fal.url if drive is not None else f"http://127.0.0.1:{closed_port()}"
@@ -214,25 +230,39 @@ def test_a_key_that_cannot_be_a_header_is_refused_before_sending_without_quoting
 
 # --- error messages --------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("body", "text", "expected"), [
-    ({"detail": "Application not found"}, "", "Application not found"),
-    ({"detail": [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}]}, "",
-     "prompt: field required"),
-    ({"detail": [{"loc": ["body", "image_size", "width"], "msg": "too big"}, {"loc": [], "msg": "bad"}]}, "",
-     "image_size.width: too big; bad"),
-    ({"detail": [{"loc": ["body", f"f{i}"], "msg": "x"} for i in range(8)]}, "",
-     "; ".join(f"f{i}: x" for i in range(5))),
-    (None, "<html>\n  502   Bad\tGateway </html>", "<html> 502 Bad Gateway </html>"),
-    (None, "x" * 500, "x" * 200),
-    (None, "", "no error detail"),
-    ({"error": "other shape"}, '{"error": "other shape"}', '{"error": "other shape"}'),
-    ({"detail": []}, "{\"detail\": []}", '{"detail": []}'),
-])
+
+@pytest.mark.parametrize(
+    ("body", "text", "expected"),
+    [
+        ({"detail": "Application not found"}, "", "Application not found"),
+        (
+            {"detail": [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}]},
+            "",
+            "prompt: field required",
+        ),
+        (
+            {"detail": [{"loc": ["body", "image_size", "width"], "msg": "too big"}, {"loc": [], "msg": "bad"}]},
+            "",
+            "image_size.width: too big; bad",
+        ),
+        (
+            {"detail": [{"loc": ["body", f"f{i}"], "msg": "x"} for i in range(8)]},
+            "",
+            "; ".join(f"f{i}: x" for i in range(5)),
+        ),
+        (None, "<html>\n  502   Bad\tGateway </html>", "<html> 502 Bad Gateway </html>"),
+        (None, "x" * 500, "x" * 200),
+        (None, "", "no error detail"),
+        ({"error": "other shape"}, '{"error": "other shape"}', '{"error": "other shape"}'),
+        ({"detail": []}, '{"detail": []}', '{"detail": []}'),
+    ],
+)
 def test_error_message_is_fals_detail_as_one_line(body, text, expected):
     assert error_message(body, text) == expected
 
 
 # --- configuration ---------------------------------------------------------------------------
+
 
 def test_config_defaults_to_fal_run_and_two_minutes():
     config = config_from({})
@@ -257,13 +287,26 @@ def test_config_reads_no_environment_of_its_own(monkeypatch):
 
 
 def test_config_arguments_override_the_environment():
-    config = config_from({"PIXELGOV_UPSTREAM_URL": "http://env.example", "PIXELGOV_UPSTREAM_TIMEOUT": "99"},
-                         url="https://cli.example", timeout=30)
+    config = config_from(
+        {"PIXELGOV_UPSTREAM_URL": "http://env.example", "PIXELGOV_UPSTREAM_TIMEOUT": "99"},
+        url="https://cli.example",
+        timeout=30,
+    )
     assert (config.url, config.timeout, config.connect_timeout) == ("https://cli.example", 30, CONNECT_TIMEOUT)
 
 
-@pytest.mark.parametrize("url", ["fal.run", "ftp://fal.run", "file:///etc/passwd", "javascript:alert(1)",
-                                 "http://", "http://[::1", "http://host:99999"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "fal.run",
+        "ftp://fal.run",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "http://",
+        "http://[::1",
+        "http://host:99999",
+    ],
+)
 def test_a_url_that_is_not_http_is_invalid(url):
     with pytest.raises(InvalidRequest) as raised:
         config_from({}, url=url)

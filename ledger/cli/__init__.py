@@ -14,7 +14,7 @@ import click
 
 from pricing.errors import InvalidRequest, PixelgovError
 
-from .common import SETTINGS_KEY, report_error
+from .common import FORMAT_KEY, SETTINGS_KEY, report_error
 
 _COMMANDS = {
     "models": "ledger.cli.pricing_cmds:models",
@@ -47,7 +47,14 @@ class LazyGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[_ARGV_KEY] = list(args)  # checked in `invoke`, where errors are reported as ours
-        return super().parse_args(ctx, args)
+        if _wants_json(args):
+            # Errors found before the command reads its own --format (bad arguments, unknown options)
+            # still come out as the JSON error.
+            ctx.meta[FORMAT_KEY] = "json"
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:  # the group's own options: one line too
+            report_error(ctx, InvalidRequest(f"{error.format_message()} (see `pixelgov --help`)", reason="usage"))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,11 +62,15 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except PixelgovError as error:
             report_error(ctx, error)
+        except click.exceptions.NoArgsIsHelpError as error:
+            # `pixelgov tx` alone asks what `tx` can do: its help, as `--help` prints it.
+            click.echo(error.ctx.get_help() if error.ctx else ctx.get_help())
+            ctx.exit(0)
         except click.UsageError as error:
             # click's own parsing mistakes are bad input like any other: one line, or the JSON error.
             where = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
             report_error(ctx, InvalidRequest(f"{error.format_message()}{where}", reason="usage"))
-        except Exception as error:  # noqa: BLE001 - database driver errors become one clear line
+        except Exception as error:
             translated = _translate(ctx, error)
             if translated is None:
                 raise
@@ -67,6 +78,10 @@ class LazyGroup(click.Group):
 
 
 _ARGV_KEY = "pixelgov.argv"
+
+
+def _wants_json(args: list[str]) -> bool:
+    return any(a == "--format=json" or (a == "--format" and nxt == "json") for a, nxt in zip(args, [*args[1:], ""]))
 
 
 def _check_text(args: list[str]) -> None:
@@ -89,8 +104,13 @@ def _translate(ctx: click.Context, error: Exception) -> PixelgovError | None:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", "db_url", envvar="PIXELGOV_DATABASE_URL", metavar="URL",
-              help="Database URL (env PIXELGOV_DATABASE_URL; default: a SQLite file in the user data dir).")
+@click.option(
+    "--db",
+    "db_url",
+    envvar="PIXELGOV_DATABASE_URL",
+    metavar="URL",
+    help="Database URL (env PIXELGOV_DATABASE_URL; default: a SQLite file in the user data dir).",
+)
 @click.version_option("0.1.0", prog_name="pixelgov")
 @click.pass_context
 def cli(ctx: click.Context, db_url: str | None) -> None:

@@ -11,8 +11,21 @@ from .common import emit_json, emit_record, emit_rows, ledger_of, output_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 AGENT_COLUMNS = ["id", "name", "status", "has_api_key", "description", "created_at"]
-RULE_COLUMNS = ["id", "name", "type", "limit", "period", "window", "models", "agent", "model", "operation",
-                "action", "alert_at", "enabled"]
+RULE_COLUMNS = [
+    "id",
+    "name",
+    "type",
+    "limit",
+    "period",
+    "window",
+    "models",
+    "agent",
+    "model",
+    "operation",
+    "action",
+    "alert_at",
+    "enabled",
+]
 
 
 def _admin(ctx: click.Context) -> Any:
@@ -24,6 +37,7 @@ def _json_rows(records: Any) -> list[dict[str, Any]]:
 
 
 # --- agents ------------------------------------------------------------------------------------
+
 
 @click.group()
 def agents() -> None:
@@ -112,13 +126,23 @@ def agents_rotate_key(ctx: click.Context, name: str, fmt: str) -> None:
 
 # --- rules -------------------------------------------------------------------------------------
 
+
 def rule_options(fn: F) -> F:
     options = [
         click.option("--name", default=None, help="Unique rule name."),
-        click.option("--type", "type_", default=None, metavar="TYPE",
-                     help="spend-limit, request-cap, rate-limit or model-allowlist."),
-        click.option("--limit", default=None, metavar="X", help="USD (spend-limit, request-cap) or a count (rate-limit)."),
-        click.option("--period", default=None, help="spend-limit: hour/day/week/month/total; rate-limit: minute/hour/day."),
+        click.option(
+            "--type",
+            "type_",
+            default=None,
+            metavar="TYPE",
+            help="spend-limit, request-cap, rate-limit or model-allowlist.",
+        ),
+        click.option(
+            "--limit", default=None, metavar="X", help="USD (spend-limit, request-cap) or a count (rate-limit)."
+        ),
+        click.option(
+            "--period", default=None, help="spend-limit: hour/day/week/month/total; rate-limit: minute/hour/day."
+        ),
         click.option("--window", default=None, help="A rolling window instead of a period: 30m, 24h, 7d."),
         click.option("--models", default=None, metavar="G1,G2", help="model-allowlist globs, e.g. 'fal-ai/flux/*'."),
         click.option("--agent", default=None, help="Only this agent (default: every agent, counted together)."),
@@ -231,6 +255,7 @@ def rules_delete(ctx: click.Context, name_or_id: str, fmt: str) -> None:
 
 # --- alerts, audit -----------------------------------------------------------------------------
 
+
 @click.group()
 def alerts() -> None:
     """Alerts raised by alert rules and alert_at thresholds.
@@ -250,8 +275,11 @@ def alerts_list(ctx: click.Context, limit: int, fmt: str) -> None:
     \b
     pixelgov alerts list --format json
     """
-    emit_rows(_json_rows(_admin(ctx).alerts(limit=limit)), ["id", "rule", "kind", "agent", "transaction_id", "message",
-                                                "created_at"], fmt)
+    emit_rows(
+        _json_rows(_admin(ctx).alerts(limit=limit)),
+        ["id", "rule", "kind", "agent", "transaction_id", "message", "created_at"],
+        fmt,
+    )
 
 
 @click.command()
@@ -265,11 +293,13 @@ def audit(ctx: click.Context, entity: str | None, limit: int, fmt: str) -> None:
     \b
     pixelgov audit --entity rule
     """
-    emit_rows(_json_rows(_admin(ctx).audit(entity=entity, limit=limit)),
-              ["id", "entity", "name", "action", "created_at"], fmt)
+    emit_rows(
+        _json_rows(_admin(ctx).audit(entity=entity, limit=limit)), ["id", "entity", "name", "action", "created_at"], fmt
+    )
 
 
 # --- db ----------------------------------------------------------------------------------------
+
 
 @click.group()
 def db() -> None:
@@ -340,8 +370,12 @@ def db_current(ctx: click.Context, fmt: str) -> None:
     engine = make_engine(_url(ctx), timeout=settings_of(ctx).db_timeout)
     try:
         rev = current_revision(engine)
-        doc = {"database": engine.url.render_as_string(hide_password=True), "revision": rev,
-               "head": SCHEMA_HEAD, "up_to_date": rev == SCHEMA_HEAD}
+        doc = {
+            "database": engine.url.render_as_string(hide_password=True),
+            "revision": rev,
+            "head": SCHEMA_HEAD,
+            "up_to_date": rev == SCHEMA_HEAD,
+        }
     finally:
         engine.dispose()
     emit_record(doc, fmt)

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -29,12 +30,30 @@ SETTINGS_KEY = "settings"
 LEDGER_KEY = "ledger"
 #: Library errors name fields; on the command line, the flag that sets each one.
 FIELD_FLAGS = {
-    "name": "--name", "type": "--type", "limit": "--limit", "period": "--period", "window": "--window",
-    "models": "--models", "model": "--model", "operation": "--operation", "action": "--action",
-    "alert_at": "--alert-at", "input_size": "--input-size", "image_url": "--image-url", "params": "--params",
-    "idempotency_key": "--idempotency-key", "actual": "--actual", "response": "--response", "out": "--out",
-    "upstream": "--upstream-url", "timeout": "--timeout", "older_than": "--older-than",
-    "since": "--since", "until": "--until", "status": "--status", "database": "--db",
+    "name": "--name",
+    "type": "--type",
+    "limit": "--limit",
+    "period": "--period",
+    "window": "--window",
+    "models": "--models",
+    "model": "--model",
+    "operation": "--operation",
+    "action": "--action",
+    "alert_at": "--alert-at",
+    "input_size": "--input-size",
+    "image_url": "--image-url",
+    "params": "--params",
+    "idempotency_key": "--idempotency-key",
+    "actual": "--actual",
+    "response": "--response",
+    "out": "--out",
+    "upstream": "--upstream-url",
+    "timeout": "--timeout",
+    "older_than": "--older-than",
+    "since": "--since",
+    "until": "--until",
+    "status": "--status",
+    "database": "--db",
 }
 
 
@@ -47,8 +66,14 @@ def output_options(*formats: str) -> Callable[[F], F]:
     """Add `--format` with the given choices (the first is the default)."""
     choices = formats or ("table", "json")
     return click.option(
-        "--format", "fmt", type=click.Choice(choices), default=choices[0], show_default=True,
-        is_eager=True, callback=_remember_format, help="Output format.",
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default=choices[0],
+        show_default=True,
+        is_eager=True,
+        callback=_remember_format,
+        help="Output format.",
     )
 
 
@@ -78,8 +103,9 @@ def cli_hint(error: PixelgovError) -> str | None:
     if error.code == "upstream_error" and reason == "unknown" and details.get("transaction") is not None:
         tx_id = details["transaction"].id
         return f"settle it with `pixelgov tx complete {tx_id}` or `pixelgov tx void {tx_id}`"
-    if reason == "input_size_unknown" or (error.code == "invalid_request" and details.get("field") == "input_size"
-                                          and reason == "missing"):
+    if reason == "input_size_unknown" or (
+        error.code == "invalid_request" and details.get("field") == "input_size" and reason == "missing"
+    ):
         return "give --input-size WxH"
     if reason == "duplicate":
         return None
@@ -106,8 +132,7 @@ def emit_record(doc: Mapping[str, Any], fmt: str, *, title: str | None = None) -
         click.echo(f"{key.ljust(width)}  {_cell(value)}")
 
 
-def emit_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: str, *,
-              doc: Any = None) -> None:
+def emit_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: str, *, doc: Any = None) -> None:
     """Many records: JSON (`doc`, or the list), CSV, or an aligned table."""
     if fmt == "json":
         emit_json(rows if doc is None else doc)
@@ -166,8 +191,13 @@ def request_options(fn: F) -> F:
     """Add the request options of SPEC §5 and `--params JSON|@file`."""
     for flag, field, help_text in reversed(_REQUEST_OPTIONS):
         fn = click.option(flag, field, default=None, metavar=_metavar(field), help=help_text)(fn)
-    fn = click.option("--params", "params", default=None, metavar="JSON|@FILE",
-                      help="A whole request body; the options above override its fields.")(fn)
+    fn = click.option(
+        "--params",
+        "params",
+        default=None,
+        metavar="JSON|@FILE",
+        help="A whole request body; the options above override its fields.",
+    )(fn)
     return fn
 
 
@@ -244,6 +274,7 @@ def is_tty() -> bool:
 
 # --- the ledger ------------------------------------------------------------------------------
 
+
 def settings_of(ctx: click.Context) -> Settings:
     """The settings of this invocation, read from the environment once, when a command first needs
     them (so a malformed variable is reported in the command's own format, and `price` is not
@@ -294,8 +325,6 @@ def parse_time(value: str | None, field: str) -> Any:
     """ISO date/time (UTC when no zone is given) or a span back from now: 30m, 24h, 7d."""
     if value is None:
         return None
-    from datetime import UTC, datetime, timedelta
-
     from ..periods import parse_window
 
     text = value.strip()
@@ -306,10 +335,22 @@ def parse_time(value: str | None, field: str) -> Any:
             raise InvalidRequest(f"{field}: {exc}", field=field) from None
     try:
         ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        ts = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError:
-        raise InvalidRequest(f"{field}: {value!r} is not an ISO date/time (2026-11-25, 2026-11-25T10:00Z) "
-                             "or a span like 24h or 7d", field=field) from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        raise InvalidRequest(
+            f"{field}: {value!r} is not an ISO date/time (2026-11-25, 2026-11-25T10:00Z) or a span like 24h or 7d",
+            field=field,
+        ) from None
+    except OverflowError:
+        raise InvalidRequest(f"{field}: {value!r} is outside the calendar", field=field) from None
+    if not EARLIEST <= ts <= LATEST:
+        raise InvalidRequest(f"{field}: {value!r} is outside {EARLIEST.year}–{LATEST.year}", field=field)
+    return ts
+
+
+#: The span of dates the ledger's queries take (far enough for any real ledger, and storable).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 TX_COLUMNS = ["id", "agent", "endpoint", "status", "estimated_cost", "actual_cost", "created_at"]

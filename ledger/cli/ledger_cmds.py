@@ -10,8 +10,18 @@ from pricing.money import usd_str
 
 from ..errors import InvalidRequest, denial_error
 from .common import (
-    TX_COLUMNS, emit_json, emit_rows, emit_transaction, governor, ledger_of, output_options, parse_time,
-    pop_request_options, request_options, stderr_lines, tx_id_argument,
+    TX_COLUMNS,
+    emit_json,
+    emit_rows,
+    emit_transaction,
+    governor,
+    ledger_of,
+    output_options,
+    parse_time,
+    pop_request_options,
+    request_options,
+    stderr_lines,
+    tx_id_argument,
 )
 
 
@@ -44,9 +54,11 @@ def check_output(ctx: click.Context, decision: Any, fmt: str) -> None:
     else:
         verdict = "allowed" if decision.allowed else "denied"
         click.echo(f"{verdict}: {quote.endpoint} for agent {decision.agent.name}")
-        click.echo(f"  quote   {quote.price} ({usd_str(quote.amount)} USD): {quote.images} × {quote.width}x{quote.height}"
-                   f", {usd_str(quote.billable_megapixels)} billable MP × {usd_str(quote.rate_per_megapixel)} USD/MP"
-                   f" (price book {quote.price_book})")
+        click.echo(
+            f"  quote   {quote.price} ({usd_str(quote.amount)} USD): {quote.images} × {quote.width}x{quote.height}"
+            f", {usd_str(quote.billable_megapixels)} billable MP × {usd_str(quote.rate_per_megapixel)} USD/MP"
+            f" (price book {quote.price_book})"
+        )
         if not decision.verdicts:
             click.echo("  rules   none apply (add some: pixelgov rules create --help)")
         for v in decision.verdicts:
@@ -70,8 +82,9 @@ def check_output(ctx: click.Context, decision: Any, fmt: str) -> None:
 @click.option("--idempotency-key", default=None, help="A retry with the same key returns the same transaction.")
 @output_options("table", "json")
 @click.pass_context
-def authorize(ctx: click.Context, /, endpoint: str, agent: str, idempotency_key: str | None, fmt: str,
-              **options: Any) -> None:
+def authorize(
+    ctx: click.Context, /, endpoint: str, agent: str, idempotency_key: str | None, fmt: str, **options: Any
+) -> None:
     """Create a pending transaction (a hold) for a caller that forwards the request itself.
 
     \b
@@ -109,15 +122,23 @@ def tx() -> None:
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
 @output_options("table", "json", "csv")
 @click.pass_context
-def tx_list(ctx: click.Context, agent: str | None, status: str | None, since: str | None, until: str | None,
-            limit: int, fmt: str) -> None:
+def tx_list(
+    ctx: click.Context,
+    agent: str | None,
+    status: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
     """Transactions, newest first.
 
     \b
     pixelgov tx list --agent bot --status pending --since 24h
     """
-    rows = governor(ctx).transactions(agent=agent, status=status, since=parse_time(since, "since"),
-                                      until=parse_time(until, "until"), limit=limit)
+    rows = governor(ctx).transactions(
+        agent=agent, status=status, since=parse_time(since, "since"), until=parse_time(until, "until"), limit=limit
+    )
     emit_rows([r.to_json() for r in rows], TX_COLUMNS, fmt)
 
 
@@ -137,8 +158,13 @@ def tx_show(ctx: click.Context, tx_id: int, fmt: str) -> None:
 @tx.command("complete")
 @tx_id_argument
 @click.option("--actual", default=None, metavar="USD", help="The actual cost.")
-@click.option("--response", "response_file", default=None, type=click.Path(dir_okay=False),
-              help="The upstream's JSON response: the actual cost is priced from its image sizes.")
+@click.option(
+    "--response",
+    "response_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The upstream's JSON response: the actual cost is priced from its image sizes.",
+)
 @output_options("table", "json")
 @click.pass_context
 def tx_complete(ctx: click.Context, tx_id: int, actual: str | None, response_file: str | None, fmt: str) -> None:
@@ -173,8 +199,13 @@ def tx_void(ctx: click.Context, tx_id: int, reason: str | None, fmt: str) -> Non
 
 
 @tx.command("expire")
-@click.option("--older-than", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-              help="Default: PIXELGOV_HOLD_TTL (900 s).")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Default: PIXELGOV_HOLD_TTL (900 s).",
+)
 @output_options("table", "json")
 @click.pass_context
 def tx_expire(ctx: click.Context, older_than: float | None, fmt: str) -> None:
@@ -206,8 +237,9 @@ def tx_add_cost(ctx: click.Context, tx_id: int, amount: str, kind: str, note: st
     """
     from ..governor import parse_amount
 
-    emit_transaction(governor(ctx).add_cost(tx_id, parse_amount(amount, "amount", allow_negative=True),
-                                            kind=kind, note=note), fmt)
+    emit_transaction(
+        governor(ctx).add_cost(tx_id, parse_amount(amount, "amount", allow_negative=True), kind=kind, note=note), fmt
+    )
 
 
 @tx.command("add-fact")
@@ -225,4 +257,3 @@ def tx_add_fact(ctx: click.Context, tx_id: int, fact: str, fmt: str) -> None:
     if not sep or not key.strip():
         raise InvalidRequest(f"fact: expected KEY=VALUE, got {fact!r}", field="fact")
     emit_transaction(governor(ctx).add_fact(tx_id, key.strip(), value), fmt)
-

@@ -10,7 +10,7 @@ from pricing import book_for
 from pricing.money import usd_str
 
 from ..quoting import quote_body
-from .common import emit_record, emit_rows, output_options, pop_request_options, request_options, price_book_of
+from .common import emit_record, emit_rows, output_options, pop_request_options, price_book_of, request_options
 
 
 @click.command()
@@ -25,24 +25,32 @@ def models(ctx: click.Context, fmt: str) -> None:
     """
     book = book_for(price_book_of(ctx))
     rows = [
-        {"endpoint": e.endpoint, "model": e.model, "operation": e.operation,
-         "rate_per_megapixel": usd_str(e.rate)}
+        {"endpoint": e.endpoint, "model": e.model, "operation": e.operation, "rate_per_megapixel": usd_str(e.rate)}
         for e in sorted(book.endpoints.values(), key=lambda e: (e.model, e.endpoint))
     ]
     presets = [{"name": name, "width": w, "height": h} for name, (w, h) in book.presets.items()]
     doc = {
-        "price_book": book.version, "source": book.source, "currency": book.currency,
+        "price_book": book.version,
+        "source": book.source,
+        "currency": book.currency,
         "megapixel_step": usd_str(book.megapixel_step) if book.megapixel_step is not None else "exact",
-        "pixels_per_megapixel": book.pixels_per_megapixel, "default_image_size": book.default_image_size,
-        "limits": {"max_side": book.max_side, "max_megapixels_per_image": usd_str(book.max_megapixels_per_image),
-                   "max_images": book.max_images},
-        "endpoints": rows, "presets": presets,
+        "pixels_per_megapixel": book.pixels_per_megapixel,
+        "default_image_size": book.default_image_size,
+        "limits": {
+            "max_side": book.max_side,
+            "max_megapixels_per_image": usd_str(book.max_megapixels_per_image),
+            "max_images": book.max_images,
+        },
+        "endpoints": rows,
+        "presets": presets,
     }
     if fmt != "table":
         emit_rows(rows, list(rows[0]), fmt, doc=doc)
         return
-    click.echo(f"price book {book.version} ({book.source}), USD per megapixel, "
-               f"billed per {doc['megapixel_step']} MP per image\n")
+    click.echo(
+        f"price book {book.version} ({book.source}), USD per megapixel, "
+        f"billed per {doc['megapixel_step']} MP per image\n"
+    )
     emit_rows(rows, ["endpoint", "operation", "rate_per_megapixel"], fmt)
     click.echo("")
     emit_rows(presets, ["name", "width", "height"], fmt)

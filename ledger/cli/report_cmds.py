@@ -27,10 +27,18 @@ def _reports(ctx: click.Context) -> Any:
 
 def window_options(fn: F) -> F:
     """`--since` / `--until`."""
-    fn = click.option("--until", default=None, metavar="TIME",
-                      help="End of the window, exclusive (UTC): 2026-12-01, 2026-11-25T10:00Z or a span like 24h.")(fn)
-    return click.option("--since", default=None, metavar="TIME",
-                        help="Start of the window, inclusive (UTC): 2026-11-01, 2026-11-25T10:00Z or a span like 7d.")(fn)
+    fn = click.option(
+        "--until",
+        default=None,
+        metavar="TIME",
+        help="End of the window, exclusive (UTC): 2026-12-01, 2026-11-25T10:00Z or a span: 24h.",
+    )(fn)
+    return click.option(
+        "--since",
+        default=None,
+        metavar="TIME",
+        help="Start of the window, inclusive (UTC): 2026-11-01, 2026-11-25T10:00Z or a span: 7d.",
+    )(fn)
 
 
 def _window(since: str | None, until: str | None) -> dict[str, Any]:
@@ -50,16 +58,28 @@ def report() -> None:
 
 # --- summary -----------------------------------------------------------------------------------
 
+
 @report.command("summary")
 @window_options
-@click.option("--period", default=None, metavar="day|week|month|YYYY-MM",
-              help="The current day, week or month (UTC), or a given month; instead of --since/--until.")
+@click.option(
+    "--period",
+    default=None,
+    metavar="day|week|month|YYYY-MM",
+    help="The current day, week or month (UTC), or a given month; instead of --since/--until.",
+)
 @click.option("--agent", default=None, help="Only this agent.")
 @click.option("--model", default=None, help="Only this model (an endpoint or alias names its model).")
 @output_options(*FORMATS)
 @click.pass_context
-def summary(ctx: click.Context, since: str | None, until: str | None, period: str | None, agent: str | None,
-            model: str | None, fmt: str) -> None:
+def summary(
+    ctx: click.Context,
+    since: str | None,
+    until: str | None,
+    period: str | None,
+    agent: str | None,
+    model: str | None,
+    fmt: str,
+) -> None:
     """Spend (settled, held, unknown), counts by status, images and megapixels, denials by rule,
     estimated vs actual, and the change against the previous period of the same length.
 
@@ -75,12 +95,32 @@ def summary(ctx: click.Context, since: str | None, until: str | None, period: st
     change = doc["change"] or {}
     previous = doc["previous"] or {}
     rows = []
-    for metric in ("total_transactions", "total_spend", "total_denials", "total_agents", "requests", "settled_spend",
-                   "held_spend", "unknown_spend", "estimated", "actual", "variance", "adjustments", "images",
-                   "billable_megapixels"):
+    for metric in (
+        "total_transactions",
+        "total_spend",
+        "total_denials",
+        "total_agents",
+        "requests",
+        "settled_spend",
+        "held_spend",
+        "unknown_spend",
+        "estimated",
+        "actual",
+        "variance",
+        "adjustments",
+        "images",
+        "billable_megapixels",
+    ):
         delta = change.get(metric) or {}
-        rows.append({"metric": metric, "value": doc[metric], "previous": previous.get(metric),
-                     "delta": delta.get("delta"), "percent": delta.get("percent")})
+        rows.append(
+            {
+                "metric": metric,
+                "value": doc[metric],
+                "previous": previous.get(metric),
+                "delta": delta.get("delta"),
+                "percent": delta.get("percent"),
+            }
+        )
     for status, count in doc["transactions_by_status"].items():
         rows.append({"metric": f"status:{status}", "value": count})
     for entry in doc["denials_by_rule"]:
@@ -96,9 +136,16 @@ def _span(doc: dict[str, Any]) -> str:
 
 # --- spend -------------------------------------------------------------------------------------
 
+
 @report.command("spend")
-@click.option("--by", "by", default="agent", show_default=True, metavar="KEYS",
-              help="Comma-separated: any of agent, model, operation, and one of day, week, month.")
+@click.option(
+    "--by",
+    "by",
+    default="agent",
+    show_default=True,
+    metavar="KEYS",
+    help="Comma-separated: any of agent, model, operation, and one of day, week, month.",
+)
 @window_options
 @click.option("--agent", default=None, help="Only this agent.")
 @click.option("--model", default=None, help="Only this model.")
@@ -106,16 +153,26 @@ def _span(doc: dict[str, Any]) -> str:
 @click.option("--status", default=None, help="Only transactions in this status.")
 @output_options(*FORMATS)
 @click.pass_context
-def spend(ctx: click.Context, by: str, since: str | None, until: str | None, agent: str | None, model: str | None,
-          operation: str | None, status: str | None, fmt: str) -> None:
+def spend(
+    ctx: click.Context,
+    by: str,
+    since: str | None,
+    until: str | None,
+    agent: str | None,
+    model: str | None,
+    operation: str | None,
+    status: str | None,
+    fmt: str,
+) -> None:
     """Transactions, images, billable MP, estimated, actual, adjustments, net and variance per group.
 
     \b
     pixelgov report spend --by agent,model
     pixelgov report spend --by model,week --since 2026-10-01 --format csv
     """
-    result = _reports(ctx).spend(by, **_window(since, until), agent=agent, model=model, operation=operation,
-                                 status=status)
+    result = _reports(ctx).spend(
+        by, **_window(since, until), agent=agent, model=model, operation=operation, status=status
+    )
     if fmt == "json":
         emit_json(result.to_json())
         return
@@ -126,6 +183,7 @@ def spend(ctx: click.Context, by: str, since: str | None, until: str | None, age
 
 
 # --- leaderboard -------------------------------------------------------------------------------
+
 
 @report.command("leaderboard")
 @click.option("--by", "by", type=click.Choice(["agent", "model", "rule"]), default="agent", show_default=True)
@@ -149,6 +207,7 @@ def leaderboard(ctx: click.Context, by: str, top: int, since: str | None, until:
 
 # --- chart -------------------------------------------------------------------------------------
 
+
 @report.command("chart")
 @click.option("--by", "by", type=click.Choice(["day", "week", "month"]), default="day", show_default=True)
 @window_options
@@ -160,8 +219,19 @@ def leaderboard(ctx: click.Context, by: str, top: int, since: str | None, until:
 @click.option("--height", default=500, show_default=True, type=int, help="Image height in pixels.")
 @output_options(*FORMATS)
 @click.pass_context
-def chart(ctx: click.Context, by: str, since: str | None, until: str | None, agent: str | None, model: str | None,
-          png: str | None, svg: str | None, width: int, height: int, fmt: str) -> None:
+def chart(
+    ctx: click.Context,
+    by: str,
+    since: str | None,
+    until: str | None,
+    agent: str | None,
+    model: str | None,
+    png: str | None,
+    svg: str | None,
+    width: int,
+    height: int,
+    fmt: str,
+) -> None:
     """Spend and denials per day, week or month: bars in the terminal, or a PNG/SVG image.
 
     \b
@@ -191,7 +261,9 @@ def chart(ctx: click.Context, by: str, since: str | None, until: str | None, age
         return
     _terminal_bars(result)
     for image in written:
-        click.echo(f"wrote {image.path} ({image.format}, {image.width}x{image.height} px, {image.bars} bars per series)")
+        click.echo(
+            f"wrote {image.path} ({image.format}, {image.width}x{image.height} px, {image.bars} bars per series)"
+        )
 
 
 def _terminal_bars(result: Any) -> None:
@@ -207,8 +279,9 @@ def _terminal_bars(result: Any) -> None:
         whole, part = divmod(int(cells), 8)
         bar = "█" * whole + (_BLOCKS[part] if part else "")
         label = p.date.isoformat()[:label_width]
-        click.echo(f"{label}  {bar.ljust(BAR_WIDTH)} {p.to_json()['spend']:>14}  {p.usage:>8} req  "
-                   f"{p.denials:>6} denied")
+        click.echo(
+            f"{label}  {bar.ljust(BAR_WIDTH)} {p.to_json()['spend']:>14}  {p.usage:>8} req  {p.denials:>6} denied"
+        )
 
 
 # --- statement ---------------------------------------------------------------------------------
@@ -244,8 +317,11 @@ def statement(ctx: click.Context, month: str, agent: str | None, fmt: str) -> No
         emit_rows(lines, ["model", "operation", *_totals_columns()], fmt)
         if agent_statement.adjustments:
             click.echo("adjustments:")
-            emit_rows([a.to_json() for a in agent_statement.adjustments],
-                      ["transaction_id", "created_at", "model", "amount", "note"], fmt)
+            emit_rows(
+                [a.to_json() for a in agent_statement.adjustments],
+                ["transaction_id", "created_at", "model", "amount", "note"],
+                fmt,
+            )
     if not result.agents:
         click.echo("(no transactions that month)")
     click.echo("\ntotal")
@@ -253,9 +329,9 @@ def statement(ctx: click.Context, month: str, agent: str | None, fmt: str) -> No
 
 
 def _totals_columns() -> list[str]:
-    from ..reports import Totals
+    from ..reports import TOTALS_COLUMNS
 
-    return list(Totals.COLUMNS)
+    return list(TOTALS_COLUMNS)
 
 
 def _statement_rows(result: Any) -> list[dict[str, Any]]:
@@ -263,14 +339,24 @@ def _statement_rows(result: Any) -> list[dict[str, Any]]:
     for agent_statement in result.agents:
         name = agent_statement.agent
         rows += [{"agent": name, "line": "model", **line.to_json()} for line in agent_statement.lines]
-        rows += [{"agent": name, "line": "adjustment", "model": a.model, "transaction_id": a.transaction_id,
-                  "note": a.note, "adjustments": a.to_json()["amount"]} for a in agent_statement.adjustments]
+        rows += [
+            {
+                "agent": name,
+                "line": "adjustment",
+                "model": a.model,
+                "transaction_id": a.transaction_id,
+                "note": a.note,
+                "adjustments": a.to_json()["amount"],
+            }
+            for a in agent_statement.adjustments
+        ]
         rows.append({"agent": name, "line": "total", **agent_statement.total.to_json()})
     rows.append({"agent": None, "line": "total", **result.total.to_json()})
     return rows
 
 
 # --- export ------------------------------------------------------------------------------------
+
 
 @report.command("export")
 @click.argument("file", metavar="FILE.csv")

@@ -19,8 +19,11 @@ def fal_key_from_env() -> str:
 
     key = os.environ.get("FAL_KEY", "").strip()
     if not key:
-        raise InvalidRequest("FAL_KEY is not set: a real run needs your FAL API key in the FAL_KEY environment "
-                             "variable (or use --dry-run)", field="FAL_KEY")
+        raise InvalidRequest(
+            "FAL_KEY is not set: a real run needs your FAL API key in the FAL_KEY environment "
+            "variable (or use --dry-run)",
+            field="FAL_KEY",
+        )
     return check_fal_key(key)
 
 
@@ -31,13 +34,30 @@ def fal_key_from_env() -> str:
 @click.option("--idempotency-key", default=None, help="A retry with the same key is not sent or charged again.")
 @click.option("--out", "out_dir", default=None, metavar="DIR", help="Download the images into DIR.")
 @click.option("--dry-run", is_flag=True, help="Quote and rule decision only: nothing written, nothing sent.")
-@click.option("--timeout", default=None, metavar="SECONDS",
-              help="Wait this long for the upstream's answer (env PIXELGOV_UPSTREAM_TIMEOUT, default 120).")
-@click.option("--upstream-url", default=None, metavar="URL", help="Env PIXELGOV_UPSTREAM_URL (default https://fal.run).")
+@click.option(
+    "--timeout",
+    default=None,
+    metavar="SECONDS",
+    help="Wait this long for the upstream's answer (env PIXELGOV_UPSTREAM_TIMEOUT, default 120).",
+)
+@click.option(
+    "--upstream-url", default=None, metavar="URL", help="Env PIXELGOV_UPSTREAM_URL (default https://fal.run)."
+)
 @output_options("table", "json")
 @click.pass_context
-def run(ctx: click.Context, /, endpoint: str, agent: str, idempotency_key: str | None, out_dir: str | None,
-        dry_run: bool, timeout: str | None, upstream_url: str | None, fmt: str, **options: Any) -> None:
+def run(
+    ctx: click.Context,
+    /,
+    endpoint: str,
+    agent: str,
+    idempotency_key: str | None,
+    out_dir: str | None,
+    dry_run: bool,
+    timeout: str | None,
+    upstream_url: str | None,
+    fmt: str,
+    **options: Any,
+) -> None:
     """Authorize, forward to FAL and settle the real cost. Denied: nothing is sent (exit 3).
 
     \b
@@ -66,16 +86,25 @@ def run(ctx: click.Context, /, endpoint: str, agent: str, idempotency_key: str |
 
         directory = ensure_writable(out_dir)
     with Upstream(config) as upstream:
-        outcome = run_governed(ledger.governor, upstream, agent=agent, quote=quote, body=body, fal_key=fal_key,
-                               idempotency_key=idempotency_key,
-                               after_authorize=lambda auth: print_alerts(auth.decision.alerts if auth.decision else []))
+        outcome = run_governed(
+            ledger.governor,
+            upstream,
+            agent=agent,
+            quote=quote,
+            body=body,
+            fal_key=fal_key,
+            idempotency_key=idempotency_key,
+            after_authorize=lambda auth: print_alerts(auth.decision.alerts if auth.decision else []),
+        )
     tx = outcome.transaction
     if fmt == "json":
         emit_json(outcome.to_json())
     else:
         note = " (idempotent retry: the earlier transaction, nothing sent)" if outcome.replayed else ""
-        click.echo(f"{tx.status.value}: transaction {tx.id}, estimated {tx.to_json()['estimated_cost']}, "
-                   f"actual {tx.to_json()['actual_cost']}{note}")
+        click.echo(
+            f"{tx.status.value}: transaction {tx.id}, estimated {tx.to_json()['estimated_cost']}, "
+            f"actual {tx.to_json()['actual_cost']}{note}"
+        )
         from ..downloads import image_urls
 
         for i, url in enumerate(image_urls(outcome.result)):
@@ -86,7 +115,8 @@ def run(ctx: click.Context, /, endpoint: str, agent: str, idempotency_key: str |
         try:
             paths = save_images(outcome.result, directory, tx.id, progress=fmt != "json" and sys.stderr.isatty())
         except Exception as exc:  # noqa: BLE001 - a download problem is reported, the ledger is already right
-            raise UpstreamError(f"transaction {tx.id} is settled but downloading its images failed: {exc}",
-                                transaction=tx) from None
+            raise UpstreamError(
+                f"transaction {tx.id} is settled but downloading its images failed: {exc}", transaction=tx
+            ) from None
         for path in paths:
             click.echo(f"saved {path}", err=True)

@@ -28,6 +28,7 @@ def worker_app() -> Any:
     settings = Settings.from_env()
     ledger = Ledger(settings=settings)
     atexit.register(ledger.close)
+    ledger.book  # noqa: B018 - loaded (and checked) before the first request
     return create_app(ledger, GatewayConfig.from_env())
 
 
@@ -35,15 +36,22 @@ def _log_config(access_log: bool) -> dict[str, Any]:
     """Logging as JSON lines on stderr: pixelgov's access log (one line per request, no secrets)
     replaces uvicorn's, whose lines carry the query string."""
     return {
-        "version": 1, "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(message)s"},
-                       "default": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"access": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},
-                     "default": {"class": "logging.StreamHandler", "formatter": "default",
-                                 "stream": "ext://sys.stderr"}},
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(message)s"},
+            "default": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        },
+        "handlers": {
+            "access": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},
+            "default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"},
+        },
         "loggers": {
-            "pixelgov.access": {"handlers": ["access"], "level": "INFO" if access_log else "WARNING",
-                                "propagate": False},
+            "pixelgov.access": {
+                "handlers": ["access"],
+                "level": "INFO" if access_log else "WARNING",
+                "propagate": False,
+            },
             "pixelgov.gateway": {"handlers": ["default"], "level": "INFO", "propagate": False},
             "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
             "uvicorn.error": {"level": "INFO"},
@@ -55,23 +63,42 @@ def _log_config(access_log: bool) -> dict[str, Any]:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Worker processes; they share the database, and the budget invariant holds across them.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes; they share the database, and the budget invariant holds across them.",
+)
 @click.option("--ssl-certfile", default=None, metavar="FILE", help="Serve HTTPS with this certificate (PEM).")
 @click.option("--ssl-keyfile", default=None, metavar="FILE", help="The certificate's private key (PEM).")
-@click.option("--graceful-timeout", default=30, show_default=True, type=click.IntRange(0, 3600),
-              help="Seconds a stopping worker (SIGTERM) lets in-flight requests finish; the rest end "
-                   "failed (not sent) or unknown (sent).")
+@click.option(
+    "--graceful-timeout",
+    default=30,
+    show_default=True,
+    type=click.IntRange(0, 3600),
+    help="Seconds a stopping worker (SIGTERM) lets in-flight requests finish; the rest end "
+    "failed (not sent) or unknown (sent).",
+)
 @click.option("--no-access-log", is_flag=True, help="Do not write the JSON access log.")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, workers: int, ssl_certfile: str | None,
-          ssl_keyfile: str | None, graceful_timeout: int, no_access_log: bool) -> None:
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    workers: int,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+    graceful_timeout: int,
+    no_access_log: bool,
+) -> None:
     """Serve the gateway: FAL-compatible routes, the /v1 API and the admin API.
 
     Agents send their own key (Authorization: Key …); the gateway forwards with the
     server's FAL_KEY, which they never see. The admin API needs PIXELGOV_ADMIN_TOKEN.
 
     \b
+    pixelgov serve --port 8000
     FAL_KEY=... PIXELGOV_ADMIN_TOKEN=... pixelgov serve --port 8000 --workers 2
     # an unmodified fal_client through it:
     FAL_RUN_HOST=127.0.0.1:8443 FAL_QUEUE_RUN_HOST=127.0.0.1:8443/queue FAL_KEY=<agent key> python agent.py
@@ -91,6 +118,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, ssl_certfile: 
     # The database is checked (and the default SQLite file created) before any worker starts.
     with Ledger(settings=settings) as ledger:
         where = ledger.url
+        ledger.book  # noqa: B018 - a malformed PIXELGOV_PRICE_BOOK stops the start, not the first request
     if settings.database_url is None:
         os.environ["PIXELGOV_DATABASE_URL"] = where  # every worker opens the same default file
     elif ctx.find_root().obj.get("db_url"):
@@ -102,8 +130,19 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, ssl_certfile: 
     if not config.fal_key:
         click.echo("FAL_KEY is not set: prices and checks work, runs answer 502", err=True)
     sys.stderr.flush()
-    uvicorn.run(FACTORY, factory=True, host=host, port=port, workers=workers, ssl_certfile=ssl_certfile,
-                ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=graceful_timeout,
-                log_config=_log_config(not no_access_log), access_log=False, server_header=False,
-                proxy_headers=False, lifespan="on")
+    uvicorn.run(
+        FACTORY,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        timeout_graceful_shutdown=graceful_timeout,
+        log_config=_log_config(not no_access_log),
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        lifespan="on",
+    )
     logging.shutdown()

@@ -37,8 +37,13 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def create_app(ledger: Ledger, config: GatewayConfig | None = None, *, upstream: UpstreamConfig | None = None,
-               transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+def create_app(
+    ledger: Ledger,
+    config: GatewayConfig | None = None,
+    *,
+    upstream: UpstreamConfig | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
     """The gateway for `ledger` (owned by the caller: the app does not close it).
 
     `upstream` defaults to the ledger's settings (`PIXELGOV_UPSTREAM_URL`, timeout); `transport`
@@ -54,9 +59,13 @@ def create_app(ledger: Ledger, config: GatewayConfig | None = None, *, upstream:
         finally:
             await gw.stop()
 
-    app = FastAPI(title="pixelgov gateway", version="0.1.0", lifespan=lifespan,
-                  description="Governed FAL requests: priced, checked against spending rules, forwarded with "
-                              "the server's FAL key and recorded in an exact ledger.")
+    app = FastAPI(
+        title="pixelgov gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Governed FAL requests: priced, checked against spending rules, forwarded with "
+        "the server's FAL key and recorded in an exact ledger.",
+    )
     app.state.gateway = gw
     errors.install(app)
 
@@ -157,12 +166,22 @@ class Edge:
             log.debug("metrics: %s", type(exc).__name__)
         if self.gw.config.access_log and access_log.isEnabledFor(logging.INFO):
             extra = scope.get("state") or {}
-            access_log.info(json.dumps({
-                "ts": round(time.time(), 3), "method": method, "path": scope.get("path", "")[:300],
-                "route": template, "status": status, "ms": round(elapsed * 1000, 2),
-                "agent": extra.get("agent"), "transaction": extra.get("tx"),
-                "client": (scope.get("client") or ("", 0))[0],
-            }, ensure_ascii=True))
+            access_log.info(
+                json.dumps(
+                    {
+                        "ts": round(time.time(), 3),
+                        "method": method,
+                        "path": scope.get("path", "")[:300],
+                        "route": template,
+                        "status": status,
+                        "ms": round(elapsed * 1000, 2),
+                        "agent": extra.get("agent"),
+                        "transaction": extra.get("tx"),
+                        "client": (scope.get("client") or ("", 0))[0],
+                    },
+                    ensure_ascii=True,
+                )
+            )
 
 
 def _content_length(scope: Scope) -> int | None:

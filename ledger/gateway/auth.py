@@ -33,12 +33,20 @@ def _key(authorization: str | None) -> str:
 
 
 AuthorizationHeader = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
-AgentHeader = Annotated[str | None, Header(alias="X-Pixelgov-Agent", description=(
-    "with a service key: the agent this request speaks for (created on first use when auto-create is on)"))]
+AgentHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-Pixelgov-Agent",
+        description=(
+            "with a service key: the agent this request speaks for (created on first use when auto-create is on)"
+        ),
+    ),
+]
 
 
-async def caller(request: Request, authorization: AuthorizationHeader = None,
-                 x_pixelgov_agent: AgentHeader = None) -> Identity:
+async def caller(
+    request: Request, authorization: AuthorizationHeader = None, x_pixelgov_agent: AgentHeader = None
+) -> Identity:
     identity = await gateway(request).identify(_key(authorization), x_pixelgov_agent)
     request.state.agent = identity.agent
     return identity

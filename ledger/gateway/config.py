@@ -73,9 +73,11 @@ class GatewayConfig:
             "db_threads": _int(env, "PIXELGOV_DB_THREADS", DEFAULT_DB_THREADS, 1, 256),
             "upstream_connections": _int(env, "PIXELGOV_UPSTREAM_CONNECTIONS", DEFAULT_UPSTREAM_CONNECTIONS, 1, 10000),
             "shutdown_grace": parse_seconds(grace, "PIXELGOV_SHUTDOWN_GRACE", maximum=3600, allow_zero=True)
-            if grace else DEFAULT_SHUTDOWN_GRACE,
+            if grace
+            else DEFAULT_SHUTDOWN_GRACE,
             "key_cache_seconds": parse_seconds(cache, "PIXELGOV_KEY_CACHE_SECONDS", maximum=3600, allow_zero=True)
-            if cache else DEFAULT_KEY_CACHE_SECONDS,
+            if cache
+            else DEFAULT_KEY_CACHE_SECONDS,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

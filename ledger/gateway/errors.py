@@ -75,8 +75,11 @@ def transaction_headers(tx: Any) -> dict[str, str]:
 
 
 def error_body(code: str, message: str, detail: Any = None, **extra: Any) -> dict[str, Any]:
-    return {"detail": message if detail is None else detail, "error_type": code,
-            "error": {"code": code, "message": message, **extra}}
+    return {
+        "detail": message if detail is None else detail,
+        "error_type": code,
+        "error": {"code": code, "message": message, **extra},
+    }
 
 
 def error_response(error: PixelgovError, *, fal: bool = False) -> JSONResponse:
@@ -101,8 +104,13 @@ def validation_detail(errors: Any) -> list[dict[str, Any]]:
     items = []
     for err in list(errors)[:20]:
         if isinstance(err, Mapping):
-            items.append({"loc": [str(p) if not isinstance(p, int) else p for p in err.get("loc", ())],
-                          "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))})
+            items.append(
+                {
+                    "loc": [str(p) if not isinstance(p, int) else p for p in err.get("loc", ())],
+                    "msg": str(err.get("msg", "")),
+                    "type": str(err.get("type", "")),
+                }
+            )
     return items
 
 
@@ -140,10 +148,12 @@ def install(app: FastAPI) -> None:
 
         translated = translate_db_error(exc)
         if translated is None:
-            log.error("database error on %s %s: %s", request.method, request.url.path, type(exc).__name__,
-                      exc_info=exc)
-            return JSONResponse(error_body("database_unavailable", "database error (logged by the gateway)"),
-                                status_code=503, headers={"Retry-After": "1"})
+            log.error("database error on %s %s: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
+            return JSONResponse(
+                error_body("database_unavailable", "database error (logged by the gateway)"),
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
         return error_response(translated)
 
     @app.exception_handler(Exception)
@@ -154,7 +164,5 @@ def install(app: FastAPI) -> None:
         if translated is not None:
             return error_response(translated)
         # A bug: logged (type and route only: no request data), answered without internals.
-        log.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__,
-                  exc_info=exc)
-        return JSONResponse(error_body("internal_error", "internal error (logged by the gateway)"),
-                            status_code=500)
+        log.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
+        return JSONResponse(error_body("internal_error", "internal error (logged by the gateway)"), status_code=500)

@@ -33,7 +33,6 @@ _NAMESPACES = ("workflows", "comfy")
 
 GW = Annotated[Gateway, Depends(gateway)]
 RequestBody = Annotated[FalRequest, Body(description="the FAL request body, forwarded as given")]
-RequestId = Annotated[str, Query]
 Logs = Annotated[str | None, Query(max_length=10, description="true/false/1/0: include logs (always empty)")]
 
 queue = APIRouter(route_class=GatewayRoute, tags=["FAL queue"])
@@ -56,29 +55,51 @@ def request_urls(request: Request, endpoint: str, request_id: str, *, prefix: st
     return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
 
 
-async def _submit(request: Request, endpoint: str, body: dict[str, Any], identity: Any, gw: Gateway,
-                  idempotency_key: str | None, prefix: str) -> JSONResponse:
+async def _submit(
+    request: Request,
+    endpoint: str,
+    body: dict[str, Any],
+    identity: Any,
+    gw: Gateway,
+    idempotency_key: str | None,
+    prefix: str,
+) -> JSONResponse:
     request.state.fal = True
     request_id, tx = await gw.submit(identity.require_agent(), endpoint, body, idempotency_key=idempotency_key)
     request.state.tx = tx.id
-    doc = {"request_id": request_id, **request_urls(request, endpoint, request_id, prefix=prefix),
-           "status": "IN_QUEUE", "queue_position": gw.queue_position(request_id) or 0}
+    doc = {
+        "request_id": request_id,
+        **request_urls(request, endpoint, request_id, prefix=prefix),
+        "status": "IN_QUEUE",
+        "queue_position": gw.queue_position(request_id) or 0,
+    }
     return JSONResponse(doc, headers=transaction_headers(tx))
 
 
 @queue.post(QUEUE_PREFIX + "/{endpoint:path}", response_model=QueueSubmitted, summary="Queue submit")
-async def submit(endpoint: str, body: RequestBody, identity: AgentIdentity, gw: GW, request: Request,
-                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+async def submit(
+    endpoint: str,
+    body: RequestBody,
+    identity: AgentIdentity,
+    gw: GW,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     return await _submit(request, endpoint, body, identity, gw, idempotency_key, QUEUE_PREFIX)
 
 
-def _status_doc(request: Request, gw: Gateway, tx: Transaction, app: str, request_id: str,
-                logs: str | None) -> tuple[dict[str, Any], int]:
+def _status_doc(
+    request: Request, gw: Gateway, tx: Transaction, app: str, request_id: str, logs: str | None
+) -> tuple[dict[str, Any], int]:
     prefix = QUEUE_PREFIX if request.url.path.startswith(QUEUE_PREFIX + "/") else ""
     base = f"{str(request.base_url).rstrip('/')}{prefix}/{app}/requests/{request_id}"
-    doc: dict[str, Any] = {"request_id": request_id, "response_url": base, "status_url": f"{base}/status",
-                           "cancel_url": f"{base}/cancel",
-                           "logs": [] if (logs or "").lower() in ("true", "1") else None}
+    doc: dict[str, Any] = {
+        "request_id": request_id,
+        "response_url": base,
+        "status_url": f"{base}/status",
+        "cancel_url": f"{base}/cancel",
+        "logs": [] if (logs or "").lower() in ("true", "1") else None,
+    }
     if tx.status == TxStatus.pending:
         position = gw.queue_position(request_id)
         if position is not None:
@@ -91,8 +112,9 @@ def _status_doc(request: Request, gw: Gateway, tx: Transaction, app: str, reques
     return doc, 200
 
 
-async def _status(request: Request, app: str, request_id: str, identity: Any, gw: Gateway,
-                  logs: str | None) -> JSONResponse:
+async def _status(
+    request: Request, app: str, request_id: str, identity: Any, gw: Gateway, logs: str | None
+) -> JSONResponse:
     tx = await gw.queued(identity, request_id)
     doc, status = _status_doc(request, gw, tx, app, request_id, logs)
     return JSONResponse(doc, status_code=status, headers=transaction_headers(tx))
@@ -119,28 +141,52 @@ async def _cancel(request_id: str, identity: Any, gw: Gateway) -> JSONResponse:
 # Registered with and without the /queue prefix: a client whose queue host is a `queue.` name polls
 # without it.
 for _prefix in (QUEUE_PREFIX, ""):
-    @queue.get(_prefix + "/{app:path}/requests/{request_id}/status", response_model=QueueStatus,
-               responses={202: {"model": QueueStatus, "description": "not finished yet"}},
-               summary="Queue status (a read: no database write)", name=f"status{_prefix}")
-    async def status(app: str, request_id: str, identity: Caller, gw: GW, request: Request,
-                     logs: Logs = None) -> JSONResponse:
+
+    @queue.get(
+        _prefix + "/{app:path}/requests/{request_id}/status",
+        response_model=QueueStatus,
+        responses={202: {"model": QueueStatus, "description": "not finished yet"}},
+        summary="Queue status (a read: no database write)",
+        name=f"status{_prefix}",
+    )
+    async def status(
+        app: str, request_id: str, identity: Caller, gw: GW, request: Request, logs: Logs = None
+    ) -> JSONResponse:
         return await _status(request, app, request_id, identity, gw, logs)
 
-    @queue.get(_prefix + "/{app:path}/requests/{request_id}", summary="Queue result", name=f"result{_prefix}",
-               response_model=dict[str, Any])
+    @queue.get(
+        _prefix + "/{app:path}/requests/{request_id}",
+        summary="Queue result",
+        name=f"result{_prefix}",
+        response_model=dict[str, Any],
+    )
     async def result(app: str, request_id: str, identity: Caller, gw: GW, request: Request) -> JSONResponse:
         return await _result(request, request_id, identity, gw)
 
-    @queue.put(_prefix + "/{app:path}/requests/{request_id}/cancel", response_model=CancelOut,
-               status_code=202, summary="Queue cancel", name=f"cancel{_prefix}")
+    @queue.put(
+        _prefix + "/{app:path}/requests/{request_id}/cancel",
+        response_model=CancelOut,
+        status_code=202,
+        summary="Queue cancel",
+        name=f"cancel{_prefix}",
+    )
     async def cancel(app: str, request_id: str, identity: Caller, gw: GW) -> JSONResponse:
         return await _cancel(request_id, identity, gw)
 
 
-@runs.post("/{endpoint:path}", response_model=dict[str, Any],
-           summary="A governed run (FAL's answer, unchanged); a queue submit on a queue. host")
-async def run(endpoint: str, body: RequestBody, identity: AgentIdentity, gw: GW, request: Request,
-              idempotency_key: IdempotencyKey = None) -> JSONResponse:
+@runs.post(
+    "/{endpoint:path}",
+    response_model=dict[str, Any],
+    summary="A governed run (FAL's answer, unchanged); a queue submit on a queue. host",
+)
+async def run(
+    endpoint: str,
+    body: RequestBody,
+    identity: AgentIdentity,
+    gw: GW,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     if is_queue_host(request):
         return await _submit(request, endpoint, body, identity, gw, idempotency_key, "")
     request.state.fal = True

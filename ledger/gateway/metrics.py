@@ -31,10 +31,13 @@ class _LedgerGauges(Collector):
             figures = self._read()
         except Exception:  # noqa: BLE001 - a scrape never fails because the database is away
             figures = {}
-        gauge = GaugeMetricFamily("pixelgov_ledger_usd", "Ledger amounts by status (USD): held = pending "
-                                  "estimates, unknown = counted estimates of unanswered requests, "
-                                  "settled = actual cost of completed transactions today (UTC)",
-                                  labels=["kind"])
+        gauge = GaugeMetricFamily(
+            "pixelgov_ledger_usd",
+            "Ledger amounts by status (USD): held = pending "
+            "estimates, unknown = counted estimates of unanswered requests, "
+            "settled = actual cost of completed transactions today (UTC)",
+            labels=["kind"],
+        )
         for kind, amount in sorted(figures.items()):
             gauge.add_metric([kind], float(amount))  # a monitoring figure, not money
         yield gauge
@@ -45,20 +48,38 @@ class Metrics:
 
     def __init__(self, ledger_figures: Callable[[], dict[str, Decimal]] | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("pixelgov_http_requests", "HTTP requests by route and status",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("pixelgov_http_request_seconds", "Time to answer a request (seconds)",
-                                 ["route"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.decisions = Counter("pixelgov_decisions", "Authorizations by outcome (allowed, denied, "
-                                 "rate_limited)", ["outcome"], registry=self.registry)
-        self.runs = Counter("pixelgov_runs", "Governed runs by final transaction status",
-                            ["status"], registry=self.registry)
-        self.upstream_latency = Histogram("pixelgov_upstream_seconds", "Upstream answer time (seconds)",
-                                          buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.spend = Counter("pixelgov_settled_usd", "Actual cost settled by this worker (USD)",
-                             registry=self.registry)
-        self.estimated = Counter("pixelgov_authorized_usd", "Estimates held by this worker (USD)",
-                                 registry=self.registry)
+        self.requests = Counter(
+            "pixelgov_http_requests",
+            "HTTP requests by route and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "pixelgov_http_request_seconds",
+            "Time to answer a request (seconds)",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "pixelgov_decisions",
+            "Authorizations by outcome (allowed, denied, rate_limited)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.runs = Counter(
+            "pixelgov_runs", "Governed runs by final transaction status", ["status"], registry=self.registry
+        )
+        self.upstream_latency = Histogram(
+            "pixelgov_upstream_seconds",
+            "Upstream answer time (seconds)",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.spend = Counter("pixelgov_settled_usd", "Actual cost settled by this worker (USD)", registry=self.registry)
+        self.estimated = Counter(
+            "pixelgov_authorized_usd", "Estimates held by this worker (USD)", registry=self.registry
+        )
         if ledger_figures is not None:
             self.registry.register(_LedgerGauges(ledger_figures))
 

@@ -17,11 +17,19 @@ from .schemas import ErrorBody
 
 #: Every error a route may answer, in FAL's error shape (documented for OpenAPI and schemathesis).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text} for status, text in (
-        (400, "invalid request"), (401, "missing or unknown key"), (402, "denied by a spending rule or a paused agent"),
-        (404, "unknown endpoint, agent, rule, transaction or request"), (409, "conflict (idempotency key in flight, "
-        "stale rule version)"), (413, "image or body too large"), (429, "rate-limited (Retry-After)"),
-        (502, "upstream failure"), (503, "database unavailable"), (504, "no answer from the upstream"))
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "invalid request"),
+        (401, "missing or unknown key"),
+        (402, "denied by a spending rule or a paused agent"),
+        (404, "unknown endpoint, agent, rule, transaction or request"),
+        (409, "conflict (idempotency key in flight, stale rule version)"),
+        (413, "image or body too large"),
+        (429, "rate-limited (Retry-After)"),
+        (502, "upstream failure"),
+        (503, "database unavailable"),
+        (504, "no answer from the upstream"),
+    )
 }
 
 

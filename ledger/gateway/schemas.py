@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Usd = Annotated[str, Field(max_length=40, description="USD as a decimal string, e.g. \"0.05\"")]
+Usd = Annotated[str, Field(max_length=40, description='USD as a decimal string, e.g. "0.05"')]
 Text = Annotated[str, Field(max_length=2000)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -29,6 +29,7 @@ class Out(BaseModel):
 
 
 # --- errors ---------------------------------------------------------------------------------------
+
 
 class ErrorObject(Out):
     code: str
@@ -89,7 +90,8 @@ class RuleFields(Schema):
     name: Name | None = None
     type: Literal["spend-limit", "request-cap", "rate-limit", "model-allowlist"] | None = None
     limit: Annotated[str, Field(max_length=40)] | int | None = Field(
-        None, description="USD as a decimal string (spend-limit, request-cap) or a count (rate-limit)")
+        None, description="USD as a decimal string (spend-limit, request-cap) or a count (rate-limit)"
+    )
     period: Literal["minute", "hour", "day", "week", "month", "total"] | None = None
     window: Annotated[str, Field(max_length=20)] | None = None
     models: list[Annotated[str, Field(max_length=200)]] | None = Field(None, max_length=100)
@@ -115,6 +117,7 @@ class ServiceKeyIn(Schema):
 
 
 # --- responses ----------------------------------------------------------------------------------------
+
 
 class QuoteOut(Out):
     endpoint: str

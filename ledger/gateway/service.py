@@ -73,8 +73,10 @@ class Identity:
 
     def require_agent(self) -> str:
         if self.agent is None:
-            raise InvalidRequest("X-Pixelgov-Agent: a service key must name the agent it speaks for "
-                                 "(header X-Pixelgov-Agent: NAME)", field="X-Pixelgov-Agent")
+            raise InvalidRequest(
+                "X-Pixelgov-Agent: a service key must name the agent it speaks for (header X-Pixelgov-Agent: NAME)",
+                field="X-Pixelgov-Agent",
+            )
         return self.agent
 
 
@@ -109,8 +111,14 @@ def new_request_id() -> str:
 class Gateway:
     """A worker's gateway: the ledger, the upstream, the thread pool, the queue, the metrics."""
 
-    def __init__(self, ledger: Ledger, config: GatewayConfig, *, upstream: UpstreamConfig | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        config: GatewayConfig,
+        *,
+        upstream: UpstreamConfig | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.ledger = ledger
         self.config = config
         self.upstream_config = upstream or UpstreamConfig.from_settings(ledger.settings)
@@ -128,10 +136,13 @@ class Gateway:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        limits = httpx.Limits(max_connections=self.config.upstream_connections,
-                              max_keepalive_connections=min(self.config.upstream_connections, 100))
-        self.upstream = MeasuredUpstream(AsyncUpstream(self.upstream_config, transport=self._transport,
-                                                       limits=limits), self.metrics)
+        limits = httpx.Limits(
+            max_connections=self.config.upstream_connections,
+            max_keepalive_connections=min(self.config.upstream_connections, 100),
+        )
+        self.upstream = MeasuredUpstream(
+            AsyncUpstream(self.upstream_config, transport=self._transport, limits=limits), self.metrics
+        )
         self._limiter = anyio.CapacityLimiter(self.config.db_threads)
         self._probe_limiter = anyio.CapacityLimiter(PROBE_THREADS)
         self._slots = asyncio.Semaphore(self.config.upstream_connections)
@@ -217,8 +228,9 @@ class Gateway:
         entry = self.ledger.book.endpoint(endpoint)  # ModelNotFound before anything else
         if entry.operation == "upscale" and body.get("input_size") is None:
             # Its own threads: a slow image host (up to the probe's bound) never holds a database slot.
-            return await anyio.to_thread.run_sync(partial(self.ledger.quote, endpoint, body),
-                                                  limiter=self._probe_limiter)
+            return await anyio.to_thread.run_sync(
+                partial(self.ledger.quote, endpoint, body), limiter=self._probe_limiter
+            )
         return self.ledger.quote(endpoint, body)
 
     async def check(self, agent: str, endpoint: str, body: Mapping[str, Any]) -> Decision:
@@ -227,22 +239,31 @@ class Gateway:
 
     def require_fal_key(self) -> str:
         if not self.config.fal_key:
-            raise UpstreamError("the gateway has no upstream key (the server's FAL_KEY is not set): "
-                                "nothing was authorized or sent", reason="not_configured")
+            raise UpstreamError(
+                "the gateway has no upstream key (the server's FAL_KEY is not set): nothing was authorized or sent",
+                reason="not_configured",
+            )
         return self.config.fal_key
 
     # --- governed runs --------------------------------------------------------------------------
 
-    async def run(self, agent: str, endpoint: str, body: Mapping[str, Any], *,
-                  idempotency_key: str | None = None) -> RunOutcome:
+    async def run(
+        self, agent: str, endpoint: str, body: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> RunOutcome:
         """Authorize, forward and settle (`run_governed_async`). Raises what it raises."""
         fal_key = self.require_fal_key()
         quote = await self.quote(endpoint, body)
         try:
-            outcome = await run_governed_async(self.ledger.governor, cast(AsyncUpstream, self.upstream), agent=agent,
-                                               quote=quote,
-                                               body=body, fal_key=fal_key, idempotency_key=idempotency_key,
-                                               in_thread=self.in_thread)
+            outcome = await run_governed_async(
+                self.ledger.governor,
+                cast(AsyncUpstream, self.upstream),
+                agent=agent,
+                quote=quote,
+                body=body,
+                fal_key=fal_key,
+                idempotency_key=idempotency_key,
+                in_thread=self.in_thread,
+            )
         except Denied as exc:
             await self._denied(exc)
             raise
@@ -256,8 +277,9 @@ class Gateway:
             self.metrics.observe_transaction(outcome.transaction)
         return outcome
 
-    async def authorize(self, agent: str, endpoint: str, body: Mapping[str, Any], *,
-                        idempotency_key: str | None = None) -> tuple[Transaction, bool]:
+    async def authorize(
+        self, agent: str, endpoint: str, body: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> tuple[Transaction, bool]:
         """A hold for a caller that forwards by itself: (transaction, replayed). Raises Denied."""
         from ..errors import denial_error
 
@@ -299,8 +321,9 @@ class Gateway:
                 seconds = g - int(now.timestamp()) % g
             elif rule.period:
                 start = period_start(rule.period, now)
-                length = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1),
-                          "day": timedelta(days=1)}.get(rule.period, timedelta(days=1))
+                length = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}.get(
+                    rule.period, timedelta(days=1)
+                )
                 seconds = int((start + length - now).total_seconds()) + 1
             else:
                 continue
@@ -309,16 +332,18 @@ class Gateway:
 
     # --- the queue ------------------------------------------------------------------------------
 
-    async def submit(self, agent: str, endpoint: str, body: Mapping[str, Any], *,
-                     idempotency_key: str | None = None) -> tuple[str, Transaction]:
+    async def submit(
+        self, agent: str, endpoint: str, body: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> tuple[str, Transaction]:
         """Authorize a queued run and start forwarding it in the background: (request id, the
         pending transaction). An idempotent retry answers the first submit's request id."""
         fal_key = self.require_fal_key()
         quote = await self.quote(endpoint, body)
         gov = self.ledger.governor
         try:
-            started = await self.db(begin, gov, agent=agent, quote=quote, body=body, fal_key=fal_key,
-                                    idempotency_key=idempotency_key)
+            started = await self.db(
+                begin, gov, agent=agent, quote=quote, body=body, fal_key=fal_key, idempotency_key=idempotency_key
+            )
         except InProgress as exc:  # the same key still in flight: the same request
             tx = exc.details["transaction"]
             return await self.db(gov.name_request, tx.id, new_request_id()), tx
@@ -343,8 +368,9 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
         return request_id, tx
 
-    async def _forward(self, request_id: str, entry: Queued, quote: Quote, body: Mapping[str, Any],
-                       fal_key: str) -> None:
+    async def _forward(
+        self, request_id: str, entry: Queued, quote: Quote, body: Mapping[str, Any], fal_key: str
+    ) -> None:
         """Send a queued run and settle it: the second half of `run_governed_async`, from the same
         building blocks (what each failure means for money is decided there, not here)."""
         gov = self.ledger.governor
@@ -401,10 +427,17 @@ class Gateway:
             entry.cancelled = True  # before any await: the forwarding task sees it
             return await self.db(self.ledger.governor.void, tx.id, "cancelled before it was sent (queue cancel)")
         if tx.status == TxStatus.pending:
-            raise InvalidRequest(f"request {request_id} was already sent upstream and cannot be recalled; it will "
-                                 "be settled at its real cost", field="request_id", status="IN_PROGRESS")
-        raise InvalidRequest(f"request {request_id} has already finished ({tx.status.value})", field="request_id",
-                             status="ALREADY_COMPLETED")
+            raise InvalidRequest(
+                f"request {request_id} was already sent upstream and cannot be recalled; it will "
+                "be settled at its real cost",
+                field="request_id",
+                status="IN_PROGRESS",
+            )
+        raise InvalidRequest(
+            f"request {request_id} has already finished ({tx.status.value})",
+            field="request_id",
+            status="ALREADY_COMPLETED",
+        )
 
     async def result(self, identity: Identity, request_id: str) -> tuple[Transaction, Any]:
         """A finished queued run's transaction and the upstream's JSON; its error otherwise."""
@@ -423,9 +456,11 @@ class Gateway:
 
         t = transactions.c
         with reading(self.ledger.engine) as conn:
-            rows = conn.execute(select(t.status, func.sum(t.estimated_cost))
-                                .where(t.status.in_((TxStatus.pending, TxStatus.unknown)))
-                                .group_by(t.status)).all()
+            rows = conn.execute(
+                select(t.status, func.sum(t.estimated_cost))
+                .where(t.status.in_((TxStatus.pending, TxStatus.unknown)))
+                .group_by(t.status)
+            ).all()
         found = {TxStatus(r[0]).value: r[1] for r in rows}
         return {"held": found.get("pending") or Decimal(0), "unknown": found.get("unknown") or Decimal(0)}
 
@@ -433,16 +468,27 @@ class Gateway:
 def queue_error(tx: Transaction, request_id: str) -> Exception:
     """The error a queued run's result answers when it did not complete."""
     if tx.status == TxStatus.pending:
-        return InvalidRequest(f"request {request_id} is still in progress", field="request_id",
-                              status="IN_PROGRESS", transaction=tx)
+        return InvalidRequest(
+            f"request {request_id} is still in progress", field="request_id", status="IN_PROGRESS", transaction=tx
+        )
     if tx.status in (TxStatus.voided, TxStatus.expired):
-        return Cancelled(f"request {request_id} was {'cancelled' if tx.status == TxStatus.voided else 'expired'} "
-                         "before it was sent: nothing spent", transaction=tx)
+        return Cancelled(
+            f"request {request_id} was {'cancelled' if tx.status == TxStatus.voided else 'expired'} "
+            "before it was sent: nothing spent",
+            transaction=tx,
+        )
     if tx.status == TxStatus.unknown:
-        return UpstreamError(f"request {request_id}: {tx.outcome or 'no answer from the upstream'}; its estimate "
-                             "stays counted until it is settled or voided", reason="unknown", transaction=tx)
-    return UpstreamError(f"request {request_id} failed: {tx.outcome or tx.status.value}; nothing spent",
-                         upstream_status=tx.upstream_status, transaction=tx)
+        return UpstreamError(
+            f"request {request_id}: {tx.outcome or 'no answer from the upstream'}; its estimate "
+            "stays counted until it is settled or voided",
+            reason="unknown",
+            transaction=tx,
+        )
+    return UpstreamError(
+        f"request {request_id} failed: {tx.outcome or tx.status.value}; nothing spent",
+        upstream_status=tx.upstream_status,
+        transaction=tx,
+    )
 
 
 class MeasuredUpstream:

@@ -24,23 +24,37 @@ def health(gw: Gateway) -> tuple[dict[str, object], int]:
     try:
         revision = current_revision(gw.ledger.engine)
     except Exception as exc:  # noqa: BLE001 - any failure means unreachable
-        return {"status": "unavailable", "database": f"unreachable ({type(exc).__name__})",
-                "schema_revision": None}, 503
+        return {
+            "status": "unavailable",
+            "database": f"unreachable ({type(exc).__name__})",
+            "schema_revision": None,
+        }, 503
     if revision != SCHEMA_HEAD:
-        return {"status": "unavailable", "database": f"schema {revision} is not {SCHEMA_HEAD} (pixelgov db upgrade)",
-                "schema_revision": revision}, 503
+        return {
+            "status": "unavailable",
+            "database": f"schema {revision} is not {SCHEMA_HEAD} (pixelgov db upgrade)",
+            "schema_revision": revision,
+        }, 503
     return {"status": "ok", "database": "reachable", "schema_revision": revision}, 200
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "not ready"}},
-            summary="Database reachable and schema current")
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "not ready"}},
+    summary="Database reachable and schema current",
+)
 async def healthz(gw: GW) -> JSONResponse:
     doc, status = await gw.db(health, gw)
     return JSONResponse(doc, status_code=status)
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics of this worker",
-            responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics of this worker",
+    responses={200: {"content": {"text/plain": {}}}},
+)
 async def metrics(gw: GW) -> Response:
     body = await gw.db(gw.metrics.render)
     return Response(body, media_type=CONTENT_TYPE)
@@ -60,8 +74,10 @@ async def index(gw: GW) -> HTMLResponse:
         ("worker", f"pid {os.getpid()}, up since {gw.started_at:%Y-%m-%d %H:%M:%S} UTC"),
     ]
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>pixelgov gateway</title></head><body>"
-            f"<h1>pixelgov gateway: {html.escape(str(doc['status']))}</h1><table>{table}</table>"
-            "<p><a href='/docs'>API documentation</a> · <a href='/metrics'>metrics</a> · "
-            "<a href='/healthz'>health</a></p></body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>pixelgov gateway</title></head><body>"
+        f"<h1>pixelgov gateway: {html.escape(str(doc['status']))}</h1><table>{table}</table>"
+        "<p><a href='/docs'>API documentation</a> · <a href='/metrics'>metrics</a> · "
+        "<a href='/healthz'>health</a></p></body></html>"
+    )
     return HTMLResponse(page)

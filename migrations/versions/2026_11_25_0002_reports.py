@@ -24,6 +24,7 @@ Revision ID: 0002_reports
 Revises: 0001_ledger
 Create Date: 2026-11-25 16:30:00
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0002_reports'
-down_revision: str | None = '0001_ledger'
+revision: str = "0002_reports"
+down_revision: str | None = "0001_ledger"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -42,16 +43,23 @@ _ADJUSTMENTS = "kind = 'adjustment'"
 _BATCH = 5000
 #: The report index's columns after its leading day expression (see `ledger.reports`).
 REPORT_INDEX = "ix_transactions_report_days"
-_REPORT_COLUMNS = ("status, agent_id, model, operation, endpoint, created_at, estimated_cost, actual_cost, images, "
-                   "billable_mp_nano")
+_REPORT_COLUMNS = (
+    "status, agent_id, model, operation, endpoint, created_at, estimated_cost, actual_cost, images, billable_mp_nano"
+)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('transactions', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('images', sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column('billable_mp_nano', sa.BigInteger(), nullable=True))
-    op.create_index('ix_cost_lines_adjustments', 'cost_lines', ['transaction_id', 'amount'], unique=False,
-                    sqlite_where=sa.text(_ADJUSTMENTS), postgresql_where=sa.text(_ADJUSTMENTS))
+    with op.batch_alter_table("transactions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("images", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("billable_mp_nano", sa.BigInteger(), nullable=True))
+    op.create_index(
+        "ix_cost_lines_adjustments",
+        "cost_lines",
+        ["transaction_id", "amount"],
+        unique=False,
+        sqlite_where=sa.text(_ADJUSTMENTS),
+        postgresql_where=sa.text(_ADJUSTMENTS),
+    )
     _backfill(op.get_bind())
     if op.get_bind().dialect.name == "sqlite":
         op.execute(f"CREATE INDEX {REPORT_INDEX} ON transactions (substr(created_at, 1, 10), {_REPORT_COLUMNS})")
@@ -60,10 +68,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.execute(f"DROP INDEX IF EXISTS {REPORT_INDEX}")
-    op.drop_index('ix_cost_lines_adjustments', table_name='cost_lines')
-    with op.batch_alter_table('transactions', schema=None) as batch_op:
-        batch_op.drop_column('billable_mp_nano')
-        batch_op.drop_column('images')
+    op.drop_index("ix_cost_lines_adjustments", table_name="cost_lines")
+    with op.batch_alter_table("transactions", schema=None) as batch_op:
+        batch_op.drop_column("billable_mp_nano")
+        batch_op.drop_column("images")
 
 
 def _backfill(conn: sa.Connection) -> None:
@@ -73,12 +81,22 @@ def _backfill(conn: sa.Connection) -> None:
     from pricing.money import to_nano
 
     book = book_for(os.environ.get("PIXELGOV_PRICE_BOOK") or None)
-    tx = sa.table('transactions', sa.column('id'), sa.column('endpoint'), sa.column('request_json'),
-                  sa.column('images'), sa.column('billable_mp_nano'))
+    tx = sa.table(
+        "transactions",
+        sa.column("id"),
+        sa.column("endpoint"),
+        sa.column("request_json"),
+        sa.column("images"),
+        sa.column("billable_mp_nano"),
+    )
     last = 0
     while True:
-        rows = conn.execute(sa.select(tx.c.id, tx.c.endpoint, tx.c.request_json)
-                            .where(tx.c.id > last, tx.c.images.is_(None)).order_by(tx.c.id).limit(_BATCH)).all()
+        rows = conn.execute(
+            sa.select(tx.c.id, tx.c.endpoint, tx.c.request_json)
+            .where(tx.c.id > last, tx.c.images.is_(None))
+            .order_by(tx.c.id)
+            .limit(_BATCH)
+        ).all()
         if not rows:
             return
         last = rows[-1].id
@@ -90,5 +108,9 @@ def _backfill(conn: sa.Connection) -> None:
                 continue  # no longer priceable: left NULL (counted as 0)
             values.append({"tx_id": row.id, "images": q.images, "mp": to_nano(q.billable_megapixels)})
         if values:
-            conn.execute(sa.update(tx).where(tx.c.id == sa.bindparam("tx_id"))
-                         .values(images=sa.bindparam("images"), billable_mp_nano=sa.bindparam("mp")), values)
+            conn.execute(
+                sa.update(tx)
+                .where(tx.c.id == sa.bindparam("tx_id"))
+                .values(images=sa.bindparam("images"), billable_mp_nano=sa.bindparam("mp")),
+                values,
+            )
