@@ -51,9 +51,16 @@ def parse_usd(text: str | int | Decimal, *, allow_zero: bool = True, allow_negat
 def to_nano(amount: Decimal) -> int:
     """USD → integer nano-USD. Amounts finer than a nano-USD are rounded up, towards +∞ (an
     estimate is never stored below its exact value), exactly at any precision of the amount."""
-    digits = len(amount.as_tuple().digits)
+    parts = amount.as_tuple()
+    digits = len(parts.digits)
+    if isinstance(parts.exponent, int) and parts.exponent >= -9 and digits <= 40:
+        return int(amount.scaleb(9, context=_EXACT))  # whole nano-USD already (the hot path): exact
     exact = Context(prec=digits + 30)  # scaling by 10^9 and rounding must not lose a digit
     return int(amount.scaleb(9, context=exact).to_integral_value(rounding=ROUND_CEILING, context=exact))
+
+
+#: Enough precision for any amount of at most 9 decimals the ledger can hold (19 digits + 9).
+_EXACT = Context(prec=60)
 
 
 def from_nano(nano: int) -> Decimal:
