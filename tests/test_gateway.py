@@ -646,3 +646,17 @@ def test_serve_refuses_a_malformed_price_book_at_start(
     result = CliRunner().invoke(cli, ["--db", sqlite_url, "serve"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
+
+
+def test_usd_counters_sum_exactly_and_convert_only_when_scraped() -> None:
+    from decimal import Decimal
+
+    from prometheus_client import generate_latest
+
+    from ledger.gateway.metrics import Metrics
+
+    metrics = Metrics()
+    for _ in range(10):
+        metrics.estimated.inc(Decimal("0.1"))
+    assert metrics.estimated.total == Decimal("1.0")  # ten float increments of 0.1 would not sum to 1
+    assert "pixelgov_authorized_usd_total 1.0" in generate_latest(metrics.registry).decode()
