@@ -69,11 +69,12 @@ def create_app(
     app.state.gateway = gw
     errors.install(app)
 
-    from . import admin, fal, seed, status
+    from . import admin, dashboard, fal, seed, status
 
     app.include_router(status.router)
     app.include_router(seed.router)
     app.include_router(admin.router)
+    app.include_router(dashboard.router)
     app.include_router(fal.queue)
     app.include_router(fal.runs)  # last: POST /{endpoint} takes every other POST path
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
