@@ -21,7 +21,7 @@ from .errors import DatabaseUnavailable, InvalidRequest, PixelgovError, SchemaBe
 from .settings import DEFAULT_DB_TIMEOUT
 
 #: The newest migration; `tests/test_migrations.py` checks it equals Alembic's head.
-SCHEMA_HEAD = "0003_gateway"
+SCHEMA_HEAD = "0004_rollups"
 READONLY = "pixelgov_readonly"
 
 

@@ -14,9 +14,12 @@ moves exactly those, by the difference `ledger.spend` defines between what the
 transaction counted before and after.
 
 Lock order, everywhere (PostgreSQL): a transaction's own row (settle, fail, void,
-mark unknown, adjust: `SELECT … FOR UPDATE`), then rule rows in id order, then
-counter rows (upserted in rule id order). Authorization takes no transaction row
-lock; expiry marks its transactions first, then locks their rules in id order.
+mark unknown, adjust: `SELECT … FOR UPDATE`; expiry: its transactions' rows in id
+order), then rule rows in id order, then counter rows (upserted in rule id order),
+then the report rollup rows that database triggers write with a transaction or an
+adjustment line (migration 0004; AFTER triggers run at the end of their statement,
+and a status change locks its old group's row before its new one). Authorization
+takes no transaction row lock.
 
 The per-request statements live in `ledger.hotpath` (raw SQL on the DBAPI cursor);
 the reads in `ledger.queries`.
@@ -594,25 +597,30 @@ class Governor:
     def _expire_stale(self, conn: Connection, now: datetime, older_than: float | None = None) -> list[int]:
         cutoff = self._cutoff(now, older_than)
         t = transactions.c
+        stale = [t.status == TxStatus.pending, t.created_at < cutoff]
+        if self._pg:
+            # The lock order (module docstring): the transactions' rows, their rules, then the rollup
+            # rows that the update's trigger writes.
+            ids = conn.execute(select(t.id).where(*stale).order_by(t.id).with_for_update()).scalars().all()
+            if not ids:
+                return []
+            conn.execute(
+                select(spending_rules.c.id)
+                .where(spending_rules.c.id.in_(select(holds.c.rule_id).where(holds.c.transaction_id.in_(ids))))
+                .order_by(spending_rules.c.id)
+                .with_for_update(key_share=True)
+            )
+            stale = [t.id.in_(ids), t.status == TxStatus.pending]
         rows = conn.execute(
             update(transactions)
-            .where(t.status == TxStatus.pending, t.created_at < cutoff)
+            .where(*stale)
             .values(status=TxStatus.expired, completed_at=now, outcome="hold expired (older than the hold TTL)")
             .returning(t.id, t.estimated_cost)
         ).all()
-        if rows:
-            ids = [r[0] for r in rows]
-            if self._pg:
-                conn.execute(
-                    select(spending_rules.c.id)
-                    .where(spending_rules.c.id.in_(select(holds.c.rule_id).where(holds.c.transaction_id.in_(ids))))
-                    .order_by(spending_rules.c.id)
-                    .with_for_update(key_share=True)
-                )
-            d = Driver(conn)
-            for tx_id, est in sorted(rows):
-                moved = movement(counted(TxStatus.pending, est), counted(TxStatus.expired, est))
-                self._move_counters(d, tx_id, moved, locked=True)
+        d = Driver(conn)
+        for tx_id, est in sorted(rows):
+            moved = movement(counted(TxStatus.pending, est), counted(TxStatus.expired, est))
+            self._move_counters(d, tx_id, moved, locked=True)
         return sorted(r[0] for r in rows)
 
     def _lock_tx(self, d: Driver, tx_id: int, allowed: tuple[TxStatus, ...], verb: str) -> Any:
@@ -705,16 +713,16 @@ class Governor:
             row = self._lock_tx(d, tx_id, (TxStatus.completed,), "adjust")
             before = from_nano(int(d.one(self._sql.adjustments, {"tx_id": tx_id})[0]))  # type: ignore[index]
             storable(before + amount, "amount")
-            d.execute(
-                self._sql.insert_line,
-                {"tx_id": tx_id, "kind": kind, "amount": to_nano(amount), "note": note, "created_at": d.ts(now)},
-            )
             est, actual = row.estimated_cost, row.actual_cost
             moved = movement(
                 counted(TxStatus.completed, est, actual, before),
                 counted(TxStatus.completed, est, actual, before + amount),
             )
-            self._move_counters(d, tx_id, moved)
+            self._move_counters(d, tx_id, moved)  # rules before the line: its trigger writes a rollup row
+            d.execute(
+                self._sql.insert_line,
+                {"tx_id": tx_id, "kind": kind, "amount": to_nano(amount), "note": note, "created_at": d.ts(now)},
+            )
             return transaction_record(row, row.agent_name)
 
     def add_fact(self, tx_id: int, key: str, value: Any) -> Transaction:

@@ -8,7 +8,7 @@ these tables through SQLAlchemy Core (`Model.__table__`), not ORM sessions.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, cast
@@ -16,6 +16,7 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Enum,
     ForeignKey,
@@ -224,6 +225,50 @@ class Hold(Base):
     bucket: Mapped[int] = mapped_column(BigInteger)
 
 
+class SpendRollup(Base):
+    """The ledger summed per UTC day, agent, endpoint, model, operation and status.
+
+    Kept by database triggers in the same transaction as every ledger write (migration 0004),
+    so the finance reports read tens of thousands of rows instead of millions. Money columns are
+    raw sums of the transactions' columns; `adjusted_net` is what their adjustment lines change in
+    what they count as spent (`ledger.spend`). A group whose transactions all moved on keeps a
+    row with `tx_count` 0.
+    """
+
+    __tablename__ = "spend_rollups"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tx_count: Mapped[int] = mapped_column(BigInteger)
+    estimated: Mapped[Decimal] = mapped_column(Money)
+    actual: Mapped[Decimal] = mapped_column(Money)
+    images: Mapped[int] = mapped_column(BigInteger)
+    billable_mp_nano: Mapped[int] = mapped_column(BigInteger)
+    adjustments: Mapped[Decimal] = mapped_column(Money)
+    adjusted_net: Mapped[Decimal] = mapped_column(Money)
+
+
+class DenialRollup(Base):
+    """Denied requests per UTC day, agent, endpoint, model, operation and the rule each denial names
+    (`rule` and `rule_type` are empty for a denial that names no rule: a paused agent). Kept by a
+    database trigger with the denied transaction (migration 0004)."""
+
+    __tablename__ = "denial_rollups"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(16), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(200), primary_key=True)
+    rule_type: Mapped[str] = mapped_column(String(20), primary_key=True)
+    denials: Mapped[int] = mapped_column(BigInteger)
+
+
 class Alert(Base):
     __tablename__ = "alerts"
     __table_args__ = (Index(None, "created_at"),)
@@ -265,6 +310,8 @@ rule_counters = cast(Table, RuleCounter.__table__)
 holds = cast(Table, Hold.__table__)
 alerts = cast(Table, Alert.__table__)
 audit_log = cast(Table, AuditEntry.__table__)
+spend_rollups = cast(Table, SpendRollup.__table__)
+denial_rollups = cast(Table, DenialRollup.__table__)
 
 
 class ServiceKey(Base):

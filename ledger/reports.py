@@ -1,15 +1,19 @@
 """Finance reports: where the money went, estimated vs actual, by agent, model, operation and period.
 
-`Reports(engine)` answers from the ledger itself (no copies, no caches), through `ledger.spend`,
-the one definition of what each status counts as held and spent:
+`Reports(engine)` answers from the ledger's own tables, through `ledger.spend`, the one
+definition of what each status counts as held and spent:
 
-- the database sums raw nano-USD per status (and per whatever is grouped), as plain integer
-  aggregates; Python folds those sums with per-status weights taken from `spend.counted`
-  (without adjustments, what a status counts is linear in its estimate and actual, since an
-  actual is never negative, so a sum of counts is the count of the sums);
-- adjusted transactions (a few percent) get an exact correction, summed in SQL from
-  `spend.sql_spent` with and without their adjustments (a credit never takes a transaction
-  below zero).
+- the window's whole UTC days are read from `spend_rollups` / `denial_rollups`: the ledger's
+  raw nano-USD sums per day, agent, endpoint, model, operation and status, which database
+  triggers keep in the same transaction as every ledger write (migration 0004) — tens of
+  thousands of rows for a million transactions; the partial days at the window's edges
+  (`--since 2026-11-25T12:00`) are summed from the ledger's transactions themselves;
+- Python folds those per-status sums with the per-status CASE of `spend.sql_held` /
+  `sql_spent` (without adjustments, what a status counts is linear in its estimate and actual,
+  since an actual is never negative, so a sum of counts is the count of the sums);
+- adjustments carry their exact correction: the rollups sum, per group, what each
+  transaction's adjustments change in its spend (a credit never takes a transaction below
+  zero); on the edge days it is summed in SQL from `spend.sql_spent` with and without them.
 
 The same fold serves every report, so `summary`, `spend`, `leaderboard`, `chart` and
 `statement` reconcile to the nano-USD. Periods are UTC: `since` inclusive, `until` exclusive;
@@ -24,11 +28,8 @@ lines, in full · `held` estimates still held (pending) · `unknown` estimates c
 because the outcome is unknown · `net` what counts as spent (settled actuals with adjustments,
 and unknown estimates) · `variance` actual minus estimate of the completed transactions.
 
-Each report is two aggregates: an inner one sums the ledger per status (and per UTC day on
-SQLite), an outer one folds those sums by the keys asked for. On SQLite the inner one groups
-by a prefix of `ix_transactions_report_days` (UTC day, status, agent, model, operation,
-endpoint), so it streams in index order instead of going through SQLite's sorter; PostgreSQL
-groups by what was asked and hashes. See migration 0002.
+`tests/test_rollups.py` checks the rollups against the ledger after random operations, and
+the reports against a recount in Python, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal
 from operator import itemgetter
@@ -69,7 +70,7 @@ from pricing.money import NANO, ZERO, usd_str
 from .clock import Clock, iso, utcnow
 from .db import reading
 from .errors import InvalidRequest, NotFound
-from .models import agents, cost_lines, spending_rules, transactions
+from .models import agents, cost_lines, denial_rollups, spend_rollups, spending_rules, transactions
 from .records import TxStatus
 from .spend import COUNTS_REQUEST, HELD_AS, SPENT_AS, sql_held, sql_spent
 
@@ -83,9 +84,6 @@ OPERATIONS = ("generate", "transform", "upscale")
 MAX_TOP = 1000
 #: A chart of more points than this asks for a coarser period or a shorter window.
 MAX_POINTS = 20_000
-REPORT_INDEX = "ix_transactions_report_days"
-#: The report index's columns after its leading UTC day (migration 0002).
-_GRAIN = ("status", "agent", "model", "operation", "endpoint")
 #: PostgreSQL settings for a report's (read-only) transaction: hash aggregates in memory; no JIT
 #: compilation, which costs more than it saves on one scan; and index lookups priced as the cached
 #: reads they are, so the few adjusted transactions are fetched by key, not by a scan of the ledger.
@@ -618,6 +616,33 @@ def _midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
+class _Days(NamedTuple):
+    """Whole UTC days of a window, `first` inclusive, `end` exclusive; None is unbounded."""
+
+    first: date | None
+    end: date | None
+
+
+def _split_days(f: _Filters) -> tuple[_Days | None, list[_Filters]]:
+    """A window as its whole UTC days (read from the rollups; None if it has none) and the partial
+    days at its edges (read from the ledger: at most a day each)."""
+    try:
+        first = None if f.since is None else f.since.date()
+        if f.since is not None and first is not None and f.since != _midnight(first):
+            first += timedelta(days=1)
+        end = None if f.until is None else f.until.date()  # until is exclusive: its own day is partial
+        if first is not None and end is not None and first >= end:
+            return None, [f]
+        edges = []
+        if f.since is not None and first is not None and f.since != _midnight(first):
+            edges.append(replace(f, until=_midnight(first)))
+        if f.until is not None and end is not None and f.until != _midnight(end):
+            edges.append(replace(f, since=_midnight(end)))
+    except OverflowError:  # a window ending in the calendar's last day: read it from the ledger
+        return None, [f]
+    return _Days(first, end), edges
+
+
 class _Scope(NamedTuple):
     """What `Rule.applies_to` reads of a request: its endpoint, model and operation."""
 
@@ -640,7 +665,6 @@ class Reports:
         self.clock = clock
         self.book = book or default_book()
         self._sqlite = engine.dialect.name == "sqlite"
-        self._streaming_index: bool | None = None
 
     # --- public reports ---------------------------------------------------------------------
 
@@ -862,7 +886,7 @@ class Reports:
             return self.book.endpoint(name).model
         except ModelNotFound:
             pass
-        if conn.execute(select(transactions.c.id).where(transactions.c.model == name).limit(1)).first():
+        if conn.execute(select(spend_rollups.c.day).where(spend_rollups.c.model == name).limit(1)).first():
             return name
         raise NotFound(
             f"unknown model {name!r}: not in the price book ({self.book.version}) and not in the ledger",
@@ -910,36 +934,16 @@ class Reports:
     def _read(self) -> Any:
         return _ReportTransaction(self)
 
-    def _uses_streaming_index(self, conn: Connection) -> bool:
-        if self._streaming_index is None:
-            self._streaming_index = (
-                self._sqlite
-                and conn.exec_driver_sql(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (REPORT_INDEX,)
-                ).first()
-                is not None
-            )
-        return self._streaming_index
-
-    def _where(
-        self, f: _Filters, day: ColumnElement[Any] | None = None, *, grouped: bool = False
-    ) -> list[ColumnElement[bool]]:
-        """The window and filters as SQL terms. `grouped`: the query groups by model, operation and
-        status, which the caller then filters itself (see `_fold`)."""
+    def _where(self, f: _Filters) -> list[ColumnElement[bool]]:
+        """The window and filters as SQL terms over the ledger's transactions."""
         t = transactions.c
         where: list[ColumnElement[bool]] = []
         if f.since is not None:
             where.append(t.created_at >= f.since)
-            if day is not None:  # lets SQLite seek the report index by its leading day
-                where.append(day >= f.since.date().isoformat())
         if f.until is not None:
             where.append(t.created_at < f.until)
-            if day is not None:
-                where.append(day <= f.until.date().isoformat())
         if f.agent_id is not None:
             where.append(t.agent_id == f.agent_id)
-        if grouped:
-            return where
         if f.model is not None:
             where.append(t.model == f.model)
         if f.operation is not None:
@@ -948,61 +952,108 @@ class Reports:
             where.append(t.status == f.status)
         return where
 
-    def _inner(self, conn: Connection, f: _Filters, keys: Sequence[str], period: str | None) -> tuple[Any, bool]:
-        """The first aggregate: counts and raw sums per status and grouping columns (and UTC day on
-        SQLite, or `period` on PostgreSQL); whether it streams (filters left to the outer query)."""
-        t = transactions.c
-        columns = {"agent": t.agent_id, "model": t.model, "operation": t.operation, "endpoint": t.endpoint}
-        status = type_coerce(t.status, String).label("status")  # the stored text: no enum conversion per row
-        day = func.substr(t.created_at, literal_column("1"), literal_column("10"))  # the report index's expression
-        streaming = self._uses_streaming_index(conn)
-        if streaming:
-            # A prefix of the report index (day, status, agent, model, operation, endpoint), as long as
-            # the keys and the filters left to the outer query need: SQLite aggregates it as it scans.
-            needed = {*keys, *(name for name in ("model", "operation") if getattr(f, name) is not None)}
-            last = max((_GRAIN.index(k) for k in needed if k in _GRAIN), default=0)
-            dims = [day.label("day"), status, *(columns[k].label(k) for k in _GRAIN[1 : last + 1])]
-            where = self._where(f, day, grouped=True)
-        else:
-            dims = (
-                [day.label("day")]
-                if self._sqlite and period
-                else ([_pg_bucket(t.created_at, period).label("bucket")] if period else [])
-            )
-            dims += [status, *(columns[k].label(k) for k in keys if k != "status")]
-            where = self._where(f)
-        sums = [
-            func.count().label("n"),
-            func.sum(_nano(t.estimated_cost)).label("est"),
-            func.sum(_nano(t.actual_cost)).label("act"),
-            func.sum(t.images).label("images"),
-            func.sum(t.billable_mp_nano).label("mp"),
-        ]
-        return select(*dims, *sums).where(*where).group_by(*dims).subquery("per_status"), streaming
+    @staticmethod
+    def _rollup_where(table: Any, f: _Filters, days: _Days) -> list[ColumnElement[bool]]:
+        """The whole days and the filters as SQL terms over a rollup table."""
+        r = table.c
+        where: list[ColumnElement[bool]] = []
+        if days.first is not None:
+            where.append(r.day >= days.first)
+        if days.end is not None:
+            where.append(r.day < days.end)
+        if f.agent_id is not None:
+            where.append(r.agent_id == f.agent_id)
+        if f.model is not None:
+            where.append(r.model == f.model)
+        if f.operation is not None:
+            where.append(r.operation == f.operation)
+        if f.status is not None and "status" in r:
+            where.append(r.status == f.status)
+        return where
 
     def _fold(
         self, conn: Connection, f: _Filters, keys: Sequence[str], period: str | None
     ) -> dict[tuple[Any, ...], list[int]]:
         """A fold accumulator per key: the `keys` values (agent id, model, operation, endpoint, status),
-        then the first day of the `period` (ISO text) if one is given."""
-        inner, streaming = self._inner(conn, f, keys, period)
-        c = inner.c
-        group = [c[k] for k in keys]
-        if period is not None:
-            group.append(_sqlite_bucket(c.day, period) if self._sqlite else c.bucket)
-        where = [
-            c[name] == value
-            for name, value in (("model", f.model), ("operation", f.operation), ("status", f.status))
-            if streaming and value is not None
-        ]
-        query = select(*group, *_accumulators(c.status, c.n, c.est, c.act, c.images, c.mp))
+        then the first day of the `period` (ISO text) if one is given. The window's whole UTC days
+        come from the rollups, the partial days at its edges from the ledger itself."""
         out: dict[tuple[Any, ...], list[int]] = {}
+        days, edges = _split_days(f)
+        if days is not None:
+            self._fold_rollups(conn, f, days, keys, period, out)
+        for edge in edges:
+            self._fold_ledger(conn, edge, keys, period, out)
+        return out
+
+    def _period_of(self, day: Any, created_at: Any, period: str) -> Any:
+        return _sqlite_bucket(day, period) if self._sqlite else _pg_bucket(created_at, period)
+
+    def _fold_rollups(
+        self,
+        conn: Connection,
+        f: _Filters,
+        days: _Days,
+        keys: Sequence[str],
+        period: str | None,
+        out: dict[tuple[Any, ...], list[int]],
+    ) -> None:
+        r = spend_rollups.c
+        columns = {"agent": r.agent_id, "model": r.model, "operation": r.operation, "endpoint": r.endpoint}
+        group = [r.status if k == "status" else columns[k] for k in keys]
+        if period is not None:
+            group.append(self._period_of(r.day, r.day, period))
+        sums = _accumulators(r.status, r.tx_count, _nano(r.estimated), _nano(r.actual), r.images, r.billable_mp_nano)
+        query = (
+            select(*group, *sums, func.sum(_nano(r.adjustments)), func.sum(_nano(r.adjusted_net)))
+            .where(r.tx_count > 0, *self._rollup_where(spend_rollups, f, days))
+            .group_by(*group)
+        )
         width = len(group)
         key_of = _key_function(width, period)
-        for row in conn.execute(query.where(*where).group_by(*group)).all():
-            out[key_of(row)] = [*map(int, row[width:]), 0]
+        for row in conn.execute(query):
+            acc = out.setdefault(key_of(row), [0] * _WIDTH)
+            for i in range(_WIDTH - 1):
+                acc[i] += int(row[width + i])
+            acc[_ADJ] += int(row[width + _ADJ] or 0)
+            acc[_NET] += int(row[width + _ADJ + 1] or 0)
+
+    def _ledger_group(self, keys: Sequence[str], period: str | None) -> list[Any]:
+        t = transactions.c
+        columns = {
+            "agent": t.agent_id,
+            "model": t.model,
+            "operation": t.operation,
+            "endpoint": t.endpoint,
+            "status": type_coerce(t.status, String),  # the stored text: no enum conversion per row
+        }
+        group = [columns[k] for k in keys]
+        if period is not None:
+            day = func.substr(t.created_at, literal_column("1"), literal_column("10"))
+            group.append(self._period_of(day, t.created_at, period))
+        return group
+
+    def _fold_ledger(
+        self,
+        conn: Connection,
+        f: _Filters,
+        keys: Sequence[str],
+        period: str | None,
+        out: dict[tuple[Any, ...], list[int]],
+    ) -> None:
+        """Add the ledger's transactions in `f`'s window (a partial day), as the rollups would."""
+        t = transactions.c
+        group = self._ledger_group(keys, period)
+        status = type_coerce(t.status, String)
+        sums = _accumulators(
+            status, literal(1, BigInteger), _nano(t.estimated_cost), _nano(t.actual_cost), t.images, t.billable_mp_nano
+        )
+        width = len(group)
+        key_of = _key_function(width, period)
+        for row in conn.execute(select(*group, *sums).where(*self._where(f)).group_by(*group)):
+            acc = out.setdefault(key_of(row), [0] * _WIDTH)
+            for i in range(_WIDTH - 1):
+                acc[i] += int(row[width + i])
         self._fold_adjustments(conn, f, keys, period, out)
-        return out
 
     def _fold_adjustments(
         self,
@@ -1021,17 +1072,7 @@ class Reports:
             .group_by(cost_lines.c.transaction_id)
             .subquery()
         )
-        columns = {
-            "agent": t.agent_id,
-            "model": t.model,
-            "operation": t.operation,
-            "endpoint": t.endpoint,
-            "status": type_coerce(t.status, String),
-        }
-        group = [columns[k] for k in keys]
-        if period is not None:
-            day = func.substr(t.created_at, literal_column("1"), literal_column("10"))
-            group.append(_sqlite_bucket(day, period) if self._sqlite else _pg_bucket(t.created_at, period))
+        group = self._ledger_group(keys, period)
         with_adj = sql_spent(t.status, t.estimated_cost, t.actual_cost, adj.c.amount)
         without = sql_spent(t.status, t.estimated_cost, t.actual_cost, None)
         query = (
@@ -1051,12 +1092,32 @@ class Reports:
         return agent_names(conn)
 
     def _denials_by_rule(self, conn: Connection, f: _Filters) -> tuple[RuleDenials, ...]:
-        """Denied requests per rule they name (a denial naming two rules counts for both)."""
+        """Denied requests per rule they name (a denial naming two rules counts for both): the
+        whole days from `denial_rollups`, the partial days at the window's edges from the ledger."""
+        f = _Filters(f.since, f.until, f.agent_id, f.model, f.operation)
+        counts: dict[tuple[str | None, str], int] = {}
+        days, edges = _split_days(f)
+        if days is not None:
+            d = denial_rollups.c
+            query = (
+                select(d.rule, d.rule_type, func.sum(d.denials))
+                .where(*self._rollup_where(denial_rollups, f, days))
+                .group_by(d.rule, d.rule_type)
+            )
+            for rule, kind, n in conn.execute(query):
+                key = (rule or None, kind or "")  # a denial naming no rule (a paused agent) is stored as ""
+                counts[key] = counts.get(key, 0) + int(n)
+        for edge in edges:
+            for rule, kind, n in conn.execute(self._ledger_denials(edge)):
+                key = (rule, kind or "")
+                counts[key] = counts.get(key, 0) + int(n)
+        found = [RuleDenials(rule, kind, n) for (rule, kind), n in counts.items() if n]
+        found.sort(key=lambda d: (-d.denials, d.rule or ""))
+        return tuple(found)
+
+    def _ledger_denials(self, f: _Filters) -> Any:
+        """(rule, type, count) of the denied transactions in `f`'s window, from their denial JSON."""
         t = transactions.c
-        where = [
-            t.status == TxStatus.denied.value,
-            *self._where(_Filters(f.since, f.until, f.agent_id, f.model, f.operation)),
-        ]
         each: Any
         if self._sqlite:
             each = func.json_each(t.denial_json, "$.denials").table_valued("value")
@@ -1068,16 +1129,13 @@ class Reports:
             each = func.jsonb_array_elements(cast(t.denial_json, JSONB)["denials"]).table_valued("value").lateral()
             rule = func.jsonb_extract_path_text(each.c.value, "rule")
             kind = func.jsonb_extract_path_text(each.c.value, "type")
-        query = (
+        return (
             select(rule, kind, func.count())
             .select_from(transactions)
             .join(each, true())
-            .where(*where)
+            .where(t.status == TxStatus.denied.value, *self._where(f))
             .group_by(rule, kind)
         )
-        found = [RuleDenials(r[0], r[1] or "", int(r[2])) for r in conn.execute(query)]
-        found.sort(key=lambda d: (-d.denials, d.rule or ""))
-        return tuple(found)
 
     def _rule_entries(self, conn: Connection, f: _Filters) -> list[LeaderboardEntry]:
         from .rules import Rule

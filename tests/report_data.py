@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select
 
-from ledger.models import agents, cost_lines, facts, transactions
+from ledger.models import agents, cost_lines, denial_rollups, facts, spend_rollups, transactions
 from ledger.records import TxStatus
 from ledger.spend import COUNTS_REQUEST, HELD_AS, SPENT_AS, counted
 from pricing import default_book, quote
@@ -43,7 +43,8 @@ class LedgerWriter:
 
     def clear(self) -> None:
         with self.engine.begin() as conn:
-            for table in (facts, cost_lines, transactions, agents):
+            # The ledger never deletes; a test that starts over empties the rollups its triggers kept too.
+            for table in (facts, cost_lines, transactions, agents, spend_rollups, denial_rollups):
                 conn.execute(delete(table))
         self._agents.clear()
 

@@ -21,6 +21,8 @@ from ledger.models import Base
 
 TABLES = {
     "agents",
+    "spend_rollups",
+    "denial_rollups",
     "transactions",
     "cost_lines",
     "facts",

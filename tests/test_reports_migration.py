@@ -1,6 +1,5 @@
 """Migration 0002 (reports): transactions written before it get the images and billable megapixels
-they were priced at; on SQLite the reports aggregate by streaming the report index, never sorting
-the ledger."""
+they were priced at. Migration 0004 (rollups): the reports read whole days from the rollups."""
 
 from __future__ import annotations
 
@@ -82,25 +81,29 @@ def test_upgrading_fills_images_and_megapixels_of_earlier_transactions(old_url: 
     }
 
 
-def test_sqlite_reports_stream_the_report_index_instead_of_sorting_the_ledger(sqlite_url: str) -> None:
+def test_reports_read_whole_days_from_the_rollups_and_only_partial_days_from_the_ledger(db_url: str) -> None:
     from ledger import Ledger
 
-    with Ledger(sqlite_url) as ledger:
+    with Ledger(db_url) as ledger:
         LedgerWriter(ledger.engine).add(at=utc(2026, 11, 2))
-        statements: list[tuple[str, Any]] = []
+        statements: list[str] = []
 
         @event.listens_for(ledger.engine, "before_cursor_execute")
         def remember(_conn, _cursor, statement, parameters, _context, _many) -> None:  # type: ignore[no-untyped-def]
-            if "per_status" in statement:
-                statements.append((statement, parameters))
+            statements.append(" ".join(statement.split()))
 
-        ledger.reports.spend(["agent", "model", "week"], since=utc(2026, 11, 1), until=utc(2026, 12, 1))
-        ledger.reports.summary()
+        whole = ledger.reports.spend(["agent", "model", "week"], since=utc(2026, 11, 1), until=utc(2026, 12, 1))
+        ledger.reports.summary(period="2026-11")
+        ledger.reports.leaderboard("rule")
+        assert [s for s in statements if "FROM transactions" in s] == []
+        assert any("FROM spend_rollups" in s for s in statements)
+        assert any("FROM denial_rollups" in s for s in statements)
+
+        statements.clear()
+        partial = ledger.reports.spend(
+            ["agent", "model", "week"], since=utc(2026, 11, 1, 12), until=utc(2026, 11, 3, 6)
+        )
         event.remove(ledger.engine, "before_cursor_execute", remember)
-        assert len(statements) == 2
-        with ledger.engine.connect() as conn:
-            for statement, parameters in statements:
-                plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)]
-                inner = plan[: plan.index("SCAN per_status")]
-                assert any("COVERING INDEX ix_transactions_report_days" in step for step in inner), plan
-                assert not any("TEMP B-TREE" in step for step in inner), plan
+        ledger_reads = [s for s in statements if "FROM transactions" in s]
+        assert ledger_reads and all("transactions.created_at >=" in s for s in ledger_reads)
+        assert whole.total == partial.total  # the one transaction, counted once either way
