@@ -1010,12 +1010,16 @@ class Reports:
         )
         width = len(group)
         key_of = _key_function(width, period)
+        sums_end = width + _WIDTH  # the fold's sums, then the adjustments, then their net correction
         for row in conn.execute(query):
-            acc = out.setdefault(key_of(row), [0] * _WIDTH)
-            for i in range(_WIDTH - 1):
-                acc[i] += int(row[width + i])
-            acc[_ADJ] += int(row[width + _ADJ] or 0)
-            acc[_NET] += int(row[width + _ADJ + 1] or 0)
+            values = [*map(int, row[width : sums_end - 1]), int(row[sums_end - 1] or 0)]
+            values[_NET] += int(row[sums_end] or 0)
+            key = key_of(row)
+            acc = out.get(key)
+            if acc is None:
+                out[key] = values
+            else:
+                _merge(acc, values)
 
     def _ledger_group(self, keys: Sequence[str], period: str | None) -> list[Any]:
         t = transactions.c
