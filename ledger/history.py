@@ -18,18 +18,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select
+from sqlalchemy import Connection, Engine, and_, or_, select
 
 from pricing import PriceBook, default_book
-from pricing.errors import ModelNotFound
 
 from .db import reading
-from .errors import InvalidRequest, NotFound
+from .errors import InvalidRequest
+from .hotpath import TX_FIELDS
 from .models import agents, transactions
-from .queries import find_agent, transaction_record
-from .records import Transaction, TxStatus
-from .reports import OPERATIONS, check_window
-from .validation import validate_agent_name
+from .queries import transaction_record
+from .records import Transaction
+from .reports import Filter, check_filter, transaction_terms
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -39,23 +38,7 @@ MAX_ID = 2**63 - 1  #: transaction ids are BIGINT
 _CURSOR = re.compile(r"^(\d{1,17})\.(\d{1,19})$")
 
 #: The columns a `Transaction` record is built from (never the stored request or result bodies).
-_COLUMNS = (
-    "id",
-    "endpoint",
-    "model",
-    "operation",
-    "status",
-    "estimated_cost",
-    "actual_cost",
-    "price_book",
-    "created_at",
-    "completed_at",
-    "idempotency_key",
-    "denial_json",
-    "upstream_request_id",
-    "upstream_status",
-    "outcome",
-)
+_COLUMNS = tuple(name for name in TX_FIELDS if name != "agent_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,53 +183,14 @@ class History:
         since: datetime | None,
         until: datetime | None,
     ) -> TransactionFilter:
-        since, until = check_window(since, until)
-        agent_id = None
-        if agent is not None:
-            validate_agent_name(agent)
-            found = find_agent(conn, agent)
-            if found is None or found.id is None:
-                raise NotFound(f"unknown agent {agent!r}", agent=agent, field="agent")
-            agent_id = found.id
-        if model is not None:
-            model = self._canonical_model(conn, model)
-        if operation is not None and operation not in OPERATIONS:
-            raise InvalidRequest(f"operation: {operation!r} is not one of {', '.join(OPERATIONS)}", field="operation")
-        if status is not None and status not in TxStatus.__members__:
-            raise InvalidRequest(f"status: {status!r} is not one of {', '.join(TxStatus.__members__)}", field="status")
-        return TransactionFilter(agent, model, operation, status, since, until, agent_id)
-
-    def _canonical_model(self, conn: Connection, name: str) -> str:
-        """The book's model for an endpoint or alias, or a model the ledger has transactions of."""
-        try:
-            return self.book.endpoint(name).model
-        except ModelNotFound:
-            pass
-        if conn.execute(select(transactions.c.id).where(transactions.c.model == name).limit(1)).first():
-            return name
-        raise NotFound(
-            f"unknown model {name!r}: not in the price book ({self.book.version}) and not in the ledger",
-            model=name,
-            field="model",
-        )
+        f = check_filter(conn, self.book, since, until, agent, model, operation, status)
+        return TransactionFilter(agent, f.model, operation, status, f.since, f.until, f.agent_id)
 
     def _rows(
         self, conn: Connection, f: TransactionFilter, after: tuple[datetime, int] | None, limit: int
     ) -> list[Transaction]:
         t = transactions.c
-        where: list[ColumnElement[bool]] = []
-        if f.agent_id is not None:
-            where.append(t.agent_id == f.agent_id)
-        if f.model is not None:
-            where.append(t.model == f.model)
-        if f.operation is not None:
-            where.append(t.operation == f.operation)
-        if f.status is not None:
-            where.append(t.status == TxStatus(f.status))
-        if f.since is not None:
-            where.append(t.created_at >= f.since)
-        if f.until is not None:
-            where.append(t.created_at < f.until)
+        where = transaction_terms(Filter(f.since, f.until, f.agent_id, f.model, f.operation, f.status))
         if after is not None:
             at, tx_id = after
             # (created_at, id) < (at, tx_id), written so an index on created_at bounds the scan.

@@ -73,6 +73,7 @@ from .errors import InvalidRequest, NotFound
 from .models import agents, cost_lines, denial_rollups, spend_rollups, spending_rules, transactions
 from .records import TxStatus
 from .spend import COUNTS_REQUEST, HELD_AS, SPENT_AS, sql_held, sql_spent
+from .validation import validate_agent_name
 
 if TYPE_CHECKING:
     from .focus import FocusExport
@@ -548,7 +549,10 @@ def _column_sums(accs: Iterable[Sequence[int]]) -> list[int]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Filters:
+class Filter:
+    """Which transactions a report (or a listing: `ledger.history`) reads, validated by
+    `check_filter`: each field None means any; `since` inclusive, `until` exclusive (aware UTC)."""
+
     since: datetime | None = None
     until: datetime | None = None
     agent_id: int | None = None
@@ -579,6 +583,96 @@ def check_window(since: datetime | None, until: datetime | None) -> tuple[dateti
     if since is not None and until is not None and until <= since:
         raise InvalidRequest(f"until: {iso(until)} must be later than since ({iso(since)})", field="until")
     return since, until
+
+
+def check_filter(
+    conn: Connection,
+    book: PriceBook,
+    since: datetime | None,
+    until: datetime | None,
+    agent: str | None,
+    model: str | None,
+    operation: str | None,
+    status: str | None,
+) -> Filter:
+    """The filter, validated: InvalidRequest (a malformed agent name, an unknown operation or
+    status, until not after since, a date outside the calendar) or NotFound (an agent or a model
+    the ledger does not know), each naming its field. A model given as an endpoint or alias is
+    resolved to the price book's model."""
+    since, until = check_window(since, until)
+    shown: dict[str, str] = {}
+    agent_id = None
+    if agent is not None:
+        validate_agent_name(agent)
+        agent_id = conn.execute(select(agents.c.id).where(agents.c.name == agent)).scalar()
+        if agent_id is None:
+            raise NotFound(f"unknown agent {agent!r}", agent=agent, field="agent")
+        shown["agent"] = agent
+    if model is not None:
+        model = canonical_model(conn, book, model)
+        shown["model"] = model
+    if operation is not None:
+        if operation not in OPERATIONS:
+            raise InvalidRequest(f"operation: {operation!r} is not one of {', '.join(OPERATIONS)}", field="operation")
+        shown["operation"] = operation
+    if status is not None:
+        if status not in TxStatus.__members__:
+            raise InvalidRequest(f"status: {status!r} is not one of {', '.join(TxStatus.__members__)}", field="status")
+        shown["status"] = status
+    return Filter(since, until, agent_id, model, operation, status, shown)
+
+
+def canonical_model(conn: Connection, book: PriceBook, name: str) -> str:
+    """The price book's name for a model (an alias or image-to-image path resolves to it), or a
+    model the ledger has transactions for; NotFound otherwise."""
+    try:
+        return book.endpoint(name).model
+    except ModelNotFound:
+        pass
+    if conn.execute(select(spend_rollups.c.day).where(spend_rollups.c.model == name).limit(1)).first():
+        return name
+    raise NotFound(
+        f"unknown model {name!r}: not in the price book ({book.version}) and not in the ledger",
+        model=name,
+        field="model",
+    )
+
+
+def _dimension_terms(c: Any, f: Filter) -> list[ColumnElement[bool]]:
+    """The agent, model, operation and status filters over a table's columns `c` (a table without
+    a status column takes none)."""
+    where: list[ColumnElement[bool]] = []
+    if f.agent_id is not None:
+        where.append(c.agent_id == f.agent_id)
+    if f.model is not None:
+        where.append(c.model == f.model)
+    if f.operation is not None:
+        where.append(c.operation == f.operation)
+    if f.status is not None and "status" in c:
+        where.append(c.status == f.status)
+    return where
+
+
+def transaction_terms(f: Filter) -> list[ColumnElement[bool]]:
+    """The window and filters as SQL terms over the ledger's transactions."""
+    t = transactions.c
+    where = _dimension_terms(t, f)
+    if f.since is not None:
+        where.append(t.created_at >= f.since)
+    if f.until is not None:
+        where.append(t.created_at < f.until)
+    return where
+
+
+def rollup_terms(table: Any, f: Filter, days: _Days) -> list[ColumnElement[bool]]:
+    """Whole days and the filters as SQL terms over a rollup table."""
+    r = table.c
+    where = _dimension_terms(r, f)
+    if days.first is not None:
+        where.append(r.day >= days.first)
+    if days.end is not None:
+        where.append(r.day < days.end)
+    return where
 
 
 def bucket_start(period: str, day: date) -> date:
@@ -623,7 +717,7 @@ class _Days(NamedTuple):
     end: date | None
 
 
-def _split_days(f: _Filters) -> tuple[_Days | None, list[_Filters]]:
+def _split_days(f: Filter) -> tuple[_Days | None, list[Filter]]:
     """A window as its whole UTC days (read from the rollups; None if it has none) and the partial
     days at its edges (read from the ledger: at most a day each)."""
     try:
@@ -682,7 +776,7 @@ class Reports:
         """Spend grouped by any of agent, model, operation and at most one of day, week, month."""
         by, keys, period = _parse_by(by)
         with self._read() as conn:
-            f = self._filters(conn, since, until, agent, model, operation, status)
+            f = check_filter(conn, self.book, since, until, agent, model, operation, status)
             groups = self._fold(conn, f, keys, period)
             names = self._agent_names(conn) if "agent" in keys else {}
         order = [*keys] + ([period] if period else [])
@@ -719,12 +813,12 @@ class Reports:
         period is the same length just before `since` (`until` defaults to now when `since` is given)."""
         since, until, previous = self._summary_windows(since, until, period)
         with self._read() as conn:
-            f = self._filters(conn, since, until, agent, model, None, None)
+            f = check_filter(conn, self.book, since, until, agent, model, None, None)
             current = self._fold(conn, f, ("agent", "status"), None)
             denials = self._denials_by_rule(conn, f)
             before = None
             if previous is not None:
-                pf = _Filters(previous.since, previous.until, f.agent_id, f.model)
+                pf = Filter(previous.since, previous.until, f.agent_id, f.model)
                 before = self._fold(conn, pf, ("agent", "status"), None)
         totals, by_status, active = _status_totals(current)
         summary = Summary(f.window(), totals, by_status, active, denials)
@@ -742,7 +836,7 @@ class Reports:
         if not 1 <= top <= MAX_TOP:
             raise InvalidRequest(f"top: must be between 1 and {MAX_TOP} (got {top})", field="top")
         with self._read() as conn:
-            f = self._filters(conn, since, until, None, None, None, None)
+            f = check_filter(conn, self.book, since, until, None, None, None, None)
             if by == "rule":
                 entries = self._rule_entries(conn, f)
             else:
@@ -773,7 +867,7 @@ class Reports:
         if by not in PERIODS:
             raise InvalidRequest(f"by: {by!r} is not one of {', '.join(PERIODS)}", field="by")
         with self._read() as conn:
-            f = self._filters(conn, since, until, agent, model, None, None)
+            f = check_filter(conn, self.book, since, until, agent, model, None, None)
             groups = {date.fromisoformat(k[0]): acc for k, acc in self._fold(conn, f, (), by).items()}
         points: list[ChartPoint] = []
         if groups or (f.since and f.until):
@@ -802,7 +896,7 @@ class Reports:
         """The month-end statement (`YYYY-MM`) of every agent with transactions that month, or of one."""
         since, until = parse_month(month)
         with self._read() as conn:
-            f = self._filters(conn, since, until, agent, None, None, None)
+            f = check_filter(conn, self.book, since, until, agent, None, None, None)
             groups = self._fold(conn, f, ("agent", "model", "operation"), None)
             adjustments = self._adjustment_lines(conn, f)
             names = self._agent_names(conn)
@@ -841,58 +935,6 @@ class Reports:
                 return write_focus(conn, cast_text(stream), since=since, until=until, book=self.book, path=str(path))
         with self._read() as conn:
             return write_focus(conn, out, since=since, until=until, book=self.book)
-
-    # --- validation ---------------------------------------------------------------------------
-
-    def _filters(
-        self,
-        conn: Connection,
-        since: datetime | None,
-        until: datetime | None,
-        agent: str | None,
-        model: str | None,
-        operation: str | None,
-        status: str | None,
-    ) -> _Filters:
-        since, until = check_window(since, until)
-        shown: dict[str, str] = {}
-        agent_id = None
-        if agent is not None:
-            agent_id = conn.execute(select(agents.c.id).where(agents.c.name == agent)).scalar()
-            if agent_id is None:
-                raise NotFound(f"unknown agent {agent!r}", agent=agent, field="agent")
-            shown["agent"] = agent
-        if model is not None:
-            model = self._canonical_model(conn, model)
-            shown["model"] = model
-        if operation is not None:
-            if operation not in OPERATIONS:
-                raise InvalidRequest(
-                    f"operation: {operation!r} is not one of {', '.join(OPERATIONS)}", field="operation"
-                )
-            shown["operation"] = operation
-        if status is not None:
-            if status not in TxStatus.__members__:
-                raise InvalidRequest(
-                    f"status: {status!r} is not one of {', '.join(TxStatus.__members__)}", field="status"
-                )
-            shown["status"] = status
-        return _Filters(since, until, agent_id, model, operation, status, shown)
-
-    def _canonical_model(self, conn: Connection, name: str) -> str:
-        """The price book's name for a model (an alias or image-to-image path resolves to it), or a
-        model the ledger has transactions for; NotFound otherwise."""
-        try:
-            return self.book.endpoint(name).model
-        except ModelNotFound:
-            pass
-        if conn.execute(select(spend_rollups.c.day).where(spend_rollups.c.model == name).limit(1)).first():
-            return name
-        raise NotFound(
-            f"unknown model {name!r}: not in the price book ({self.book.version}) and not in the ledger",
-            model=name,
-            field="model",
-        )
 
     def _summary_windows(
         self, since: datetime | None, until: datetime | None, period: str | None
@@ -934,45 +976,8 @@ class Reports:
     def _read(self) -> Any:
         return _ReportTransaction(self)
 
-    def _where(self, f: _Filters) -> list[ColumnElement[bool]]:
-        """The window and filters as SQL terms over the ledger's transactions."""
-        t = transactions.c
-        where: list[ColumnElement[bool]] = []
-        if f.since is not None:
-            where.append(t.created_at >= f.since)
-        if f.until is not None:
-            where.append(t.created_at < f.until)
-        if f.agent_id is not None:
-            where.append(t.agent_id == f.agent_id)
-        if f.model is not None:
-            where.append(t.model == f.model)
-        if f.operation is not None:
-            where.append(t.operation == f.operation)
-        if f.status is not None:
-            where.append(t.status == f.status)
-        return where
-
-    @staticmethod
-    def _rollup_where(table: Any, f: _Filters, days: _Days) -> list[ColumnElement[bool]]:
-        """The whole days and the filters as SQL terms over a rollup table."""
-        r = table.c
-        where: list[ColumnElement[bool]] = []
-        if days.first is not None:
-            where.append(r.day >= days.first)
-        if days.end is not None:
-            where.append(r.day < days.end)
-        if f.agent_id is not None:
-            where.append(r.agent_id == f.agent_id)
-        if f.model is not None:
-            where.append(r.model == f.model)
-        if f.operation is not None:
-            where.append(r.operation == f.operation)
-        if f.status is not None and "status" in r:
-            where.append(r.status == f.status)
-        return where
-
     def _fold(
-        self, conn: Connection, f: _Filters, keys: Sequence[str], period: str | None
+        self, conn: Connection, f: Filter, keys: Sequence[str], period: str | None
     ) -> dict[tuple[Any, ...], list[int]]:
         """A fold accumulator per key: the `keys` values (agent id, model, operation, endpoint, status),
         then the first day of the `period` (ISO text) if one is given. The window's whole UTC days
@@ -991,7 +996,7 @@ class Reports:
     def _fold_rollups(
         self,
         conn: Connection,
-        f: _Filters,
+        f: Filter,
         days: _Days,
         keys: Sequence[str],
         period: str | None,
@@ -1005,7 +1010,7 @@ class Reports:
         sums = _accumulators(r.status, r.tx_count, _nano(r.estimated), _nano(r.actual), r.images, r.billable_mp_nano)
         query = (
             select(*group, *sums, func.sum(_nano(r.adjustments)), func.sum(_nano(r.adjusted_net)))
-            .where(r.tx_count > 0, *self._rollup_where(spend_rollups, f, days))
+            .where(r.tx_count > 0, *rollup_terms(spend_rollups, f, days))
             .group_by(*group)
         )
         width = len(group)
@@ -1039,7 +1044,7 @@ class Reports:
     def _fold_ledger(
         self,
         conn: Connection,
-        f: _Filters,
+        f: Filter,
         keys: Sequence[str],
         period: str | None,
         out: dict[tuple[Any, ...], list[int]],
@@ -1053,7 +1058,7 @@ class Reports:
         )
         width = len(group)
         key_of = _key_function(width, period)
-        for row in conn.execute(select(*group, *sums).where(*self._where(f)).group_by(*group)):
+        for row in conn.execute(select(*group, *sums).where(*transaction_terms(f)).group_by(*group)):
             acc = out.setdefault(key_of(row), [0] * _WIDTH)
             for i in range(_WIDTH - 1):
                 acc[i] += int(row[width + i])
@@ -1062,7 +1067,7 @@ class Reports:
     def _fold_adjustments(
         self,
         conn: Connection,
-        f: _Filters,
+        f: Filter,
         keys: Sequence[str],
         period: str | None,
         out: dict[tuple[Any, ...], list[int]],
@@ -1082,7 +1087,7 @@ class Reports:
         query = (
             select(*group, func.sum(adj.c.amount), func.sum(with_adj - without))
             .select_from(adj.join(transactions, t.id == adj.c.transaction_id))
-            .where(*self._where(f))
+            .where(*transaction_terms(f))
             .group_by(*group)
         )
         width = len(group)
@@ -1095,17 +1100,17 @@ class Reports:
     def _agent_names(self, conn: Connection) -> dict[int, str]:
         return agent_names(conn)
 
-    def _denials_by_rule(self, conn: Connection, f: _Filters) -> tuple[RuleDenials, ...]:
+    def _denials_by_rule(self, conn: Connection, f: Filter) -> tuple[RuleDenials, ...]:
         """Denied requests per rule they name (a denial naming two rules counts for both): the
         whole days from `denial_rollups`, the partial days at the window's edges from the ledger."""
-        f = _Filters(f.since, f.until, f.agent_id, f.model, f.operation)
+        f = Filter(f.since, f.until, f.agent_id, f.model, f.operation)
         counts: dict[tuple[str | None, str], int] = {}
         days, edges = _split_days(f)
         if days is not None:
             d = denial_rollups.c
             query = (
                 select(d.rule, d.rule_type, func.sum(d.denials))
-                .where(*self._rollup_where(denial_rollups, f, days))
+                .where(*rollup_terms(denial_rollups, f, days))
                 .group_by(d.rule, d.rule_type)
             )
             for rule, kind, n in conn.execute(query):
@@ -1119,7 +1124,7 @@ class Reports:
         found.sort(key=lambda d: (-d.denials, d.rule or ""))
         return tuple(found)
 
-    def _ledger_denials(self, f: _Filters) -> Any:
+    def _ledger_denials(self, f: Filter) -> Any:
         """(rule, type, count) of the denied transactions in `f`'s window, from their denial JSON."""
         t = transactions.c
         each: Any
@@ -1137,11 +1142,11 @@ class Reports:
             select(rule, kind, func.count())
             .select_from(transactions)
             .join(each, true())
-            .where(t.status == TxStatus.denied.value, *self._where(f))
+            .where(t.status == TxStatus.denied.value, *transaction_terms(f))
             .group_by(rule, kind)
         )
 
-    def _rule_entries(self, conn: Connection, f: _Filters) -> list[LeaderboardEntry]:
+    def _rule_entries(self, conn: Connection, f: Filter) -> list[LeaderboardEntry]:
         from .rules import Rule
 
         denials = {(d.rule, d.type): d.denials for d in self._denials_by_rule(conn, f)}
@@ -1162,12 +1167,12 @@ class Reports:
         entries.sort(key=lambda e: (-e.denials, -(e.spend or ZERO), e.name or ""))
         return entries
 
-    def _adjustment_lines(self, conn: Connection, f: _Filters) -> dict[int, list[StatementAdjustment]]:
+    def _adjustment_lines(self, conn: Connection, f: Filter) -> dict[int, list[StatementAdjustment]]:
         t, c = transactions.c, cost_lines.c
         query = (
             select(t.agent_id, c.transaction_id, t.model, c.amount, c.note, c.created_at)
             .select_from(cost_lines.join(transactions, t.id == c.transaction_id))
-            .where(c.kind == "adjustment", *self._where(f))
+            .where(c.kind == "adjustment", *transaction_terms(f))
             .order_by(t.agent_id, c.created_at, c.id)
         )
         out: dict[int, list[StatementAdjustment]] = {}
