@@ -34,17 +34,19 @@ the reports against a recount in Python, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import functools
+import gc
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, TextIO
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, TextIO, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -92,6 +94,26 @@ _PG_REPORT_SETTINGS = ("SET LOCAL work_mem = '64MB'", "SET LOCAL jit = off", "SE
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 #: Wide enough that nano-USD times 10^-9 is always exact (a BIGINT has at most 19 digits).
 _EXACT = Context(prec=40)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _collector_paused(method: _F) -> _F:
+    """Run a report with Python's cyclic garbage collector paused: a report builds tens of
+    thousands of small acyclic records, and the collections they would trigger (each walking
+    every live object) cost a report of 59,000 rows a third of its time. Resumed after, unless
+    something else had paused it."""
+
+    @functools.wraps(method)
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return paused  # type: ignore[return-value]
 
 
 def from_nano(nano: int) -> Decimal:
@@ -762,6 +784,7 @@ class Reports:
 
     # --- public reports ---------------------------------------------------------------------
 
+    @_collector_paused
     def spend(
         self,
         by: Sequence[str] = ("agent",),
@@ -797,6 +820,7 @@ class Reports:
         rows = tuple(SpendRow(dict(zip(by, shown)), of(acc)) for shown, acc in labelled)
         return SpendReport(tuple(by), f.window(), f.shown, rows, Totals.of(_column_sums(groups.values())))
 
+    @_collector_paused
     def summary(
         self,
         *,
@@ -827,6 +851,7 @@ class Reports:
             summary = Summary(f.window(), totals, by_status, active, denials, previous, prev_totals, prev_active)
         return summary
 
+    @_collector_paused
     def leaderboard(
         self, by: str = "agent", *, top: int = 10, since: datetime | None = None, until: datetime | None = None
     ) -> Leaderboard:
@@ -854,6 +879,7 @@ class Reports:
                 entries.sort(key=lambda e: (-(e.spend or ZERO), -(e.transactions or 0), -e.denials, e.name or ""))
         return Leaderboard(by, f.window(), top, tuple(entries[:top]))
 
+    @_collector_paused
     def chart(
         self,
         by: str = "day",
@@ -892,6 +918,7 @@ class Reports:
                     break
         return Chart(by, f.window(), tuple(points))
 
+    @_collector_paused
     def statement(self, month: str, *, agent: str | None = None) -> Statement:
         """The month-end statement (`YYYY-MM`) of every agent with transactions that month, or of one."""
         since, until = parse_month(month)
