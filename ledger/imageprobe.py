@@ -3,11 +3,18 @@
 A local path, a `file://` or `data:` URI, or an `http(s)` URL. Reads are bounded
 in bytes (`HEADER_LIMIT`), in total time and in redirects, so a hostile or slow
 server cannot hold a quote hostage. httpx is imported only when a URL is read.
+
+A request from the network (the gateway: `remote=True`) may name neither a local file
+nor a host on a private, loopback, link-local or otherwise non-public address (checked
+for the URL and for every redirect), so an agent cannot make the server read its own
+files or reach its internal network; the CLI, run by the machine's own user, may.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import time
 from urllib.parse import unquote, urlparse
 
@@ -24,14 +31,19 @@ def probe_size(
     max_bytes: int = HEADER_LIMIT,
     timeout: float = DEFAULT_TIMEOUT,
     max_redirects: int = MAX_REDIRECTS,
+    remote: bool = False,
 ) -> tuple[int, int]:
-    """(width, height) of the image at `image_url`; InvalidRequest when it cannot be known."""
+    """(width, height) of the image at `image_url`; InvalidRequest when it cannot be known.
+
+    `remote`: the URL came from the network, so only `data:` URIs and public http(s) hosts."""
     try:
         if image_url.startswith("data:"):
             return _final(decode_data_uri(image_url, max_bytes))
         parsed = urlparse(image_url)
         if parsed.scheme in ("http", "https"):
-            return _from_url(image_url, max_bytes, timeout, max_redirects)
+            return _from_url(image_url, max_bytes, timeout, max_redirects, remote)
+        if remote:
+            raise _refuse("only http(s) and data: URLs are read for requests from the network")
         path = unquote(parsed.path) if parsed.scheme == "file" else image_url
         if parsed.scheme not in ("", "file") and not os.path.exists(image_url):
             raise _refuse(f"cannot read image_url with scheme {parsed.scheme!r}")
@@ -57,14 +69,36 @@ def _refuse(reason: str) -> InvalidRequest:
     )
 
 
-def _from_url(url: str, max_bytes: int, timeout: float, max_redirects: int) -> tuple[int, int]:
+def check_public_host(host: str | None) -> None:
+    """InvalidRequest unless every address `host` resolves to is a public (global) one."""
+    if not host:
+        raise _refuse("the URL names no host")
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        raise _refuse(f"cannot resolve {host!r}") from None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if not address.is_global:
+            raise _refuse(f"{host!r} is not a public address; requests from the network may not read it")
+
+
+def _from_url(url: str, max_bytes: int, timeout: float, max_redirects: int, remote: bool) -> tuple[int, int]:
     import httpx
+
+    def public_only(request: httpx.Request) -> None:  # the URL and every redirect
+        check_public_host(request.url.host)
 
     deadline = time.monotonic() + timeout
     data = b""
     try:
         with (
-            httpx.Client(follow_redirects=True, max_redirects=max_redirects, timeout=httpx.Timeout(timeout)) as client,
+            httpx.Client(
+                follow_redirects=True,
+                max_redirects=max_redirects,
+                timeout=httpx.Timeout(timeout),
+                event_hooks={"request": [public_only]} if remote else None,
+            ) as client,
             client.stream("GET", url, headers={"Range": f"bytes=0-{max_bytes - 1}"}) as resp,
         ):
             if resp.status_code >= 400:

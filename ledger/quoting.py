@@ -12,7 +12,8 @@ from typing import Any
 from pricing import PriceBook, Quote, default_book, quote, validate_request
 
 
-def quote_body(endpoint: str, body: Mapping[str, Any], *, book: PriceBook | None = None) -> Quote:
+def quote_body(endpoint: str, body: Mapping[str, Any], *, book: PriceBook | None = None, remote: bool = False) -> Quote:
+    """The quote of a request as given; `remote`: it came from the network (see `imageprobe`)."""
     book = book or default_book()
     entry = book.endpoint(endpoint)
     input_size = None
@@ -21,5 +22,5 @@ def quote_body(endpoint: str, body: Mapping[str, Any], *, book: PriceBook | None
         if request["input_size"] is None and request["image_url"] is not None:
             from .imageprobe import probe_size
 
-            input_size = probe_size(request["image_url"])
+            input_size = probe_size(request["image_url"], remote=remote)
     return quote(endpoint, body, book=book, input_size=input_size)

@@ -348,3 +348,59 @@ def test_transform_quote_never_reads_its_input_image(tmp_path):
 def test_quote_body_of_an_unknown_endpoint_is_model_not_found(tmp_path):
     with pytest.raises(ModelNotFound):
         quote_body("fal-ai/nope", {"image_url": str(tmp_path / "x.png")})
+
+
+# --- a request from the network (the gateway) reads no local file and no internal host -------------
+
+
+def test_a_remote_request_may_not_read_a_local_file(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(image_bytes("PNG"))
+    assert probe_size(str(path)) == (321, 123)  # the CLI's own user may
+    for url in (str(path), path.as_uri()):
+        err = refused(url, remote=True)
+        assert "only http(s) and data: URLs" in str(err)
+        assert str(tmp_path) not in str(err)  # not even whether it exists
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "localhost", "10.1.2.3", "192.168.0.9", "169.254.169.254", "[::1]", "0.0.0.0"]
+)
+def test_a_remote_request_may_not_reach_a_non_public_host(host):
+    err = refused(f"http://{host}:9/meta-data/image.png", remote=True)
+    assert "not a public address" in str(err)
+
+
+def test_the_public_address_check_runs_before_connecting():
+    import http.server
+    import threading
+
+    seen: list[str] = []
+    png = image_bytes("PNG", (320, 240))
+
+    class Counting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/a.png"
+        assert probe_size(url) == (320, 240)  # served: the CLI's own user reads it
+        assert len(seen) == 1
+        assert "not a public address" in str(refused(url, remote=True))
+        assert len(seen) == 1  # the server never saw the remote request
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_remote_request_still_reads_a_data_uri():
+    assert probe_size(data_uri(image_bytes("PNG")), remote=True) == (321, 123)
