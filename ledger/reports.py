@@ -500,14 +500,17 @@ def _json(value: Any) -> Any:
     return usd_str(value) if isinstance(value, Decimal) else value
 
 
+def percent_change(now: int | Decimal, before: int | Decimal) -> Decimal | None:
+    """The change from `before` to `now` in percent, to one decimal (half-up); None when `before` is zero."""
+    if not before:
+        return None
+    return (Decimal(now - before) * 100 / Decimal(before)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+
 def _change(now: int | Decimal, before: int | Decimal) -> dict[str, Any]:
-    """The change from `before` to `now`: the difference, and the percentage to one decimal
-    (half-up, as a decimal string; None when `before` is zero)."""
-    delta = now - before
-    percent = None
-    if before:
-        percent = usd_str((Decimal(delta) * 100 / Decimal(before)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
-    return {"delta": _json(delta), "percent": percent}
+    """The change from `before` to `now`: the difference, and the percentage (a decimal string)."""
+    percent = percent_change(now, before)
+    return {"delta": _json(now - before), "percent": None if percent is None else usd_str(percent)}
 
 
 # --- the fold --------------------------------------------------------------------------------

@@ -3,9 +3,11 @@ thousands separators, so a page's figure is the report's figure digit for digit.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from pricing.money import usd_str
+
+from ...reports import percent_change
 
 
 def usd(amount: Decimal | int | None) -> str:
@@ -32,9 +34,7 @@ def change(now: Decimal | int, before: Decimal | int | None) -> dict[str, str] |
     if before is None:
         return None
     delta = Decimal(now) - Decimal(before)
-    percent = None
-    if before:
-        percent = (delta * 100 / Decimal(before)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    percent = percent_change(now, before)
     direction = "up" if delta > 0 else ("down" if delta < 0 else "flat")
     money = isinstance(now, Decimal)
     shown = (("+" if delta > 0 else "") + usd(delta)) if money else f"{'+' if delta > 0 else ''}{int(delta):,}"
