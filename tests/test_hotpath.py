@@ -34,7 +34,8 @@ MOMENTS = [
 def _values(agent_id: int, amount: Decimal, moment: datetime, n: int) -> dict[str, object]:
     return {
         "agent_id": agent_id,
-        "endpoint": "fal-ai/flux/dev",
+        # Each row its own report-rollup group: two maximal amounts would overflow any BIGINT sum.
+        "endpoint": f"fal-ai/flux/dev/{n}",
         "model": "fal-ai/flux/dev",
         "operation": "generate",
         "request_json": json.dumps({"n": n}),
