@@ -2,6 +2,7 @@
 
     python benchmarks/bench_gateway.py [--quick] [--seconds S] [--rate R] [--concurrency C]
                                        [--pg URL | --no-pg]
+                                       [--only-db sqlite|postgresql] [--only-layout per-agent|shared]
 
 The fake FAL (tests/fake_fal.py) and the gateway (`pixelgov serve`, one worker, access log on)
 run as their own processes on 127.0.0.1; this process is the load generator (asyncio + httpx,
@@ -231,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"PostgreSQL URL for the benchmark's own database (default {DEFAULT_PG})",
     )
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
+    parser.add_argument("--only-db", choices=("sqlite", "postgresql"), help="one database only")
+    parser.add_argument("--only-layout", choices=("per-agent", "shared"), help="one budget layout only")
     args = parser.parse_args(argv)
     seconds = args.seconds or (3.0 if args.quick else 10.0)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    targets = [("sqlite", f"sqlite:///{tmp / 'ledger.db'}")]
-    if not args.no_pg:
+    targets = [] if args.only_db == "postgresql" else [("sqlite", f"sqlite:///{tmp / 'ledger.db'}")]
+    if not args.no_pg and args.only_db != "sqlite":
         pg, why = postgres_url(args.pg)
         if pg:
             targets.append(("postgresql", pg))
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     with process([sys.executable, str(ROOT / "tests" / "fake_fal.py")], env, "FAKE_FAL_URL=") as (fake, line):
         fake_url = line.strip().split("=", 1)[1]
         for db_name, db_url in targets:
-            for layout in ("per-agent", "shared"):
+            for layout in (args.only_layout,) if args.only_layout else ("per-agent", "shared"):
                 keys = prepare(db_url, layout)
                 port = free_port()
                 gw_env = {

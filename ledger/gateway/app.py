@@ -4,7 +4,9 @@ One app per worker process. Start-up opens the shared upstream client and the th
 pool; shutdown lets queued runs finish (bounded), then closes them. A thin ASGI
 middleware in front of the routes enforces the body size limit (413 before anything is
 parsed), writes one JSON access-log line per request (no keys, no bodies, no query
-strings) and counts the request in the metrics.
+strings) and counts the request in the metrics. It also hands the hot route, a governed
+`POST /{endpoint}`, to `fal.FastRun` (plain ASGI, the same answers) once the router has sent
+that path there.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..upstream import UpstreamConfig
 from . import errors
 from .config import GatewayConfig
 from .errors import BodyTooLarge, error_response
+from .fal import FastRun
 from .service import Gateway
 
 access_log = logging.getLogger("pixelgov.access")
@@ -43,11 +46,13 @@ def create_app(
     *,
     upstream: UpstreamConfig | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    fast_path: bool = True,
 ) -> FastAPI:
     """The gateway for `ledger` (owned by the caller: the app does not close it).
 
     `upstream` defaults to the ledger's settings (`PIXELGOV_UPSTREAM_URL`, timeout); `transport`
-    is for tests that talk to an in-process fake."""
+    is for tests that talk to an in-process fake. `fast_path=False` serves `POST /{endpoint}`
+    through FastAPI only (`fal.FastRun` answers it the same way, with less CPU)."""
     config = config or GatewayConfig()
     gw = Gateway(ledger, config, upstream=upstream, transport=transport)
 
@@ -78,7 +83,7 @@ def create_app(
     app.include_router(fal.queue)
     app.include_router(fal.runs)  # last: POST /{endpoint} takes every other POST path
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(Edge, gateway=gw)
+    app.add_middleware(Edge, gateway=gw, fast=fal.FastRun(app) if fast_path else None)
     return app
 
 
@@ -99,9 +104,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 class Edge:
     """Body size limit, access log and request metrics, as plain ASGI (no per-request task)."""
 
-    def __init__(self, app: ASGIApp, *, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, *, gateway: Gateway, fast: FastRun | None = None) -> None:
         self.app = app
         self.gw = gateway
+        self.fast = fast
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,7 +142,13 @@ class Edge:
             await send(message)
 
         try:
-            await self.app(scope, bounded_receive, tracking_send)
+            fast = self.fast
+            if fast is not None and fast.takes(scope):
+                await fast(scope, bounded_receive, tracking_send, self.app)
+            else:
+                await self.app(scope, bounded_receive, tracking_send)
+                if fast is not None:
+                    fast.learn(scope)
         except BodyTooLarge:
             if state["started"]:
                 raise

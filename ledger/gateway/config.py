@@ -41,7 +41,8 @@ class GatewayConfig:
     - `PIXELGOV_ADMIN_TOKEN`: the admin API's bearer token; without one the admin API answers 503.
     - `FAL_KEY`: the server's FAL key (agents never see it); without one runs answer 502.
     - `PIXELGOV_MAX_BODY_BYTES` (default 1 MiB): a larger request body is refused with 413.
-    - `PIXELGOV_DB_THREADS` (default 8): ledger calls run in at most this many threads per worker.
+    - `PIXELGOV_DB_THREADS` (default 8): ledger calls run in at most this many threads per worker
+      (and no more than the database engine's pool keeps connections: 5).
     - `PIXELGOV_UPSTREAM_CONNECTIONS` (default 100): the upstream connection pool of a worker.
     - `PIXELGOV_SHUTDOWN_GRACE` (default 30 s): how long a stopping worker lets queued runs finish.
     - `PIXELGOV_KEY_CACHE_SECONDS` (default 5): how long a worker remembers a known API key (0: never);
