@@ -423,7 +423,7 @@ class Admin:
                 .order_by(alerts.c.id.desc())
                 .limit(limit)
             ).all()
-        return [Alert(r.id, r.rule_name, r.kind, r.agent_name, r.transaction_id, r.message, r.created_at) for r in rows]
+        return [alert_record(r) for r in rows]
 
     def audit(self, *, entity: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """The audit log of agent and rule changes, newest first (`entity`: agent or rule)."""
@@ -513,3 +513,8 @@ class Admin:
                 )
             ).first()
         return ServiceKey(row.id, row.name, row.key_prefix, row.created_at, row.revoked_at) if row else None
+
+
+def alert_record(row: Any) -> Alert:
+    """An `alerts` row joined with its agent's name (`agent_name`) as the record."""
+    return Alert(row.id, row.rule_name, row.kind, row.agent_name, row.transaction_id, row.message, row.created_at)

@@ -20,35 +20,16 @@ from sqlalchemy import BigInteger, Engine, Integer, and_, cast, func, or_, selec
 
 from pricing.money import ZERO, from_nano, usd_str
 
+from .admin import alert_record
 from .clock import Clock, iso, utcnow
 from .db import reading
 from .models import agents, alerts, rule_counters, spending_rules
 from .periods import buckets, granularity, period_start
-from .records import RuleType, SpendingRule
+from .records import Alert, RuleType, SpendingRule
 from .rules import Rule, rule_record
 
 #: Recent alerts kept per rule on a `BudgetUsage`.
 RECENT_ALERTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class RuleAlert:
-    """An alert a rule recorded (an `alert` rule that failed, or an `alert_at` threshold)."""
-
-    kind: str  #: "rule" or "threshold"
-    agent: str | None
-    transaction_id: int | None
-    message: str
-    created_at: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "agent": self.agent,
-            "transaction_id": self.transaction_id,
-            "message": self.message,
-            "created_at": iso(self.created_at),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +49,7 @@ class BudgetUsage:
     fraction: Decimal | None  #: used / limit (1 = at the limit; may exceed 1 by variance)
     since: datetime | None  #: start of the current period, or of the rolling window (bucket-aligned)
     alerts: int  #: alerts this rule recorded since `since` (all time for uncounted rules)
-    recent_alerts: tuple[RuleAlert, ...]  #: the latest few, newest first
+    recent_alerts: tuple[Alert, ...]  #: the latest few, newest first
 
     @property
     def counted(self) -> bool:
@@ -174,20 +155,20 @@ class Budgets:
         )
         return {int(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in conn.execute(query)}
 
-    def _alerts(self, conn: Any, rule_id: int, since: datetime | None) -> tuple[int, tuple[RuleAlert, ...]]:
+    def _alerts(self, conn: Any, rule_id: int, since: datetime | None) -> tuple[int, tuple[Alert, ...]]:
         a = alerts.c
         where = [a.rule_id == rule_id]
         if since is not None:
             where.append(a.created_at >= since)
         count = conn.execute(select(cast(func.count(), Integer)).select_from(alerts).where(*where)).scalar_one()
         recent = conn.execute(
-            select(a.kind, agents.c.name, a.transaction_id, a.message, a.created_at)
+            select(alerts, agents.c.name.label("agent_name"))
             .select_from(alerts.outerjoin(agents, agents.c.id == a.agent_id))
             .where(*where)
             .order_by(a.id.desc())
             .limit(RECENT_ALERTS)
         ).all()
-        return int(count), tuple(RuleAlert(r[0], r[1], r[2], r[3], r[4]) for r in recent)
+        return int(count), tuple(alert_record(r) for r in recent)
 
 
 def _since(rule: Rule, now: datetime) -> datetime | None:
