@@ -23,7 +23,6 @@ import concurrent.futures
 import hmac
 import logging
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from ..core import Ledger
 from ..errors import Denied, InProgress, InvalidRequest, NotFound, RateLimited, UpstreamError
 from ..records import Decision, Transaction, TxStatus
 from ..runner import RunOutcome, begin, conclude, conclude_failure, interrupted, run_governed_async
-from ..upstream import AsyncUpstream, UpstreamConfig, UpstreamFailure, UpstreamResult, _Exchange
+from ..upstream import AsyncUpstream, UpstreamConfig, UpstreamFailure
 from ..validation import validate_agent_name
 from .config import GatewayConfig
 from .errors import Cancelled, Unauthorized
@@ -144,7 +143,7 @@ class Gateway:
             max_keepalive_connections=min(self.config.upstream_connections, 100),
         )
         self.upstream = MeasuredUpstream(
-            DirectUpstream(self.upstream_config, transport=self._transport, limits=limits), self.metrics
+            AsyncUpstream(self.upstream_config, transport=self._transport, limits=limits), self.metrics
         )
         self._executor = concurrent.futures.ThreadPoolExecutor(self.db_threads(), thread_name_prefix="pixelgov-db")
         if self.ledger.engine.dialect.name == "sqlite":
@@ -558,79 +557,10 @@ def _resolve(done: asyncio.Future[None]) -> None:
         done.set_result(None)
 
 
-class DirectUpstream:
-    """`AsyncUpstream.call` sent straight to the connection pool's transport.
-
-    The same request (URL, headers with httpx's client defaults, the same JSON bytes), timeouts,
-    retry rule and answer reading: `ledger.upstream`'s own `_Exchange` builds the request,
-    classifies each failure by what it means for money and reads the answer. Only the client's
-    per-request layers are skipped — URL and cookie merging, the cookie jar, auth and redirect
-    loops, event hooks — none of which a call to FAL uses (redirects are not followed, and one
-    agent's request must not carry cookies another's answer set): about 0.2 ms of CPU per call.
-    With an HTTP(S) proxy in the environment, the full client sends (it applies the proxy)."""
-
-    def __init__(
-        self,
-        config: UpstreamConfig,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        limits: httpx.Limits | None = None,
-    ) -> None:
-        self.config = config
-        self.inner = AsyncUpstream(config, transport=transport, limits=limits)
-        proxied = any(k in urllib.request.getproxies() for k in ("http", "https", "all"))
-        self._own: httpx.AsyncHTTPTransport | None = None
-        self._send_to: httpx.AsyncBaseTransport | None = None
-        if not proxied:
-            if transport is None:  # what httpx.AsyncClient builds for itself
-                self._own = httpx.AsyncHTTPTransport(limits=limits or httpx.Limits(max_connections=100))
-            self._send_to = transport or self._own
-        self._timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout).as_dict()
-        self._defaults = httpx.AsyncClient(transport=httpx.MockTransport(lambda _r: httpx.Response(500))).headers
-        self._headers: tuple[str, httpx.Headers] | None = None
-
-    def build_request(self, method: str, url: str, *, json: Any, headers: dict[str, str]) -> httpx.Request:
-        """`httpx.AsyncClient.build_request` for this call (`_Exchange.build` calls it)."""
-        cached = self._headers
-        key = headers["Authorization"]
-        if cached is None or cached[0] != key:
-            merged = httpx.Headers(self._defaults)
-            merged.update(headers)
-            self._headers = cached = (key, merged)
-        return httpx.Request(method, url, json=json, headers=cached[1], extensions={"timeout": self._timeout})
-
-    async def call(self, endpoint: str, body: Mapping[str, Any], fal_key: str) -> UpstreamResult:
-        """POST the request; the upstream's answer, or Unreachable / Refused / NoAnswer."""
-        transport = self._send_to
-        if transport is None:
-            return await self.inner.call(endpoint, body, fal_key)
-        exchange = _Exchange(self.config, endpoint, body, fal_key)
-        request = exchange.build(cast(httpx.AsyncClient, self))
-        while True:
-            started = time.perf_counter()
-            try:
-                response = await transport.handle_async_request(request)
-                response.request = request
-                try:
-                    await response.aread()
-                except BaseException:
-                    await response.aclose()
-                    raise
-            except httpx.HTTPError as exc:
-                await asyncio.sleep(exchange.failed(exc, started))
-                continue
-            return exchange.answer(response, started)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()  # closes a transport given by the caller, as its client did
-        if self._own is not None:
-            await self._own.aclose()
-
-
 class MeasuredUpstream:
     """The worker's `AsyncUpstream`, observing every answer's latency in the metrics."""
 
-    def __init__(self, inner: AsyncUpstream | DirectUpstream, metrics: Metrics) -> None:
+    def __init__(self, inner: AsyncUpstream, metrics: Metrics) -> None:
         self.inner, self.metrics = inner, metrics
 
     async def call(self, endpoint: str, body: Mapping[str, Any], fal_key: str) -> Any:
