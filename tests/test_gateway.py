@@ -144,6 +144,19 @@ def test_bad_input_is_refused_and_nothing_is_authorized_or_sent(
     assert fal_posts(fake_fal) == []
 
 
+def test_an_upscale_image_on_the_servers_own_network_is_not_read(gw: RunningGateway, bot: str, fake_fal: Any) -> None:
+    """Pricing an upscale reads its image's header; an agent may not aim that read at the server's
+    own network (loopback here; cloud metadata, internal hosts) — it gives `input_size` instead."""
+    before = row_counts(gw.ledger.engine)
+    for url in (f"{fake_fal.url}/fixtures/320x240.png", "http://169.254.169.254/latest/meta-data/a.png"):
+        with gw.client(bot) as client:
+            r = client.post("/fal-ai/topaz/upscale/image", json={"image_url": url})
+        assert r.status_code == 400, r.text
+        assert "not a public address" in r.json()["error"]["message"]
+    assert row_counts(gw.ledger.engine) == before
+    assert fal_posts(fake_fal) == []
+
+
 def test_a_body_over_the_limit_is_413_before_it_is_parsed(db_url: str, fake_fal: Any) -> None:
     with gateway_server(db_url, fake_fal.url, max_body_bytes=2048) as gw:
         key = gw.ledger.admin.create_agent("bot").api_key

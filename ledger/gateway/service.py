@@ -256,10 +256,11 @@ class Gateway:
         entry = self.ledger.book.endpoint(endpoint)  # ModelNotFound before anything else
         if entry.operation == "upscale" and body.get("input_size") is None:
             # Its own threads: a slow image host (up to the probe's bound) never holds a database slot.
+            # `remote`: an agent's URL may not point the server at its own network (or files).
             return await anyio.to_thread.run_sync(
-                partial(self.ledger.quote, endpoint, body), limiter=self._probe_limiter
+                partial(self.ledger.quote, endpoint, body, remote=True), limiter=self._probe_limiter
             )
-        return self.ledger.quote(endpoint, body)
+        return self.ledger.quote(endpoint, body, remote=True)
 
     async def check(self, agent: str, endpoint: str, body: Mapping[str, Any]) -> Decision:
         quote = await self.quote(endpoint, body)
