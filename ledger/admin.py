@@ -502,6 +502,41 @@ class Admin:
                 write_audit(conn, "service-key", row.id, name, "revoke", None, None, now)
             return ServiceKey(row.id, row.name, row.key_prefix, row.created_at, row.revoked_at or now)
 
+    # --- dashboard sessions ----------------------------------------------------------------------
+
+    def end_dashboard_session(self, session_id: str, expires_at: datetime) -> None:
+        """Record a dashboard logout, so that every gateway worker and host refuses the session from
+        now on (`dashboard_session_ended`). Logging out twice is fine. Records of sessions that
+        have expired anyway are purged here. InvalidRequest for a malformed id."""
+        from .models import dashboard_logouts
+
+        _session_id(session_id)
+        now = self.clock()
+        with writing(self.engine) as conn:
+            conn.execute(delete(dashboard_logouts).where(dashboard_logouts.c.expires_at <= now))
+            known = select(dashboard_logouts.c.session_id).where(dashboard_logouts.c.session_id == session_id)
+            if conn.execute(known).first() is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(dashboard_logouts).values(
+                                session_id=session_id, expires_at=expires_at, created_at=now
+                            )
+                        )
+                except IntegrityError:  # the same session logged out at the same moment elsewhere
+                    pass
+
+    def dashboard_session_ended(self, session_id: str) -> bool:
+        """Whether the dashboard session was logged out (on any worker). InvalidRequest for a malformed id."""
+        from .models import dashboard_logouts
+
+        _session_id(session_id)
+        with reading(self.engine) as conn:
+            found = conn.execute(
+                select(dashboard_logouts.c.session_id).where(dashboard_logouts.c.session_id == session_id)
+            ).first()
+        return found is not None
+
     def service_key_by_secret(self, key: str) -> ServiceKey | None:
         """The active service key this secret is (compared by hash), or None."""
         from .models import service_keys
@@ -513,6 +548,15 @@ class Admin:
                 )
             ).first()
         return ServiceKey(row.id, row.name, row.key_prefix, row.created_at, row.revoked_at) if row else None
+
+
+MAX_SESSION_ID = 64  #: dashboard session ids are `String(64)`
+
+
+def _session_id(session_id: str) -> str:
+    if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID or not session_id.isascii():
+        raise InvalidRequest(f"session_id: 1–{MAX_SESSION_ID} ASCII characters", field="session_id")
+    return session_id
 
 
 def alert_record(row: Any) -> Alert:

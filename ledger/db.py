@@ -21,7 +21,7 @@ from .errors import DatabaseUnavailable, InvalidRequest, PixelgovError, SchemaBe
 from .settings import DEFAULT_DB_TIMEOUT
 
 #: The newest migration; `tests/test_migrations.py` checks it equals Alembic's head.
-SCHEMA_HEAD = "0004_rollups"
+SCHEMA_HEAD = "0005_dashboard_logouts"
 READONLY = "pixelgov_readonly"
 
 

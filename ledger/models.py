@@ -341,3 +341,17 @@ class QueueRequest(Base):
 
 service_keys = cast(Table, ServiceKey.__table__)
 queue_requests = cast(Table, QueueRequest.__table__)
+
+
+class DashboardLogout(Base):
+    """A dashboard session its owner logged out of: every worker and host refuses its cookie from
+    then on. Kept until the session would have expired (then purged: the cookie is dead anyway)."""
+
+    __tablename__ = "dashboard_logouts"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+dashboard_logouts = cast(Table, DashboardLogout.__table__)

@@ -620,3 +620,40 @@ def test_an_admin_call_with_bad_input_raises_a_typed_error_and_writes_nothing(ad
     assert error.value.code == {NotFound: "not_found"}.get(error_type, "invalid_request")
     assert row_counts(engine) == counts
     assert snapshot(engine) == before
+
+
+def test_a_dashboard_logout_is_recorded_once_and_expired_ones_are_purged(ledger, clock) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from sqlalchemy import func, select
+
+    from ledger.models import dashboard_logouts
+
+    admin = ledger.admin
+    now = clock()
+    assert not admin.dashboard_session_ended("s1")
+    admin.end_dashboard_session("s1", now + timedelta(seconds=10))
+    admin.end_dashboard_session("s1", now + timedelta(seconds=10))  # twice: no error, one record
+    assert admin.dashboard_session_ended("s1") and not admin.dashboard_session_ended("s2")
+    clock.advance(11)
+    admin.end_dashboard_session("s2", clock() + timedelta(hours=8))
+    with ledger.engine.connect() as conn:
+        kept = conn.execute(select(dashboard_logouts.c.session_id)).scalars().all()
+        assert kept == ["s2"]  # s1's session would have expired: its record went
+        assert conn.execute(select(func.count()).select_from(dashboard_logouts)).scalar() == 1
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 65, "sess\u00efon", None])
+def test_a_malformed_dashboard_session_id_is_invalid_and_writes_nothing(ledger, clock, bad) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+
+    from ledger.errors import InvalidRequest
+    from ledger.models import dashboard_logouts
+
+    with pytest.raises(InvalidRequest) as err:
+        ledger.admin.end_dashboard_session(bad, clock())
+    assert err.value.details.get("field") == "session_id"
+    with pytest.raises(InvalidRequest):
+        ledger.admin.dashboard_session_ended(bad)
+    with ledger.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(dashboard_logouts)).scalar() == 0

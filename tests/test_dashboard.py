@@ -225,14 +225,17 @@ def test_pages_are_keyboard_navigable_and_labelled(gw: RunningGateway, browser: 
     page = context.new_page()
     try:
         page.goto(f"{gw.url}/dashboard/login")
-        assert page.evaluate("document.activeElement.id") == "token"  # autofocus
+        # Focus moves when the browser gets to it (a loaded machine may be a moment late): wait for
+        # it, bounded, rather than reading it once.
+        focused = "(want) => document.activeElement && document.activeElement.textContent === want"
+        page.wait_for_function("() => document.activeElement && document.activeElement.id === 'token'", timeout=5000)
         page.keyboard.type(ADMIN_TOKEN)
         page.keyboard.press("Enter")
         page.wait_for_url(f"{gw.url}/dashboard")
         page.keyboard.press("Tab")
-        assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+        page.wait_for_function(focused, arg="Skip to content", timeout=5000)
         page.keyboard.press("Tab")
-        assert page.evaluate("document.activeElement.textContent") == "Overview"
+        page.wait_for_function(focused, arg="Overview", timeout=5000)
         page.goto(f"{gw.url}/dashboard/transactions")
         for field in page.locator("form.filters input, form.filters select").all():
             field_id = field.get_attribute("id")

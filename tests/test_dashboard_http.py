@@ -235,3 +235,21 @@ def test_transactions_page_by_keyset_through_every_match_exactly_once(gw: Runnin
         assert seen == sorted(seen, reverse=True)  # newest first
         csv_ids = [int(line.split(",")[0]) for line in c.get("/dashboard/transactions.csv?agent=bot").text.split()[1:]]
         assert csv_ids == seen
+
+
+def test_a_logout_on_one_worker_ends_the_session_on_every_worker(db_url: str, fake_fal: Any) -> None:
+    """Two gateways on one database stand for two workers (or hosts): each verifies the other's
+    cookies, and a logout on one is refused by the other from then on, its login form included."""
+    with gateway_server(db_url, fake_fal.url) as first, gateway_server(db_url, fake_fal.url) as second:
+        with client(first) as c:
+            log_in(c)
+            cookie = c.cookies["pixelgov_session"]
+        with client(second, cookies={"pixelgov_session": cookie}) as other:
+            assert other.get("/dashboard/budgets").status_code == 200  # the other worker knows it
+            with client(first, cookies={"pixelgov_session": cookie}) as c:
+                csrf = hidden(c.get("/dashboard").text, "csrf")
+                assert c.post("/dashboard/logout", data={"csrf": csrf}).status_code == 303
+            r = other.get("/dashboard/budgets")
+            assert r.status_code == 303 and r.headers["location"].startswith("/dashboard/login")
+            login_form = other.get("/dashboard/login")
+            assert login_form.status_code == 200 and 'name="token"' in login_form.text

@@ -33,6 +33,7 @@ TABLES = {
     "audit_log",
     "service_keys",
     "queue_requests",
+    "dashboard_logouts",
 }
 MONEY_COLUMNS = [
     ("transactions", "estimated_cost"),

@@ -119,6 +119,16 @@ def field(form: FormData, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+async def ended_elsewhere(request: Request, session: Session) -> bool:
+    """Whether the session was logged out on any worker or host (the ledger keeps logouts); this
+    worker then remembers it and asks no more."""
+    gw = request.app.state.gateway
+    if await gw.db(gw.ledger.admin.dashboard_session_ended, session.id):
+        request.state.signer.revoke(session)
+        return True
+    return False
+
+
 class DashboardRoute(APIRoute):
     """A dashboard route: session, CSRF, HTML errors and security headers (see the module docstring)."""
 
@@ -146,6 +156,13 @@ class DashboardRoute(APIRoute):
         session = sign.verify(request.cookies.get(SESSION_COOKIE))
         request.state.session = session
         if not public:
+            if session is not None:
+                try:
+                    if await ended_elsewhere(request, session):
+                        session = request.state.session = None
+                except SQLAlchemyError as exc:
+                    log.warning("dashboard: database error %s", type(exc).__name__)
+                    return error_page(request, 503, "The database is unavailable; try again shortly.")
             if session is None:
                 return login_redirect(request)
             if request.method == "POST":

@@ -27,7 +27,7 @@ from ...records import Transaction, TxStatus
 from ...reports import OPERATIONS, bucket_start, next_bucket
 from ..service import Gateway
 from . import router
-from .guard import error_page, field, form_of, render
+from .guard import ended_elsewhere, error_page, field, form_of, render
 from .money import change, exact
 from .session import COOKIE_PATH, LOGIN_COOKIE, LOGIN_SECONDS, SESSION_COOKIE, SESSION_SECONDS
 from .svg import spend_chart, usage_bar
@@ -92,7 +92,8 @@ async def static(name: str) -> Response:
 
 @router.get("/login", openapi_extra=PUBLIC)
 async def login_form(request: Request) -> Response:
-    if request.state.session is not None:
+    session = request.state.session
+    if session is not None and not await ended_elsewhere(request, session):
         return RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303)
     return _login_page(request, 200, error=None)
 
@@ -152,7 +153,10 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    request.state.signer.revoke(request.state.session)
+    session = request.state.session
+    expires = datetime.fromtimestamp(session.expires, UTC)
+    await _gw(request).db(_gw(request).ledger.admin.end_dashboard_session, session.id, expires)
+    request.state.signer.revoke(session)
     response = RedirectResponse("/dashboard/login?logged_out=1", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
     return response

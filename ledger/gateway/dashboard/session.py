@@ -4,7 +4,9 @@ A session cookie is `<session id>.<expiry epoch>.<HMAC-SHA256>`: the HMAC key is
 admin token (`HMAC(admin token, purpose)`), so every worker of a server verifies every other's
 cookies without shared state, and changing `PIXELGOV_ADMIN_TOKEN` ends every session. The cookie
 holds no secret: knowing it proves only that the server issued it, until it expires (8 hours)
-or its owner logs out (the worker remembers logged-out sessions until they would have expired).
+or its owner logs out. A logout is recorded in the ledger (`Admin.end_dashboard_session`), which
+every page request of every worker and host consults; a worker also remembers the logouts it has
+seen until the sessions would have expired.
 
 A CSRF token is the HMAC of the session id under a second derived key: a form that writes
 carries it in a hidden field and a POST without the right one is refused (403). The login form,
