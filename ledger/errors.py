@@ -101,6 +101,7 @@ EXIT_CODES = {
     "body_too_large": 2,
     "upstream_timeout": 1,
     "cancelled": 2,
+    "queue_full": 1,
 }
 HTTP_STATUS = {
     "invalid_request": 400,
@@ -115,10 +116,12 @@ HTTP_STATUS = {
     "unauthorized": 401,
     "conflict": 409,
     # The gateway's own: a body over its size limit, an upstream that never answered (the
-    # transaction is `unknown`), the result of a queued request that was cancelled.
+    # transaction is `unknown`), the result of a queued request that was cancelled, a submit to a
+    # worker whose queue is full.
     "body_too_large": 413,
     "upstream_timeout": 504,
     "cancelled": 400,
+    "queue_full": 429,
 }
 
 

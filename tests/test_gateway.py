@@ -510,6 +510,31 @@ def test_a_submit_over_budget_is_402_and_nothing_is_queued(gw: RunningGateway, b
     assert fal_posts(fake_fal) == []
 
 
+def test_a_submit_to_a_full_queue_is_429_and_authorizes_nothing(db_url: str, fake_fal: Any) -> None:
+    with gateway_server(db_url, fake_fal.url, max_queued=1) as gw:
+        key = gw.ledger.admin.create_agent("bot").api_key
+        fake_fal.set_mode("slow", delay=1.0)
+        with gw.client(key) as client:
+            first = client.post(f"/queue/{FLUX}", json=BODY)
+            assert first.status_code == 200
+            before = row_counts(gw.ledger.engine)
+            full = client.post(f"/queue/{FLUX}", json=BODY)
+            assert full.status_code == 429 and full.headers["Retry-After"] == "1"
+            assert full.json()["error"]["code"] == "queue_full"
+            assert "nothing was authorized" in full.json()["detail"]
+            assert row_counts(gw.ledger.engine) == before  # no transaction, hold or denial
+            _wait_status(client, first.json()["status_url"], "COMPLETED")
+            fake_fal.set_mode(None)
+            # Room again once the first run's task has ended (a moment after its settlement).
+            deadline = time.monotonic() + 5
+            while (again := client.post(f"/queue/{FLUX}", json=BODY)).status_code == 429:
+                assert time.monotonic() < deadline, "the queue never had room again"
+                time.sleep(0.02)
+            assert again.status_code == 200
+            _wait_status(client, again.json()["status_url"], "COMPLETED")
+    assert len(fal_posts(fake_fal)) == 2
+
+
 def test_an_unknown_request_id_is_404(gw: RunningGateway, bot: str) -> None:
     with gw.client(bot) as client:
         assert client.get("/queue/fal-ai/flux/requests/nope/status").status_code == 404
@@ -588,6 +613,8 @@ def test_a_queue_host_takes_submits_on_the_plain_path(gw: RunningGateway, bot: s
         (["--ssl-certfile", "missing.pem", "--ssl-keyfile", "missing.pem"], {}),
         ([], {"PIXELGOV_MAX_BODY_BYTES": "lots"}),
         ([], {"PIXELGOV_DB_THREADS": "0"}),
+        ([], {"PIXELGOV_MAX_QUEUED": "0"}),
+        ([], {"PIXELGOV_MAX_QUEUED": "many"}),
     ],
 )
 def test_serve_refuses_bad_options_with_one_line(

@@ -19,6 +19,7 @@ DEFAULT_DB_THREADS = 8
 DEFAULT_UPSTREAM_CONNECTIONS = 100
 DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_KEY_CACHE_SECONDS = 5.0
+DEFAULT_MAX_QUEUED = 10_000
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -47,6 +48,8 @@ class GatewayConfig:
     - `PIXELGOV_SHUTDOWN_GRACE` (default 30 s): how long a stopping worker lets queued runs finish.
     - `PIXELGOV_KEY_CACHE_SECONDS` (default 5): how long a worker remembers a known API key (0: never);
       a rotated or revoked key may keep working that long on a worker that saw it.
+    - `PIXELGOV_MAX_QUEUED` (default 10,000): queued runs a worker keeps (waiting or in flight); a
+      submit beyond it is refused with 429 and `Retry-After` before anything is authorized.
     """
 
     admin_token: str | None = field(default=None, repr=False)
@@ -56,6 +59,7 @@ class GatewayConfig:
     upstream_connections: int = DEFAULT_UPSTREAM_CONNECTIONS
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS
+    max_queued: int = DEFAULT_MAX_QUEUED
     access_log: bool = True
 
     @classmethod
@@ -73,6 +77,7 @@ class GatewayConfig:
             "max_body_bytes": _int(env, "PIXELGOV_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, MAX_MAX_BODY_BYTES),
             "db_threads": _int(env, "PIXELGOV_DB_THREADS", DEFAULT_DB_THREADS, 1, 256),
             "upstream_connections": _int(env, "PIXELGOV_UPSTREAM_CONNECTIONS", DEFAULT_UPSTREAM_CONNECTIONS, 1, 10000),
+            "max_queued": _int(env, "PIXELGOV_MAX_QUEUED", DEFAULT_MAX_QUEUED, 1, 1_000_000),
             "shutdown_grace": parse_seconds(grace, "PIXELGOV_SHUTDOWN_GRACE", maximum=3600, allow_zero=True)
             if grace
             else DEFAULT_SHUTDOWN_GRACE,

@@ -49,6 +49,12 @@ class Cancelled(PixelgovError):
     code = "cancelled"
 
 
+class QueueFull(PixelgovError):
+    """A queue submit to a worker already keeping `PIXELGOV_MAX_QUEUED` runs: nothing authorized."""
+
+    code = "queue_full"
+
+
 def http_status(error: PixelgovError, *, fal: bool = False) -> int:
     """The HTTP status of `error` (from `HTTP_STATUS`). An upstream that never answered is 504
     (`upstream_timeout`); on FAL-compatible routes (`fal`) an upstream refusal in

@@ -45,7 +45,7 @@ from ..runner import RunOutcome, begin, conclude, conclude_failure, interrupted,
 from ..upstream import AsyncUpstream, UpstreamConfig, UpstreamFailure
 from ..validation import validate_agent_name
 from .config import GatewayConfig
-from .errors import Cancelled, Unauthorized
+from .errors import Cancelled, QueueFull, Unauthorized
 from .metrics import Metrics
 
 log = logging.getLogger("pixelgov.gateway")
@@ -368,6 +368,12 @@ class Gateway:
         pending transaction). An idempotent retry answers the first submit's request id."""
         fal_key = self.require_fal_key()
         quote = await self.quote(endpoint, body)
+        if len(self._tasks) >= self.config.max_queued:
+            raise QueueFull(
+                f"this gateway worker already keeps {len(self._tasks)} queued requests "
+                f"(PIXELGOV_MAX_QUEUED); retry later: nothing was authorized",
+                retry_after=1,
+            )
         gov = self.ledger.governor
         try:
             started = await self.db(
