@@ -192,3 +192,33 @@ def test_sigterm_lets_in_flight_requests_finish(pg_url: str, fake_fal: Any) -> N
         lines = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
         assert sum(1 for x in lines if x["route"] == "/{endpoint:path}" and x["status"] == 200) == 3
         assert key not in text and SERVER_FAL_KEY not in text
+
+
+def test_metrics_sum_every_worker_whichever_answers_the_scrape(sqlite_url: str, fake_fal: Any) -> None:
+    """With two workers, every scrape shows the counts of both (prometheus-client's multiprocess
+    mode in a private directory), and the directory goes when the server stops."""
+    import json
+
+    from ledger import Ledger
+
+    with Ledger(sqlite_url) as ledger:
+        key = ledger.admin.create_agent("bot").api_key
+    runs = 24
+    with serve_subprocess(sqlite_url, fake_fal.url, workers=2) as (url, proc, log):
+        for _ in range(runs):
+            with httpx.Client(base_url=url, timeout=10) as client:  # a new connection each time
+                r = client.post(f"/{ENDPOINT}", json={"prompt": "p"}, headers={"Authorization": f"Key {key}"})
+                assert r.status_code == 200
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"ts"')]
+        served_by = {line["worker"] for line in lines if line["method"] == "POST"}
+        assert len(served_by) == 2, "one worker served every run: the scrape below proves nothing"
+        for _ in range(8):
+            with httpx.Client(base_url=url, timeout=10) as client:
+                text = client.get("/metrics").text
+            assert f'pixelgov_runs_total{{status="completed"}} {float(runs)}' in text
+            assert f"pixelgov_settled_usd_total {float(PRICE * runs)}" in text
+            assert f"pixelgov_authorized_usd_total {float(PRICE * runs)}" in text
+        environ = Path(f"/proc/{_workers(proc.pid)[0]}/environ").read_bytes().split(b"\0")
+        shared = Path(next(v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1].decode())
+        assert shared.is_dir()
+    assert not shared.exists()

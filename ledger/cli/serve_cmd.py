@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -130,19 +134,39 @@ def serve(
     if not config.fal_key:
         click.echo("FAL_KEY is not set: prices and checks work, runs answer 502", err=True)
     sys.stderr.flush()
-    uvicorn.run(
-        FACTORY,
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        timeout_graceful_shutdown=graceful_timeout,
-        log_config=_log_config(not no_access_log),
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        lifespan="on",
-    )
+    with _shared_metrics(workers):
+        uvicorn.run(
+            FACTORY,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            timeout_graceful_shutdown=graceful_timeout,
+            log_config=_log_config(not no_access_log),
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            lifespan="on",
+        )
     logging.shutdown()
+
+
+@contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """Several workers count their metrics in one private directory, so that a scrape answered
+    by any of them sums them all (`gateway.metrics`); it goes when the server stops. A directory
+    the operator set (`PROMETHEUS_MULTIPROC_DIR`) is theirs: used as it is, never removed."""
+    from ..gateway.metrics import MULTIPROCESS_ENV
+
+    if workers < 2 or os.environ.get(MULTIPROCESS_ENV):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="pixelgov-metrics-")
+    os.environ[MULTIPROCESS_ENV] = directory
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROCESS_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -191,6 +192,7 @@ class Edge:
                         "agent": extra.get("agent"),
                         "transaction": extra.get("tx"),
                         "client": (scope.get("client") or ("", 0))[0],
+                        "worker": os.getpid(),
                     },
                     ensure_ascii=True,
                 )

@@ -1,22 +1,31 @@
-"""Prometheus metrics of one gateway worker (`GET /metrics`).
+"""Prometheus metrics of the gateway (`GET /metrics`).
 
-Counters and histograms are per worker process (each has its own registry; with
-`--workers N` a scrape reaches one of them). The money gauges are read from the
-database at scrape time, so every worker reports the same ledger-wide figures.
-Amounts are summed as exact Decimal and converted to float USD only at the exposition boundary
-(Prometheus's format is float64): monitoring figures, never used for money.
+With one worker, counters and histograms live in the process. With `--workers N`, `pixelgov serve`
+gives the workers a private directory (`PROMETHEUS_MULTIPROC_DIR`, prometheus-client's
+multiprocess mode): each worker writes its counts there and a scrape, whichever worker answers it,
+sums every worker's, so counters never appear to go backwards between scrapes. The money gauges are
+read from the database at scrape time (ledger-wide in any case).
+
+USD counters count whole nano-USD, which a float64 holds exactly up to 2**53 (9 million USD per
+worker), and are turned into USD only at the exposition boundary (Prometheus's format is
+float64): monitoring figures, never used for money.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from pricing.money import from_nano, to_nano
+
+#: Set (by `pixelgov serve --workers N`) when the workers share their counts through files.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -29,25 +38,44 @@ def _exposed(amount: Decimal) -> float:
 
 
 class _UsdCounter(Collector):
-    """A counter of USD kept as an exact Decimal total (a float counter would drift with every
-    increment), exposed as a float only when scraped."""
+    """A counter of USD kept in whole nano-USD (exact, where float USD increments would drift),
+    exposed in USD when scraped. With several workers its count is shared like any counter's."""
 
     def __init__(self, name: str, documentation: str) -> None:
         self._name, self._doc = name, documentation
-        self._total = Decimal(0)
-        self._lock = threading.Lock()
+        # Not registered anywhere: this collector exposes it (in USD), and in multiprocess mode
+        # the scrape reads it from the shared files under its nano-USD name (`usd_families`).
+        self._nano = Counter(_nano_name(name), documentation + " (nano-USD)", registry=None)
 
     def inc(self, amount: Decimal) -> None:
-        with self._lock:
-            self._total += amount
+        self._nano.inc(to_nano(amount))
 
     @property
     def total(self) -> Decimal:
-        return self._total
+        """This worker's total."""
+        return from_nano(int(self._nano._value.get()))
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         counter = CounterMetricFamily(self._name, self._doc)
-        counter.add_metric([], _exposed(self._total))
+        counter.add_metric([], _exposed(self.total))
+        yield counter
+
+
+def _nano_name(usd_name: str) -> str:
+    return usd_name.removesuffix("_usd") + "_nano_usd"
+
+
+def usd_families(families: Iterable[Metric], usd: dict[str, str]) -> Iterator[Metric]:
+    """`families` with each nano-USD counter (by its name in `usd`: nano name → USD name) turned
+    back into its USD counter; the rest as they are."""
+    for family in families:
+        name = usd.get(family.name)
+        if name is None:
+            yield family
+            continue
+        total = sum((int(s.value) for s in family.samples if s.name.endswith("_total")), 0)
+        counter = CounterMetricFamily(name, family.documentation.removesuffix(" (nano-USD)"))
+        counter.add_metric([], _exposed(from_nano(total)))
         yield counter
 
 
@@ -111,8 +139,9 @@ class Metrics:
         self.estimated = _UsdCounter("pixelgov_authorized_usd", "Estimates held by this worker (USD)")
         self.registry.register(self.spend)
         self.registry.register(self.estimated)
-        if ledger_figures is not None:
-            self.registry.register(_LedgerGauges(ledger_figures))
+        self._gauges = _LedgerGauges(ledger_figures) if ledger_figures is not None else None
+        if self._gauges is not None:
+            self.registry.register(self._gauges)
 
     def observe_transaction(self, tx: Any) -> None:
         """Count a run's final transaction: its status, its actual cost, its upstream latency."""
@@ -126,4 +155,26 @@ class Metrics:
             self.estimated.inc(estimate)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition: this worker's registry, or, in multiprocess mode, every worker's counts
+        summed (and the ledger gauges, which are ledger-wide anyway)."""
+        if not os.environ.get(MULTIPROCESS_ENV):
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        shared = CollectorRegistry()
+        summing: Callable[[CollectorRegistry], object] = MultiProcessCollector  # reads every worker's files
+        summing(shared)
+        usd = {_nano_name(c._name): c._name for c in (self.spend, self.estimated)}
+        merged = CollectorRegistry()
+        merged.register(_Families(lambda: usd_families(shared.collect(), usd)))
+        if self._gauges is not None:
+            merged.register(self._gauges)
+        return generate_latest(merged)
+
+
+class _Families(Collector):
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families()

@@ -52,7 +52,7 @@ async def healthz(gw: GW) -> JSONResponse:
 @router.get(
     "/metrics",
     response_class=Response,
-    summary="Prometheus metrics of this worker",
+    summary="Prometheus metrics of the server (every worker's counts summed)",
     responses={200: {"content": {"text/plain": {}}}},
 )
 async def metrics(gw: GW) -> Response:
