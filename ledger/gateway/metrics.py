@@ -135,8 +135,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.spend = _UsdCounter("pixelgov_settled_usd", "Actual cost settled by this worker (USD)")
-        self.estimated = _UsdCounter("pixelgov_authorized_usd", "Estimates held by this worker (USD)")
+        self.spend = _UsdCounter(
+            "pixelgov_settled_usd", "Actual cost settled through the gateway since it started (USD)"
+        )
+        self.estimated = _UsdCounter(
+            "pixelgov_authorized_usd", "Estimates authorized through the gateway since it started (USD)"
+        )
         self.registry.register(self.spend)
         self.registry.register(self.estimated)
         self._gauges = _LedgerGauges(ledger_figures) if ledger_figures is not None else None
