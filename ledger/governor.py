@@ -239,6 +239,15 @@ class Governor:
                     raise
                 return self._replay(conn, existing, digest, idempotency_key)
 
+    def used_idempotency_key(self, agent_name: str, key: str) -> bool:
+        """Whether the agent already used this idempotency key: `authorize` with it would replay
+        that transaction and write nothing. Writes nothing; InvalidRequest for a malformed key or name."""
+        validate_idempotency_key(key)
+        validate_agent_name(agent_name)
+        with reading(self.engine) as conn:
+            agent = find_agent(conn, agent_name)
+            return bool(agent and agent.id and by_idempotency_key(conn, agent.id, key) is not None)
+
     def _authorize(
         self, agent_name: str, quote: Quote, body: Mapping[str, Any], key: str | None, digest: str, *, may_expire: bool
     ) -> Authorization:

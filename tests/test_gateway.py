@@ -535,6 +535,50 @@ def test_a_submit_to_a_full_queue_is_429_and_authorizes_nothing(db_url: str, fak
     assert len(fal_posts(fake_fal)) == 2
 
 
+def test_a_burst_of_submits_never_queues_more_than_the_cap(db_url: str, fake_fal: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with gateway_server(db_url, fake_fal.url, max_queued=2) as gw:
+        key = gw.ledger.admin.create_agent("bot").api_key
+        fake_fal.set_mode("slow", delay=1.0)
+
+        def submit(_: int) -> int:
+            with gw.client(key) as client:
+                return client.post(f"/queue/{FLUX}", json=BODY).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            statuses = sorted(pool.map(submit, range(16)))
+        assert statuses == [200, 200] + [429] * 14
+        assert row_counts(gw.ledger.engine)["transactions"] == 2
+
+
+def test_a_full_queue_still_answers_a_retry_of_a_submit_it_took(db_url: str, fake_fal: Any) -> None:
+    with gateway_server(db_url, fake_fal.url, max_queued=1) as gw:
+        key = gw.ledger.admin.create_agent("bot").api_key
+        fake_fal.set_mode("slow", delay=1.0)
+        with gw.client(key) as client:
+            first = client.post(f"/queue/{FLUX}", json=BODY, headers={"Idempotency-Key": "job-1"})
+            assert first.status_code == 200
+            retry = client.post(f"/queue/{FLUX}", json=BODY, headers={"Idempotency-Key": "job-1"})
+            assert retry.status_code == 200
+            assert retry.headers["X-Pixelgov-Transaction"] == first.headers["X-Pixelgov-Transaction"]
+            other = client.post(f"/queue/{FLUX}", json=BODY, headers={"Idempotency-Key": "job-2"})
+            assert other.status_code == 429  # a new key is a new run: no room for it
+            assert row_counts(gw.ledger.engine)["transactions"] == 1
+
+
+def test_a_cancelled_submit_frees_its_place_in_the_queue(db_url: str, fake_fal: Any) -> None:
+    with gateway_server(db_url, fake_fal.url, max_queued=2, upstream_connections=1) as gw:
+        key = gw.ledger.admin.create_agent("bot").api_key
+        fake_fal.set_mode("slow", delay=1.0)
+        with gw.client(key) as client:
+            client.post(f"/queue/{FLUX}", json=BODY)  # sent: holds the one upstream slot
+            waiting = client.post(f"/queue/{FLUX}", json=BODY).json()  # waits for the slot
+            assert client.post(f"/queue/{FLUX}", json=BODY).status_code == 429
+            assert client.put(waiting["cancel_url"]).status_code == 202
+            assert client.post(f"/queue/{FLUX}", json=BODY).status_code == 200
+
+
 def test_an_unknown_request_id_is_404(gw: RunningGateway, bot: str) -> None:
     with gw.client(bot) as client:
         assert client.get("/queue/fal-ai/flux/requests/nope/status").status_code == 404

@@ -88,6 +88,8 @@ class Queued:
     tx_id: int
     sent: bool = False
     cancelled: bool = False
+    #: Whether it takes one of the worker's `PIXELGOV_MAX_QUEUED` places (until it ends or is cancelled).
+    counted: bool = True
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -131,6 +133,7 @@ class Gateway:
         self._probe_limiter: anyio.CapacityLimiter | None = None
         self._slots: asyncio.Semaphore | None = None
         self._queued: dict[str, Queued] = {}
+        self._places = 0  #: queued runs held (and submits being authorized): at most `max_queued`
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: dict[str, tuple[tuple[str, str], float]] = {}
         self.started_at = datetime.now(UTC)
@@ -368,40 +371,56 @@ class Gateway:
         pending transaction). An idempotent retry answers the first submit's request id."""
         fal_key = self.require_fal_key()
         quote = await self.quote(endpoint, body)
-        if len(self._tasks) >= self.config.max_queued:
+        gov = self.ledger.governor
+        if self._places >= self.config.max_queued and not (
+            idempotency_key is not None and await self.db(gov.used_idempotency_key, agent, idempotency_key)
+        ):  # (a retry of a submit already made is answered below: it takes no new place)
             raise QueueFull(
-                f"this gateway worker already keeps {len(self._tasks)} queued requests "
+                f"this gateway worker already keeps {self._places} queued requests "
                 f"(PIXELGOV_MAX_QUEUED); retry later: nothing was authorized",
                 retry_after=1,
             )
-        gov = self.ledger.governor
+        # The place is taken before the first await, so a burst of submits cannot all pass the check.
+        self._places += 1
+        entry: Queued | None = None
         try:
-            started = await self.db(
-                begin, gov, agent=agent, quote=quote, body=body, fal_key=fal_key, idempotency_key=idempotency_key
-            )
-        except InProgress as exc:  # the same key still in flight: the same request
-            tx = exc.details["transaction"]
-            return await self.db(gov.name_request, tx.id, new_request_id()), tx
-        except Denied as exc:
-            await self._denied(exc)
-            raise
-        if isinstance(started, RunOutcome):  # an idempotent retry of a finished run
+            try:
+                started = await self.db(
+                    begin, gov, agent=agent, quote=quote, body=body, fal_key=fal_key, idempotency_key=idempotency_key
+                )
+            except InProgress as exc:  # the same key still in flight: the same request
+                tx = exc.details["transaction"]
+                return await self.db(gov.name_request, tx.id, new_request_id()), tx
+            except Denied as exc:
+                await self._denied(exc)
+                raise
+            if isinstance(started, RunOutcome):  # an idempotent retry of a finished run
+                tx = started.transaction
+                return await self.db(gov.name_request, tx.id, new_request_id()), tx
             tx = started.transaction
-            return await self.db(gov.name_request, tx.id, new_request_id()), tx
-        tx = started.transaction
-        self.metrics.observe_decision("allowed", quote.amount)
-        try:
-            request_id = await self.db(gov.name_request, tx.id, new_request_id())
-        except BaseException as exc:
-            await asyncio.shield(self.in_thread(partial(interrupted, gov, tx.id, "before sending", exc)))
-            raise
-        entry = Queued(tx.id)
-        self._queued[request_id] = entry
-        task = asyncio.create_task(self._forward(request_id, entry, quote, body, fal_key))
-        entry.task = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return request_id, tx
+            self.metrics.observe_decision("allowed", quote.amount)
+            try:
+                request_id = await self.db(gov.name_request, tx.id, new_request_id())
+            except BaseException as exc:
+                await asyncio.shield(self.in_thread(partial(interrupted, gov, tx.id, "before sending", exc)))
+                raise
+            entry = Queued(tx.id)  # the place is the entry's from here
+            self._queued[request_id] = entry
+            task = asyncio.create_task(self._forward(request_id, entry, quote, body, fal_key))
+            entry.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _task: self._free_place(entry))
+            return request_id, tx
+        finally:
+            if entry is None:
+                self._places -= 1
+
+    def _free_place(self, entry: Queued | None) -> None:
+        """A queued run ended or was cancelled: its place in `PIXELGOV_MAX_QUEUED` is free (once)."""
+        if entry is not None and entry.counted:
+            entry.counted = False
+            self._places -= 1
 
     async def _forward(
         self, request_id: str, entry: Queued, quote: Quote, body: Mapping[str, Any], fal_key: str
@@ -460,6 +479,7 @@ class Gateway:
         entry = self._queued.get(request_id)
         if entry is not None and not entry.sent and not entry.cancelled:
             entry.cancelled = True  # before any await: the forwarding task sees it
+            self._free_place(entry)  # its task may wait for an upstream slot a while yet: it holds no place
             return await self.db(self.ledger.governor.void, tx.id, "cancelled before it was sent (queue cancel)")
         if tx.status == TxStatus.pending:
             raise InvalidRequest(
