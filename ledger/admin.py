@@ -511,6 +511,8 @@ class Admin:
         from .models import dashboard_logouts
 
         _session_id(session_id)
+        if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
+            raise InvalidRequest("expires_at: a timezone-aware datetime", field="expires_at")
         now = self.clock()
         with writing(self.engine) as conn:
             conn.execute(delete(dashboard_logouts).where(dashboard_logouts.c.expires_at <= now))
@@ -523,8 +525,9 @@ class Admin:
                                 session_id=session_id, expires_at=expires_at, created_at=now
                             )
                         )
-                except IntegrityError:  # the same session logged out at the same moment elsewhere
-                    pass
+                except IntegrityError:
+                    if conn.execute(known).first() is None:  # not the same logout made elsewhere at once
+                        raise
 
     def dashboard_session_ended(self, session_id: str) -> bool:
         """Whether the dashboard session was logged out (on any worker). InvalidRequest for a malformed id."""

@@ -657,3 +657,19 @@ def test_a_malformed_dashboard_session_id_is_invalid_and_writes_nothing(ledger, 
         ledger.admin.dashboard_session_ended(bad)
     with ledger.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(dashboard_logouts)).scalar() == 0
+
+
+@pytest.mark.parametrize("bad", [None, "2026-11-25", "naive"])
+def test_a_dashboard_logout_needs_an_aware_expiry_and_writes_nothing_without(ledger, clock, bad) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+
+    from ledger.errors import InvalidRequest
+    from ledger.models import dashboard_logouts
+
+    expires = clock().replace(tzinfo=None) if bad == "naive" else bad
+    with pytest.raises(InvalidRequest) as err:
+        ledger.admin.end_dashboard_session("s1", expires)
+    assert err.value.details.get("field") == "expires_at"
+    assert not ledger.admin.dashboard_session_ended("s1")
+    with ledger.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(dashboard_logouts)).scalar() == 0

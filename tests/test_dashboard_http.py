@@ -253,3 +253,24 @@ def test_a_logout_on_one_worker_ends_the_session_on_every_worker(db_url: str, fa
             assert r.status_code == 303 and r.headers["location"].startswith("/dashboard/login")
             login_form = other.get("/dashboard/login")
             assert login_form.status_code == 200 and 'name="token"' in login_form.text
+
+
+def test_a_logout_the_database_cannot_record_still_logs_out_here_and_says_so(sqlite_url: str, fake_fal: Any) -> None:
+    import sqlite3
+
+    with gateway_server(sqlite_url, fake_fal.url, settings={"db_timeout": 0.3}) as gw, client(gw) as c:
+        log_in(c)
+        cookie = c.cookies["pixelgov_session"]
+        csrf = hidden(c.get("/dashboard").text, "csrf")
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the logout's write waits 0.3 s, then gives up
+        try:
+            r = c.post("/dashboard/logout", data={"csrf": csrf})
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert r.status_code == 503 and "other gateway workers may accept" in r.text
+        assert 'pixelgov_session=""' in r.headers["set-cookie"]  # the browser drops it
+        assert not gw.ledger.admin.dashboard_session_ended(cookie.split(".")[0])
+        with client(gw, cookies={"pixelgov_session": cookie}) as replay:
+            assert replay.get("/dashboard").status_code == 303  # this worker refuses it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -19,6 +20,7 @@ from urllib.parse import urlencode
 
 from fastapi import Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from ...budgets import Budgets
 from ...errors import InvalidRequest, NotFound
@@ -31,6 +33,8 @@ from .guard import ended_elsewhere, error_page, field, form_of, render
 from .money import change, exact
 from .session import COOKIE_PATH, LOGIN_COOKIE, LOGIN_SECONDS, SESSION_COOKIE, SESSION_SECONDS
 from .svg import spend_chart, usage_bar
+
+log = logging.getLogger("pixelgov.dashboard")
 
 PUBLIC = {"x-public": True}
 PERIODS = ("day", "week", "month")
@@ -154,10 +158,21 @@ async def login(request: Request) -> Response:
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     session = request.state.session
-    expires = datetime.fromtimestamp(session.expires, UTC)
-    await _gw(request).db(_gw(request).ledger.admin.end_dashboard_session, session.id, expires)
-    request.state.signer.revoke(session)
-    response = RedirectResponse("/dashboard/login?logged_out=1", status_code=303)
+    request.state.signer.revoke(session)  # this worker refuses it whatever happens next
+    gw = _gw(request)
+    response: Response
+    try:
+        await gw.db(gw.ledger.admin.end_dashboard_session, session.id, datetime.fromtimestamp(session.expires, UTC))
+        response = RedirectResponse("/dashboard/login?logged_out=1", status_code=303)
+    except SQLAlchemyError as exc:
+        log.warning("dashboard: logout not recorded, database error %s", type(exc).__name__)
+        response = error_page(
+            request,
+            503,
+            "You are logged out of this server process, but the database is unavailable: other gateway "
+            "workers may accept a copy of this session's cookie until it expires.",
+            title="Logged out here only",
+        )
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
     return response
 
