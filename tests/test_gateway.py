@@ -659,6 +659,7 @@ def test_a_queue_host_takes_submits_on_the_plain_path(gw: RunningGateway, bot: s
         ([], {"PIXELGOV_DB_THREADS": "0"}),
         ([], {"PIXELGOV_MAX_QUEUED": "0"}),
         ([], {"PIXELGOV_MAX_QUEUED": "many"}),
+        (["--workers", "2"], {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/pixelgov-metrics"}),
     ],
 )
 def test_serve_refuses_bad_options_with_one_line(

@@ -222,3 +222,22 @@ def test_metrics_sum_every_worker_whichever_answers_the_scrape(sqlite_url: str, 
         shared = Path(next(v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1].decode())
         assert shared.is_dir()
     assert not shared.exists()
+
+
+def test_an_operators_metrics_directory_is_emptied_at_start_and_kept(
+    sqlite_url: str, fake_fal: Any, tmp_path: Path
+) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    stale = shared / "counter_99999.db"
+    stale.write_bytes(b"counts of an earlier run")
+    (shared / "notes.txt").write_text("not ours")
+    with serve_subprocess(sqlite_url, fake_fal.url, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(shared)}) as (
+        url,
+        _,
+        _,
+    ):
+        assert not stale.exists()
+        r = httpx.get(f"{url}/metrics", timeout=10)
+        assert r.status_code == 200 and "pixelgov_http_requests_total" in r.text
+    assert shared.is_dir() and (shared / "notes.txt").exists()

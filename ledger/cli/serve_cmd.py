@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -117,6 +118,7 @@ def serve(
     for path in (ssl_certfile, ssl_keyfile):
         if path is not None and not os.path.isfile(path):
             raise InvalidRequest(f"cannot read {path}", field="ssl")
+    given_metrics_dir = _operator_metrics_dir()
     settings = settings_of(ctx)
     config = GatewayConfig.from_env()  # validated here, so a bad value stops the start with one line
     # The database is checked (and the default SQLite file created) before any worker starts.
@@ -134,7 +136,7 @@ def serve(
     if not config.fal_key:
         click.echo("FAL_KEY is not set: prices and checks work, runs answer 502", err=True)
     sys.stderr.flush()
-    with _shared_metrics(workers):
+    with _shared_metrics(workers, given_metrics_dir):
         uvicorn.run(
             FACTORY,
             factory=True,
@@ -153,14 +155,30 @@ def serve(
     logging.shutdown()
 
 
-@contextmanager
-def _shared_metrics(workers: int) -> Iterator[None]:
-    """Several workers count their metrics in one private directory, so that a scrape answered
-    by any of them sums them all (`gateway.metrics`); it goes when the server stops. A directory
-    the operator set (`PROMETHEUS_MULTIPROC_DIR`) is theirs: used as it is, never removed."""
+def _operator_metrics_dir() -> Path | None:
+    """The operator's `PROMETHEUS_MULTIPROC_DIR`, checked (a writable directory) and emptied of the
+    counts of earlier runs, which prometheus-client would otherwise add in; None when unset."""
     from ..gateway.metrics import MULTIPROCESS_ENV
 
-    if workers < 2 or os.environ.get(MULTIPROCESS_ENV):
+    given = os.environ.get(MULTIPROCESS_ENV)
+    if not given:
+        return None
+    directory = Path(given)
+    if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+        raise InvalidRequest(f"{MULTIPROCESS_ENV}: {given} is not a writable directory", field=MULTIPROCESS_ENV)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return directory
+
+
+@contextmanager
+def _shared_metrics(workers: int, given: Path | None) -> Iterator[None]:
+    """Several workers count their metrics in one private directory, so that a scrape answered
+    by any of them sums them all (`gateway.metrics`); it goes when the server stops. A directory
+    the operator set (`given`) is used as it is and never removed."""
+    from ..gateway.metrics import MULTIPROCESS_ENV
+
+    if workers < 2 or given is not None:
         yield
         return
     directory = tempfile.mkdtemp(prefix="pixelgov-metrics-")
