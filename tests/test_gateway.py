@@ -745,3 +745,21 @@ def test_usd_counters_sum_exactly_and_convert_only_when_scraped() -> None:
         metrics.estimated.inc(Decimal("0.1"))
     assert metrics.estimated.total == Decimal("1.0")  # ten float increments of 0.1 would not sum to 1
     assert "pixelgov_authorized_usd_total 1.0" in generate_latest(metrics.registry).decode()
+    # Past 2**53 nano-USD (about 9 million USD) a float64 count of nano-USD would round: this one is exact.
+    metrics.spend.inc(Decimal("9007199.254740992"))
+    metrics.spend.inc(Decimal("0.000000001"))
+    assert metrics.spend.total == Decimal("9007199.254740993")
+
+
+def test_shared_usd_counters_are_put_back_together_exactly_from_every_workers_parts() -> None:
+    from prometheus_client.core import GaugeMetricFamily
+
+    from ledger.gateway.metrics import usd_families
+
+    # Two workers' parts, summed by prometheus-client: 5.5 USD and 3.75 USD.
+    whole = GaugeMetricFamily("pixelgov_settled_usd_whole", "d", value=5 + 3)
+    nano = GaugeMetricFamily("pixelgov_settled_usd_nano", "d", value=500_000_000 + 750_000_000)
+    other = GaugeMetricFamily("pixelgov_other", "d", value=1)
+    out = {f.name: f for f in usd_families([whole, nano, other], {"pixelgov_settled_usd": "settled"})}
+    assert set(out) == {"pixelgov_settled_usd", "pixelgov_other"}
+    assert out["pixelgov_settled_usd"].samples[0].value == 9.25

@@ -6,23 +6,24 @@ multiprocess mode): each worker writes its counts there and a scrape, whichever 
 sums every worker's, so counters never appear to go backwards between scrapes. The money gauges are
 read from the database at scrape time (ledger-wide in any case).
 
-USD counters count whole nano-USD, which a float64 holds exactly up to 2**53 (9 million USD per
-worker), and are turned into USD only at the exposition boundary (Prometheus's format is
-float64): monitoring figures, never used for money.
+USD counters are exact: whole nano-USD in a Python int, shared between workers as two integer
+gauges (whole USD, nano-USD remainder) that a float64 holds exactly. They become a float only at
+the exposition boundary (Prometheus's format is float64): monitoring figures, never used for money.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pricing.money import from_nano, to_nano
+from pricing.money import NANO_PER_USD, from_nano, to_nano
 
 #: Set (by `pixelgov serve --workers N`) when the workers share their counts through files.
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -38,22 +39,36 @@ def _exposed(amount: Decimal) -> float:
 
 
 class _UsdCounter(Collector):
-    """A counter of USD kept in whole nano-USD (exact, where float USD increments would drift),
-    exposed in USD when scraped. With several workers its count is shared like any counter's."""
+    """A counter of USD kept exactly, as a whole number of nano-USD in a Python int (a float
+    counter would drift with every increment), exposed as a float only when scraped.
 
-    def __init__(self, name: str, documentation: str) -> None:
+    With several workers (`shared`) each worker also publishes its own total as two gauges — whole
+    USD and the nano-USD remainder, each an integer a float64 holds exactly — which a scrape sums
+    over every worker (`usd_families`)."""
+
+    def __init__(self, name: str, documentation: str, *, shared: bool = False) -> None:
         self._name, self._doc = name, documentation
-        # Not registered anywhere: this collector exposes it (in USD), and in multiprocess mode
-        # the scrape reads it from the shared files under its nano-USD name (`usd_families`).
-        self._nano = Counter(_nano_name(name), documentation + " (nano-USD)", registry=None)
+        self._nano = 0
+        self._lock = threading.Lock()
+        self._parts: tuple[Gauge, Gauge] | None = None
+        if shared:  # not registered: a scrape reads them from the shared files
+            self._parts = (
+                Gauge(name + "_whole", documentation, registry=None, multiprocess_mode="sum"),
+                Gauge(name + "_nano", documentation, registry=None, multiprocess_mode="sum"),
+            )
 
     def inc(self, amount: Decimal) -> None:
-        self._nano.inc(to_nano(amount))
+        with self._lock:
+            self._nano += to_nano(amount)
+            if self._parts is not None:
+                whole, nano = divmod(self._nano, NANO_PER_USD)
+                self._parts[0].set(whole)
+                self._parts[1].set(nano)
 
     @property
     def total(self) -> Decimal:
         """This worker's total."""
-        return from_nano(int(self._nano._value.get()))
+        return from_nano(self._nano)
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         counter = CounterMetricFamily(self._name, self._doc)
@@ -61,20 +76,20 @@ class _UsdCounter(Collector):
         yield counter
 
 
-def _nano_name(usd_name: str) -> str:
-    return usd_name.removesuffix("_usd") + "_nano_usd"
-
-
-def usd_families(families: Iterable[Metric], usd: dict[str, str]) -> Iterator[Metric]:
-    """`families` with each nano-USD counter (by its name in `usd`: nano name → USD name) turned
-    back into its USD counter; the rest as they are."""
+def usd_families(families: Iterable[Metric], usd: Mapping[str, str]) -> Iterator[Metric]:
+    """`families` (every worker's, summed) with each USD counter's two part gauges (`usd`: counter
+    name → documentation) put back together as the counter; the rest as they are."""
+    parts: dict[str, int] = {}
     for family in families:
-        name = usd.get(family.name)
-        if name is None:
+        base, _, part = family.name.rpartition("_")
+        if base in usd and part in ("whole", "nano"):
+            value = int(sum(s.value for s in family.samples))  # integers, exact in float64
+            parts[family.name] = value * (NANO_PER_USD if part == "whole" else 1)
+        else:
             yield family
-            continue
-        total = sum((int(s.value) for s in family.samples if s.name.endswith("_total")), 0)
-        counter = CounterMetricFamily(name, family.documentation.removesuffix(" (nano-USD)"))
+    for name, documentation in usd.items():
+        counter = CounterMetricFamily(name, documentation)
+        total = parts.get(f"{name}_whole", 0) + parts.get(f"{name}_nano", 0)
         counter.add_metric([], _exposed(from_nano(total)))
         yield counter
 
@@ -135,11 +150,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        shared = bool(os.environ.get(MULTIPROCESS_ENV))
         self.spend = _UsdCounter(
-            "pixelgov_settled_usd", "Actual cost settled through the gateway since it started (USD)"
+            "pixelgov_settled_usd", "Actual cost settled through the gateway since it started (USD)", shared=shared
         )
         self.estimated = _UsdCounter(
-            "pixelgov_authorized_usd", "Estimates authorized through the gateway since it started (USD)"
+            "pixelgov_authorized_usd", "Estimates authorized through the gateway since it started (USD)", shared=shared
         )
         self.registry.register(self.spend)
         self.registry.register(self.estimated)
@@ -168,7 +184,7 @@ class Metrics:
         shared = CollectorRegistry()
         summing: Callable[[CollectorRegistry], object] = MultiProcessCollector  # reads every worker's files
         summing(shared)
-        usd = {_nano_name(c._name): c._name for c in (self.spend, self.estimated)}
+        usd = {c._name: c._doc for c in (self.spend, self.estimated)}
         merged = CollectorRegistry()
         merged.register(_Families(lambda: usd_families(shared.collect(), usd)))
         if self._gauges is not None:
