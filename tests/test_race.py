@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import scratch_engine
+from conftest import PG_TEST_PREFIX, scratch_engine
 from sqlalchemy import text
 
 WORKERS = 8
@@ -347,7 +347,11 @@ _UNAUDIT = [
 
 
 def _mixed_race(url: str) -> None:
+    from sqlalchemy.engine import make_url
+
     pg = url.startswith("postgresql")
+    # The audit tables below are created, and dropped, only in a database of the tests' own.
+    assert not pg or (make_url(url).database or "").startswith(PG_TEST_PREFIX), url
     with scratch_engine(url) as engine:
         try:
             with engine.begin() as conn:
