@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from pricing.money import ZERO
 
 from .clock import Clock, utcnow
-from .db import reading, writing
+from .db import dialect_insert, reading, writing
 from .errors import Conflict, InvalidRequest, NotFound, PixelgovError
 from .models import agents, alerts, audit_log, cost_lines, holds, rule_counters, spending_rules, transactions
 from .periods import buckets
@@ -516,18 +516,11 @@ class Admin:
         now = self.clock()
         with writing(self.engine) as conn:
             conn.execute(delete(dashboard_logouts).where(dashboard_logouts.c.expires_at <= now))
-            known = select(dashboard_logouts.c.session_id).where(dashboard_logouts.c.session_id == session_id)
-            if conn.execute(known).first() is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            insert(dashboard_logouts).values(
-                                session_id=session_id, expires_at=expires_at, created_at=now
-                            )
-                        )
-                except IntegrityError:
-                    if conn.execute(known).first() is None:  # not the same logout made elsewhere at once
-                        raise
+            conn.execute(
+                dialect_insert(conn.dialect.name)(dashboard_logouts)
+                .values(session_id=session_id, expires_at=expires_at, created_at=now)
+                .on_conflict_do_nothing()  # logged out already (here or elsewhere at the same moment)
+            )
 
     def dashboard_session_ended(self, session_id: str) -> bool:
         """Whether the dashboard session was logged out (on any worker). InvalidRequest for a malformed id."""

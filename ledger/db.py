@@ -113,6 +113,18 @@ def make_engine(url: str, *, timeout: float = DEFAULT_DB_TIMEOUT) -> Engine:
     return create_engine(url)
 
 
+def dialect_insert(dialect_name: str) -> Any:
+    """The dialect's own `insert` (SQLite or PostgreSQL): the one with `on_conflict_do_nothing` /
+    `on_conflict_do_update`, which both databases support."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
 @contextmanager
 def writing(engine: Engine) -> Iterator[Connection]:
     """A write transaction (SQLite: BEGIN IMMEDIATE)."""

@@ -41,7 +41,7 @@ from pricing import PriceBook, Quote, default_book
 from pricing.money import MAX_USD, ZERO, from_nano, parse_usd, to_nano, usd_str
 
 from .clock import Clock, utcnow
-from .db import reading, writing
+from .db import dialect_insert, reading, writing
 from .errors import Conflict, InvalidRequest, NotFound
 from .hotpath import SQL, Driver, KeyRow, RuleCache, TxRow, tx_row
 from .models import alerts, holds, spending_rules, transactions
@@ -182,11 +182,7 @@ class Governor:
         self._pg = engine.dialect.name == "postgresql"
         self._sql = SQL[self._pg]
         self._rules = RuleCache()
-        if self._pg:
-            from sqlalchemy.dialects.postgresql import insert as upsert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
-        self._upsert = upsert
+        self._upsert = dialect_insert(engine.dialect.name)
 
     # --- decisions ------------------------------------------------------------------------------
 
