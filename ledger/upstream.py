@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,9 +187,10 @@ class _Exchange:
             "User-Agent": "pixelgov/0.1",
         }
 
-    def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+    def build(self, build_request: Callable[..., httpx.Request]) -> httpx.Request:
+        """The request, from a client's `build_request` (or `AsyncUpstream.build_request`)."""
         try:
-            return client.build_request("POST", self.url, json=self.body, headers=self.headers)
+            return build_request("POST", self.url, json=self.body, headers=self.headers)
         except (httpx.HTTPError, httpx.InvalidURL, TypeError, ValueError) as exc:
             raise Unreachable(
                 f"the request to {self.where} could not be built, nothing was sent: {_describe(exc, self.key)}"
@@ -282,7 +283,7 @@ class Upstream:
     def call(self, endpoint: str, body: Mapping[str, Any], fal_key: str) -> UpstreamResult:
         """POST the request; the upstream's answer, or Unreachable / Refused / NoAnswer."""
         exchange = _Exchange(self.config, endpoint, body, fal_key)
-        request = exchange.build(self._client)
+        request = exchange.build(self._client.build_request)
         while True:
             started = time.perf_counter()
             try:
@@ -344,7 +345,7 @@ class AsyncUpstream:
 
         exchange = _Exchange(self.config, endpoint, body, fal_key)
         direct = self._direct
-        request = exchange.build(self if direct is not None else self._client)  # type: ignore[arg-type]
+        request = exchange.build(self.build_request if direct is not None else self._client.build_request)
         while True:
             started = time.perf_counter()
             try:
