@@ -74,9 +74,9 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from ledger import Ledger
-    from ledger.budgets import Budgets
-    from ledger.gateway import GatewayConfig, create_app
-    from ledger.history import History, TransactionFilter
+    from ledger.policy.budgets import Budgets
+    from ledger.reports.history import History, TransactionFilter
+    from pixelgov.gateway import GatewayConfig, create_app
 
     now = DEFAULT_END - timedelta(hours=1)
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)

@@ -137,7 +137,7 @@ def prepare(url: str, layout: str) -> list[str]:
     from sqlalchemy import text
 
     from ledger import Ledger, RuleSpec
-    from ledger.models import Base
+    from ledger.store.models import Base
 
     def rule(**fields: Any) -> Any:
         return RuleSpec(**fields, given=set(fields))
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 serve = [
                     sys.executable,
                     "-c",
-                    "from ledger.cli import main; main()",
+                    "from pixelgov.cli import main; main()",
                     "serve",
                     "--port",
                     str(port),

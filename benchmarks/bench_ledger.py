@@ -15,7 +15,7 @@ c. PostgreSQL throughput with 8 concurrent client processes (each its own agent 
 
 Dedicated stores only: a SQLite file in a temporary directory and the PostgreSQL databases
 `pixelgov_bench` and `pixelgov_bench_big` (created if missing; their schema is dropped and
-rebuilt with `ledger.db.upgrade`) — never the test suite's database. Prints figures, asserts
+rebuilt with `ledger.store.db.upgrade`) — never the test suite's database. Prints figures, asserts
 nothing.
 """
 
@@ -39,9 +39,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ledger import Ledger, Settings
-from ledger import db as ledger_db
-from ledger.governor import Governor, request_hash
-from ledger.rules import RuleSpec
+from ledger.policy.governor import Governor, request_hash
+from ledger.policy.rules import RuleSpec
+from ledger.store import db as ledger_db
 from pricing import quote
 from pricing.money import to_nano
 

@@ -67,7 +67,7 @@ def prepare_ledger(url: str) -> None:
     from sqlalchemy import text
 
     from ledger import Ledger, RuleSpec
-    from ledger.models import Base
+    from ledger.store.models import Base
 
     with Ledger(url, migrate=True) as ledger:
         if ledger.engine.dialect.name == "postgresql":
@@ -119,7 +119,7 @@ def latencies(url: str, ids: list[int]) -> dict[int, float]:
     from sqlalchemy import select
 
     from ledger import Ledger
-    from ledger.models import facts
+    from ledger.store.models import facts
 
     with Ledger(url) as ledger, ledger.engine.connect() as conn:
         rows = conn.execute(
@@ -154,8 +154,8 @@ def bench_bare(fake: FakeFal, n: int) -> list[float]:
 def bench_in_process(fake: FakeFal, url: str, n: int) -> tuple[list[float], list[float]]:
     """(wall ms per run, overhead ms per run = wall − the runner's own upstream latency)."""
     from ledger import Ledger
-    from ledger.runner import run_governed
-    from ledger.upstream import Upstream, UpstreamConfig
+    from ledger.forward.runner import run_governed
+    from ledger.forward.upstream import Upstream, UpstreamConfig
 
     prepare_ledger(url)
     ledger = Ledger(url)

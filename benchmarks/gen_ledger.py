@@ -414,7 +414,7 @@ def migrate(url: str) -> None:
     """Bring the database to the code's schema with Alembic (as `pixelgov db upgrade` does)."""
     from alembic import command
 
-    from ledger.db import alembic_config
+    from ledger.store.db import alembic_config
 
     if url.startswith("sqlite"):
         Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .core import Ledger
-    from .rules import RuleSpec
+    from .policy.rules import RuleSpec
 
 __all__ = [
     "Agent",
@@ -87,7 +87,7 @@ def __getattr__(name: str) -> Any:
 
         return Ledger
     if name == "RuleSpec":
-        from .rules import RuleSpec
+        from .policy.rules import RuleSpec
 
         return RuleSpec
     raise AttributeError(f"module 'ledger' has no attribute {name!r}")

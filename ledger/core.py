@@ -18,14 +18,14 @@ from sqlalchemy import Engine
 from pricing import PriceBook, Quote, book_for
 
 from .clock import Clock, utcnow
-from .db import check_schema, default_url, make_engine
-from .quoting import quote_body
+from .forward.quoting import quote_body
 from .settings import Settings
+from .store.db import check_schema, default_url, make_engine
 
 if TYPE_CHECKING:
-    from .admin import Admin
-    from .governor import Governor
-    from .reports import Reports
+    from .policy.admin import Admin
+    from .policy.governor import Governor
+    from .reports.reader import Reports
 
 
 class Ledger:
@@ -70,7 +70,7 @@ class Ledger:
     @cached_property
     def governor(self) -> Governor:
         """Check, authorize, settle, fail, void, expire; transactions."""
-        from .governor import Governor
+        from .policy.governor import Governor
 
         return Governor(
             self.engine,
@@ -83,14 +83,14 @@ class Ledger:
     @cached_property
     def admin(self) -> Admin:
         """Agents, spending rules, alerts and the audit log."""
-        from .admin import Admin
+        from .policy.admin import Admin
 
         return Admin(self.engine, clock=self.clock)
 
     @cached_property
     def reports(self) -> Reports:
         """Finance reports: summary, spend, leaderboards, charts, statements, FOCUS export."""
-        from .reports import Reports
+        from .reports.reader import Reports
 
         return Reports(self.engine, clock=self.clock, book=self.book)
 

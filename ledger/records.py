@@ -29,7 +29,7 @@ class AgentStatus(StrEnum):
 
 
 class TxStatus(StrEnum):
-    """A transaction's status (see `ledger.spend` for what each counts as held and spent)."""
+    """A transaction's status (see `ledger.store.spend` for what each counts as held and spent)."""
 
     pending = "pending"
     completed = "completed"
@@ -331,7 +331,7 @@ class Decision:
     agent: AgentRef
     denials: tuple[Denial, ...]
     alerts: tuple[Denial, ...]
-    verdicts: tuple[Any, ...] = ()  #: `ledger.rules.Verdict` per matching rule, in rule id order
+    verdicts: tuple[Any, ...] = ()  #: `ledger.policy.rules.Verdict` per matching rule, in rule id order
 
     @property
     def allowed(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from ledger.models import Base, Money, UTCDateTime
+from ledger.store.models import Base, Money, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata

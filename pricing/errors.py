@@ -1,7 +1,7 @@
 """Errors that every layer shares, each with the code the contract promises.
 
 The library raises these; the CLI and the gateway map `code` to an exit code or
-an HTTP status in one place each (`ledger/cli/common.py`, the gateway).
+an HTTP status in one place each (`pixelgov/cli/common.py`, the gateway).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def clock() -> FakeClock:
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated SQLite file; each test gets a copy (migrating per test would be slow)."""
-    from ledger import db
+    from ledger.store import db
 
     path = tmp_path_factory.mktemp("template") / "template.db"
     db.upgrade(f"sqlite:///{path}")
@@ -85,7 +85,7 @@ def sqlite_url(_sqlite_template: Path, tmp_path: Path) -> Iterator[str]:
 @contextmanager
 def scratch_engine(url: str) -> Iterator[Any]:
     """An engine of the tests' own for a few statements, disposed afterwards."""
-    from ledger import db
+    from ledger.store import db
 
     engine = db.make_engine(url)
     try:
@@ -166,7 +166,7 @@ def drop_pg_database(server_url: str, url: str) -> None:
 @contextmanager
 def pg_database(server_url: str, *, migrated: bool) -> Iterator[str]:
     """A database of the tests' own for the duration of the block, dropped afterwards (even on failure)."""
-    from ledger import db
+    from ledger.store import db
 
     url = create_pg_database(server_url)
     try:
@@ -200,8 +200,8 @@ def pg_url(_pg_migrated: str) -> str:
     """The session's own database, migrated and emptied (TRUNCATE) for this test."""
     from sqlalchemy import text
 
-    from ledger import db
-    from ledger.models import Base
+    from ledger.store import db
+    from ledger.store.models import Base
 
     url = _pg_migrated
     with scratch_engine(url) as engine:

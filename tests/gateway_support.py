@@ -58,8 +58,8 @@ def gateway_server(
     import uvicorn
 
     from ledger import Ledger, Settings
-    from ledger.gateway import GatewayConfig, create_app
-    from ledger.upstream import UpstreamConfig
+    from ledger.forward.upstream import UpstreamConfig
+    from pixelgov.gateway import GatewayConfig, create_app
 
     cfg = GatewayConfig(**{"admin_token": ADMIN_TOKEN, "fal_key": SERVER_FAL_KEY, "shutdown_grace": 5.0, **config})
     opened = Ledger(db_url, clock=clock, settings=Settings(**{"hold_ttl": 900, **(settings or {})}))
@@ -154,7 +154,7 @@ def serve_subprocess(
         command = [
             sys.executable,
             "-c",
-            "from ledger.cli import main; main()",
+            "from pixelgov.cli import main; main()",
             "serve",
             "--port",
             str(port),

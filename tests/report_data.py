@@ -4,7 +4,7 @@
 (the row, its estimate / actual / adjustment cost lines, the denial JSON, and the images and
 billable megapixels it was priced at), so a test can place any status at any instant.
 `recount` reads every row back and totals it in Python, one transaction at a time, through
-`ledger.spend.counted` — an independent recount of what the reports compute in SQL.
+`ledger.store.spend.counted` — an independent recount of what the reports compute in SQL.
 `via_governor` is the one place the report tests call the governor's API.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select
 
-from ledger.models import agents, cost_lines, denial_rollups, facts, spend_rollups, transactions
 from ledger.records import TxStatus
-from ledger.spend import COUNTS_REQUEST, HELD_AS, SPENT_AS, counted
+from ledger.store.models import agents, cost_lines, denial_rollups, facts, spend_rollups, transactions
+from ledger.store.spend import COUNTS_REQUEST, HELD_AS, SPENT_AS, counted
 from pricing import default_book, quote
 from pricing.money import ZERO, to_nano
 

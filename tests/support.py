@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy import Table, func, select
 
-from ledger.models import (
+from ledger.policy.rules import RuleSpec
+from ledger.store.models import (
     agents,
     alerts,
     audit_log,
@@ -18,7 +19,6 @@ from ledger.models import (
     spending_rules,
     transactions,
 )
-from ledger.rules import RuleSpec
 
 #: Every table of the ledger, parents before children.
 LEDGER_TABLES: tuple[Table, ...] = (

@@ -16,11 +16,11 @@ from support import count, row_counts, snapshot, spec
 from support import rule_usage as usage
 
 from ledger import Settings
-from ledger.admin import Admin, validate_agent_name
 from ledger.errors import Conflict, InvalidRequest, NotFound
-from ledger.governor import Governor
-from ledger.models import agents, audit_log, holds, spending_rules
+from ledger.policy.admin import Admin, validate_agent_name
+from ledger.policy.governor import Governor
 from ledger.records import Agent, AgentStatus, Alert, AuditEntry, RuleAction, RuleType, SpendingRule, TxStatus
+from ledger.store.models import agents, audit_log, holds, spending_rules
 from pricing import quote
 
 DEV = quote("fal-ai/flux/dev", {})
@@ -627,7 +627,7 @@ def test_a_dashboard_logout_is_recorded_once_and_expired_ones_are_purged(ledger,
 
     from sqlalchemy import func, select
 
-    from ledger.models import dashboard_logouts
+    from ledger.store.models import dashboard_logouts
 
     admin = ledger.admin
     now = clock()
@@ -648,7 +648,7 @@ def test_a_malformed_dashboard_session_id_is_invalid_and_writes_nothing(ledger, 
     from sqlalchemy import func, select
 
     from ledger.errors import InvalidRequest
-    from ledger.models import dashboard_logouts
+    from ledger.store.models import dashboard_logouts
 
     with pytest.raises(InvalidRequest) as err:
         ledger.admin.end_dashboard_session(bad, clock())
@@ -664,7 +664,7 @@ def test_a_dashboard_logout_needs_an_aware_expiry_and_writes_nothing_without(led
     from sqlalchemy import func, select
 
     from ledger.errors import InvalidRequest
-    from ledger.models import dashboard_logouts
+    from ledger.store.models import dashboard_logouts
 
     expires = clock().replace(tzinfo=None) if bad == "naive" else bad
     with pytest.raises(InvalidRequest) as err:

@@ -23,9 +23,10 @@ from click.testing import CliRunner, Result
 from conftest import scratch_engine
 from sqlalchemy import select
 
-from ledger import RuleSpec, TxStatus, db
-from ledger.cli import _COMMANDS, cli
-from ledger.models import Base
+from ledger import RuleSpec, TxStatus
+from ledger.store import db
+from ledger.store.models import Base
+from pixelgov.cli import _COMMANDS, cli
 from pricing import quote
 
 DEV = quote("fal-ai/flux/dev", {})
@@ -934,7 +935,7 @@ def test_a_locked_sqlite_database_is_exit_1_after_a_bounded_wait(sqlite_url, mon
 
 def test_first_use_of_a_freshly_migrated_database_waits_for_a_brief_lock(sqlite_url, monkeypatch) -> None:
     monkeypatch.setenv("PIXELGOV_DB_TIMEOUT", "10")
-    from ledger import governor  # noqa: F401 - imported before the lock is taken, so only the wait is timed
+    from ledger.policy import governor  # noqa: F401 - imported before the lock is taken, so only the wait is timed
 
     other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # another process writing: it commits a second later

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from ledger.cli import cli
+from pixelgov.cli import cli
 from pricing import quote
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -565,7 +565,7 @@ def test_installed_pixelgov_reads_pixelgov_price_book(tmp_path):
 
 IMPORT_PROBE = """
 import sys
-from ledger.cli import main
+from pixelgov.cli import main
 sys.argv = ["pixelgov", *sys.argv[1:]]
 try:
     main()

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from gateway_support import ADMIN_TOKEN, RunningGateway, gateway_server
 
-from ledger.cli import cli
+from pixelgov.cli import cli
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLUX = "fal-ai/flux/dev"

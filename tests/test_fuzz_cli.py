@@ -84,7 +84,7 @@ ERROR_EXITS: dict[str, set[int]] = {
     "database_unavailable": {1},
     "schema_behind": {1},
 }
-PROJECT_DIRS = ("ledger", "pricing", "migrations")
+PROJECT_DIRS = ("ledger", "pixelgov", "pricing", "migrations")
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ class World:
         self.exits: dict[str, dict[int, int]] = {}  # command -> exit code -> examples
         self.alias = 0
         self.fx: g.Fixtures | None = None
-        self.cli: click.Group = importlib.import_module("ledger.cli").cli
+        self.cli: click.Group = importlib.import_module("pixelgov.cli").cli
         self._files()
         self.port_closed = closed_port()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
@@ -457,7 +457,7 @@ class World:
     def _clear_book_caches() -> None:
         """The price book is read once per process; a fuzzed PIXELGOV_PRICE_BOOK must be read again."""
         for name, module in list(sys.modules.items()):
-            if module is None or not name.startswith(("pricing", "ledger")):
+            if module is None or not name.startswith(("pricing", "ledger", "pixelgov")):
                 continue
             for obj in list(vars(module).values()):
                 if callable(getattr(obj, "cache_clear", None)) and "book" in getattr(obj, "__name__", ""):

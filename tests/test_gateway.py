@@ -667,7 +667,7 @@ def test_serve_refuses_bad_options_with_one_line(
 ) -> None:
     from click.testing import CliRunner
 
-    from ledger.cli import cli
+    from pixelgov.cli import cli
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -723,7 +723,7 @@ def test_serve_refuses_a_malformed_price_book_at_start(
 ) -> None:
     from click.testing import CliRunner
 
-    from ledger.cli import cli
+    from pixelgov.cli import cli
 
     book = tmp_path / "book.json"
     book.write_text('{"version": 1}')
@@ -738,7 +738,7 @@ def test_usd_counters_sum_exactly_and_convert_only_when_scraped() -> None:
 
     from prometheus_client import generate_latest
 
-    from ledger.gateway.metrics import Metrics
+    from pixelgov.gateway.metrics import Metrics
 
     metrics = Metrics()
     for _ in range(10):
@@ -754,7 +754,7 @@ def test_usd_counters_sum_exactly_and_convert_only_when_scraped() -> None:
 def test_shared_usd_counters_are_put_back_together_exactly_from_every_workers_parts() -> None:
     from prometheus_client.core import GaugeMetricFamily
 
-    from ledger.gateway.metrics import usd_families
+    from pixelgov.gateway.metrics import usd_families
 
     # Two workers' parts, summed by prometheus-client: 5.5 USD and 3.75 USD.
     whole = GaugeMetricFamily("pixelgov_settled_usd_whole", "d", value=5 + 3)

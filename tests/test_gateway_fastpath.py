@@ -1,4 +1,4 @@
-"""The hot route's plain-ASGI fast path (`ledger.gateway.fal.FastRun`) answers exactly what the
+"""The hot route's plain-ASGI fast path (`pixelgov.gateway.fal.FastRun`) answers exactly what the
 FastAPI route answers: every request below is sent to two gateways, one with the fast path and
 one without, each on its own fresh ledger in front of the same fake FAL; statuses, bodies, the
 headers clients read and what the ledgers recorded must be the same. Each request is sent twice
@@ -99,9 +99,9 @@ async def _exchange(
     from sqlalchemy import select
 
     from ledger import Ledger, Settings
-    from ledger.gateway import GatewayConfig, create_app
-    from ledger.models import transactions
-    from ledger.upstream import UpstreamConfig
+    from ledger.forward.upstream import UpstreamConfig
+    from ledger.store.models import transactions
+    from pixelgov.gateway import GatewayConfig, create_app
 
     config = GatewayConfig(admin_token=ADMIN_TOKEN, fal_key=SERVER_FAL_KEY, max_body_bytes=LIMIT)
     with Ledger(url, settings=Settings(hold_ttl=900, auto_create_agents=True)) as ledger:
@@ -164,8 +164,8 @@ def test_the_fast_path_answers_what_the_fastapi_route_answers(
 
 def test_the_fast_path_takes_only_paths_the_router_sent_to_the_run_route(sqlite_url: str, fake_fal: Any) -> None:
     from ledger import Ledger
-    from ledger.gateway import GatewayConfig, create_app
-    from ledger.gateway.fal import FastRun
+    from pixelgov.gateway import GatewayConfig, create_app
+    from pixelgov.gateway.fal import FastRun
 
     with Ledger(sqlite_url) as ledger:
         app = create_app(ledger, GatewayConfig(admin_token=ADMIN_TOKEN, fal_key=SERVER_FAL_KEY))

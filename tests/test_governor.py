@@ -21,11 +21,11 @@ from support import count, row_counts, snapshot, spec
 from support import rule_usage as usage
 
 from ledger import Ledger, Settings
-from ledger.admin import validate_agent_name
 from ledger.errors import Conflict, InvalidRequest, NotFound
-from ledger.governor import Governor
-from ledger.models import agents, cost_lines, facts, holds, rule_counters, transactions
+from ledger.policy.admin import validate_agent_name
+from ledger.policy.governor import Governor
 from ledger.records import CostLine, SpendingRule, Transaction, TxStatus
+from ledger.store.models import agents, cost_lines, facts, holds, rule_counters, transactions
 from pricing import quote
 
 DEV = quote("fal-ai/flux/dev", {})  # 0.01185
@@ -888,7 +888,7 @@ def test_holds_record_the_counters_each_transaction_was_counted_in(gov, admin, b
 
 
 def _period_start(period: str, when: datetime) -> datetime:
-    """The UTC calendar period `when` falls in, computed here (not by `ledger.periods`)."""
+    """The UTC calendar period `when` falls in, computed here (not by `ledger.policy.periods`)."""
     when = when.astimezone(UTC)
     day = when.replace(hour=0, minute=0, second=0, microsecond=0)
     return {
@@ -903,8 +903,8 @@ def _period_start(period: str, when: datetime) -> datetime:
 def recount(engine: Any, rule: SpendingRule) -> dict[int, tuple[Decimal, Decimal, int]]:
     """A calendar-period rule's counters, rebuilt from the transactions' own rows alone.
 
-    Independent of the product's bookkeeping: no `holds` rows, no `ledger.spend`, no
-    `ledger.periods`. Per bucket (the period start of each transaction's `created_at`):
+    Independent of the product's bookkeeping: no `holds` rows, no `ledger.store.spend`, no
+    `ledger.policy.periods`. Per bucket (the period start of each transaction's `created_at`):
     held = the estimates of pending transactions; spent = completed: actual + adjustment
     lines, never below zero, and unknown: the estimate; requests = every transaction in
     scope that was not denied.

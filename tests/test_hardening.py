@@ -24,12 +24,12 @@ from conftest import scratch_engine
 from sqlalchemy import func, select
 
 from ledger import Ledger, Settings, TxStatus
-from ledger.cli import cli
 from ledger.errors import InProgress, InvalidRequest
-from ledger.models import Base, alerts, cost_lines, rule_counters, transactions
-from ledger.runner import run_governed
-from ledger.spend import counted
-from ledger.upstream import Upstream, UpstreamConfig
+from ledger.forward.runner import run_governed
+from ledger.forward.upstream import Upstream, UpstreamConfig
+from ledger.store.models import Base, alerts, cost_lines, rule_counters, transactions
+from ledger.store.spend import counted
+from pixelgov.cli import cli
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -180,7 +180,7 @@ def test_an_exception_at_any_step_of_a_run_ends_its_transaction(
 
             monkeypatch.setattr(gov, "settle", settle)
         elif step == "pricing":
-            monkeypatch.setattr("ledger.runner.actual_cost", lambda *_a, **_k: (_ for _ in ()).throw(exc))
+            monkeypatch.setattr("ledger.forward.runner.actual_cost", lambda *_a, **_k: (_ for _ in ()).throw(exc))
         quote = ledger.quote(DEV, BODY)
         # A bug while pricing a paid answer is an anomaly (settled at the estimate); an interrupt is not.
         absorbed = step == "pricing" and not isinstance(exc, KeyboardInterrupt)

@@ -1,6 +1,6 @@
 """The hot path's raw SQL and the SQLAlchemy models agree on every value they write and read.
 
-`ledger.hotpath` binds money and timestamps by hand (nano-USD integers, the stored timestamp
+`ledger.store.hotpath` binds money and timestamps by hand (nano-USD integers, the stored timestamp
 form) for speed. Here the same values go in once through the raw path and once through Core
 with the models' column types, on SQLite and PostgreSQL, and must come out identical — both
 as stored (raw column values) and as read (decoded by either path).
@@ -15,10 +15,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import BigInteger, String, insert, select, type_coerce
 
-from ledger.db import writing
-from ledger.hotpath import SQL, Driver, bind_ts, tx_row
-from ledger.models import agents, cost_lines, transactions
 from ledger.records import TxStatus
+from ledger.store.db import writing
+from ledger.store.hotpath import SQL, Driver, bind_ts, tx_row
+from ledger.store.models import agents, cost_lines, transactions
 from pricing.money import MAX_USD, from_nano, to_nano
 
 AMOUNTS = [Decimal(0), Decimal("0.000000001"), Decimal("0.01185"), Decimal("123456.789012345"), MAX_USD, -MAX_USD]

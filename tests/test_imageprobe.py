@@ -1,5 +1,5 @@
 """The upscale input's size, read from a local file, a data: URI or an http URL — bounded in
-bytes, time and redirects — and an upscale quote that uses it (`ledger.quoting.quote_body`)."""
+bytes, time and redirects — and an upscale quote that uses it (`ledger.forward.quoting.quote_body`)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ledger import imageprobe
-from ledger.imageprobe import probe_size
-from ledger.quoting import quote_body
+from ledger.forward import imageprobe
+from ledger.forward.imageprobe import probe_size
+from ledger.forward.quoting import quote_body
 from pricing import InvalidRequest, ModelNotFound
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from conftest import PG_TEST_PREFIX, pg_database, scratch_engine
 from sqlalchemy import BigInteger, inspect
 
-from ledger import db
-from ledger.cli import cli
-from ledger.models import Base
+from ledger.store import db
+from ledger.store.models import Base
+from pixelgov.cli import cli
 
 TABLES = {
     "agents",

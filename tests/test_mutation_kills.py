@@ -12,10 +12,10 @@ from decimal import Decimal
 
 import pytest
 
-from ledger.periods import buckets, parse_window, period_start
+from ledger.policy.periods import buckets, parse_window, period_start
+from ledger.policy.rules import Rule, RuleSpec, validate_spec
 from ledger.records import TxStatus
-from ledger.rules import Rule, RuleSpec, validate_spec
-from ledger.spend import COUNTS_REQUEST, Counted, counted, movement, settled_amount, sql_held, sql_spent
+from ledger.store.spend import COUNTS_REQUEST, Counted, counted, movement, settled_amount, sql_held, sql_spent
 from pricing import quote
 from pricing.money import MAX_USD, D, display_price, parse_usd, to_nano, usd_str
 
@@ -195,7 +195,7 @@ def test_every_status_but_denied_counts_as_a_request() -> None:
 def test_the_sql_sums_agree_with_counted_row_by_row() -> None:
     from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, create_engine, func, select
 
-    from ledger.models import Money
+    from ledger.store.models import Money
 
     meta = MetaData()
     t = Table(
@@ -696,7 +696,7 @@ def test_rule_defaults_a_monthly_spend_limit_that_denies_and_is_enabled() -> Non
 
 
 def test_a_spend_limit_allows_up_to_the_limit_exactly_and_says_why_it_denies() -> None:
-    from ledger.rules import Usage, evaluate
+    from ledger.policy.rules import Usage, evaluate
 
     q = quote("fal-ai/flux/dev", {"image_size": "square_hd"})
     assert q.amount == Decimal("0.01575")
@@ -716,7 +716,7 @@ def test_a_spend_limit_allows_up_to_the_limit_exactly_and_says_why_it_denies() -
 
 
 def test_a_request_cap_allows_the_cap_exactly_and_names_both_amounts() -> None:
-    from ledger.rules import evaluate
+    from ledger.policy.rules import evaluate
 
     q = quote("fal-ai/flux/dev", {"image_size": "square_hd"})
     cap = _rule(type="request-cap", period=None, limit_amount=Decimal("0.01575"))
@@ -726,7 +726,7 @@ def test_a_request_cap_allows_the_cap_exactly_and_names_both_amounts() -> None:
 
 
 def test_a_rate_limit_allows_the_nth_request_and_refuses_the_next() -> None:
-    from ledger.rules import Usage, evaluate
+    from ledger.policy.rules import Usage, evaluate
 
     q = quote("fal-ai/flux/dev", {"image_size": "square_hd"})
     rate = _rule(type="rate-limit", limit_amount=None, limit_count=3, period="hour")
@@ -740,7 +740,7 @@ def test_a_rate_limit_allows_the_nth_request_and_refuses_the_next() -> None:
 
 
 def test_a_model_allowlist_matches_endpoint_or_model_by_glob() -> None:
-    from ledger.rules import evaluate
+    from ledger.policy.rules import evaluate
 
     q = quote("fal-ai/flux/dev", {"image_size": "square_hd"})
     allow = _rule(type="model-allowlist", limit_amount=None, period=None, models=("fal-ai/sdxl*", "x"))
@@ -776,7 +776,7 @@ def test_a_rule_applies_only_to_its_agent_operation_and_models() -> None:
 
 
 def test_a_rate_limit_without_a_count_allows_nothing() -> None:
-    from ledger.rules import evaluate
+    from ledger.policy.rules import evaluate
 
     q = quote("fal-ai/flux/dev", {"image_size": "square_hd"})
     rate = _rule(type="rate-limit", limit_amount=None, limit_count=None, period="hour")
@@ -784,7 +784,7 @@ def test_a_rate_limit_without_a_count_allows_nothing() -> None:
 
 
 def test_a_request_cap_without_an_amount_allows_nothing() -> None:
-    from ledger.rules import evaluate
+    from ledger.policy.rules import evaluate
 
     q = quote("fal-ai/flux/dev", {"image_size": "square_hd"})
     cap = _rule(type="request-cap", period=None, limit_amount=None)

@@ -124,7 +124,7 @@ def _setup_budget(url: str) -> tuple[int, Decimal]:
 
 
 def _budget_race(url: str) -> None:
-    from ledger.periods import buckets
+    from ledger.policy.periods import buckets
     from pricing.money import from_nano
 
     rule_id, estimate = _setup_budget(url)
@@ -367,7 +367,7 @@ def _mixed_race(url: str) -> None:
 
 def _mixed_race_audited(url: str) -> None:
     from ledger import RuleSpec, RuleType
-    from ledger.periods import buckets
+    from ledger.policy.periods import buckets
     from pricing.money import to_nano
 
     with _open(url) as opened:

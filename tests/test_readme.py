@@ -19,7 +19,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from ledger.cli import cli
+from pixelgov.cli import cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TEXT = README.read_text(encoding="utf-8")

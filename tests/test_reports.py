@@ -1,5 +1,5 @@
 """Finance reports (`ledger.reports`): totals reconcile to the nano-USD with a recount of the ledger's
-own rows through `ledger.spend.counted`, on SQLite and PostgreSQL; period boundaries; empty ledgers;
+own rows through `ledger.store.spend.counted`, on SQLite and PostgreSQL; period boundaries; empty ledgers;
 what adjustments, unknown and expired outcomes count; bad input.
 """
 
@@ -15,8 +15,8 @@ from report_data import DAY, LedgerWriter, recount, total, utc, via_governor
 
 from ledger.errors import InvalidRequest, NotFound
 from ledger.records import TxStatus
-from ledger.reports import Reports, Totals, from_nano, usd_text
-from ledger.spend import counted
+from ledger.reports.reader import Reports, Totals, from_nano, usd_text
+from ledger.store.spend import counted
 from pricing.money import usd_str
 
 D = Decimal
@@ -154,7 +154,7 @@ def test_spend_reconciles_to_the_nano_usd_with_a_recount_of_the_ledger(writer, r
 
 
 def test_reports_reconcile_with_the_ledger_written_by_the_governor(ledger, clock, admin, reports) -> None:
-    from ledger.rules import RuleSpec
+    from ledger.policy.rules import RuleSpec
 
     admin.create_agent("blocked", with_key=False)
     fields = {"name": "schnell-only", "type": "model-allowlist", "models": ["fal-ai/flux/schnell"], "agent": "blocked"}
@@ -331,7 +331,7 @@ def test_filters_narrow_every_report(writer, reports) -> None:
 
 
 def test_rule_leaderboard_ranks_rules_by_denials_with_their_scope(writer, admin, reports) -> None:
-    from ledger.rules import RuleSpec
+    from ledger.policy.rules import RuleSpec
 
     admin.create_agent("a", with_key=False)
     for fields in (

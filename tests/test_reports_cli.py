@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 from report_data import LedgerWriter, utc
 
-from ledger.cli import cli
+from pixelgov.cli import cli
 
 WINDOW = ["--since", "2026-11-01", "--until", "2026-12-01"]
 

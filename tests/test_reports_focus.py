@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from conftest import running_on_ci
 from report_data import LedgerWriter, recount, total, utc
 
-from ledger.cli import cli
+from pixelgov.cli import cli
 
 #: Read at import, before the test fixtures point HOME at a temporary directory.
 CACHE = Path(os.environ.get("PIXELGOV_TEST_CACHE") or Path.home() / ".cache" / "pixelgov-tests")

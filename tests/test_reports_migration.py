@@ -14,8 +14,8 @@ from conftest import pg_database, scratch_engine
 from report_data import LedgerWriter, utc
 from sqlalchemy import event, insert, select
 
-from ledger import db
-from ledger.models import agents, transactions
+from ledger.store import db
+from ledger.store.models import agents, transactions
 
 BEFORE = "0001_ledger"
 

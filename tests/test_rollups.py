@@ -4,7 +4,7 @@
 each ledger write. These tests drive the library through random lifecycles — authorizations
 (allowed and denied, across UTC midnights), settlements, failures, voids, unknown outcomes,
 expiry, late settlement of an expired hold, positive and negative adjustments — then recount
-the rollups in Python from the ledger's own rows with `ledger.spend.counted` (the one
+the rollups in Python from the ledger's own rows with `ledger.store.spend.counted` (the one
 definition of spend) and compare every group to the nano-USD. On PostgreSQL the same runs
 from several threads at once, which must also never deadlock.
 """
@@ -26,11 +26,12 @@ from report_data import LedgerWriter, utc
 from sqlalchemy import Engine, func, insert, inspect, select
 from support import spec
 
-from ledger import Ledger, Settings, db
+from ledger import Ledger, Settings
 from ledger.errors import Conflict, PixelgovError
-from ledger.models import cost_lines, denial_rollups, spend_rollups, transactions
 from ledger.records import TxStatus
-from ledger.spend import counted
+from ledger.store import db
+from ledger.store.models import cost_lines, denial_rollups, spend_rollups, transactions
+from ledger.store.spend import counted
 from pricing import quote
 from pricing.money import to_nano
 

@@ -15,10 +15,10 @@ from support import rule_usage as counted
 from support import snapshot
 
 from ledger.errors import InvalidRequest
-from ledger.models import alerts, holds, rule_counters
-from ledger.periods import buckets, granularity, parse_window, period_start
+from ledger.policy.periods import buckets, granularity, parse_window, period_start
+from ledger.policy.rules import Rule, RuleSpec, evaluate, rule_record, validate_spec
 from ledger.records import Decision, Denial, RuleType, SpendingRule, Transaction, TxStatus
-from ledger.rules import Rule, RuleSpec, evaluate, rule_record, validate_spec
+from ledger.store.models import alerts, holds, rule_counters
 from pricing import quote
 
 DEV = quote("fal-ai/flux/dev", {})

@@ -31,11 +31,11 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from ledger import Ledger, RuleSpec, Settings, Transaction, TxStatus
-from ledger.cli import cli
 from ledger.errors import Denied, InvalidRequest, UpstreamError
-from ledger.models import Base, rule_counters, transactions
-from ledger.runner import RunOutcome, run_governed
-from ledger.upstream import Upstream, UpstreamConfig
+from ledger.forward.runner import RunOutcome, run_governed
+from ledger.forward.upstream import Upstream, UpstreamConfig
+from ledger.store.models import Base, rule_counters, transactions
+from pixelgov.cli import cli
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -27,11 +27,11 @@ from conftest import scratch_engine
 from sqlalchemy import text
 
 from ledger import Ledger, RuleSpec, Settings, TxStatus
-from ledger.cli import cli
 from ledger.errors import InvalidRequest, UpstreamError
-from ledger.imageprobe import probe_size
-from ledger.runner import run_governed
-from ledger.upstream import Upstream, UpstreamConfig
+from ledger.forward.imageprobe import probe_size
+from ledger.forward.runner import run_governed
+from ledger.forward.upstream import Upstream, UpstreamConfig
+from pixelgov.cli import cli
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -54,7 +54,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sqlalchemy import select, text
 
 from ledger import Conflict, Ledger, RuleSpec, Settings, Transaction, TxStatus
-from ledger.models import agents, cost_lines, rule_counters, transactions
+from ledger.store.models import agents, cost_lines, rule_counters, transactions
 
 HOLD_TTL = 900
 ENDPOINT = "fal-ai/flux/dev"

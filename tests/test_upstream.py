@@ -16,10 +16,9 @@ import pytest
 from support import rule_usage
 
 from ledger import RuleSpec, Settings, TxStatus
-from ledger.cli.run_cmd import fal_key_from_env
 from ledger.errors import InvalidRequest, UpstreamError
-from ledger.runner import run_governed
-from ledger.upstream import (
+from ledger.forward.runner import run_governed
+from ledger.forward.upstream import (
     CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
@@ -32,6 +31,7 @@ from ledger.upstream import (
     UpstreamResult,
     error_message,
 )
+from pixelgov.cli.run_cmd import fal_key_from_env
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -1,0 +1,287 @@
+"""A governed run: authorize → forward → settle, with the ledger right whatever the upstream does.
+
+Shared by the CLI's `run` and the gateway. The order of effects is the promise:
+nothing is sent unless a hold was recorded first, and every way the call can end
+resolves that hold exactly once (settled, failed, or unknown with the estimate
+still counted). A process killed in between leaves a pending hold that
+expiry (`Governor.expire`, or the hold TTL, lazily) releases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NoReturn
+
+from pricing import ActualCost, Quote, actual_cost, require_runnable, upstream_body, validate_request
+from pricing.money import MAX_USD, usd_str
+
+from ..errors import Denied, InProgress, UpstreamError, denial_error
+from ..policy.governor import Governor
+from ..records import Authorization, Transaction, TxStatus
+from .settlement import cost_facts
+from .upstream import AsyncUpstream, NoAnswer, Refused, Upstream, UpstreamFailure, UpstreamResult, check_fal_key
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """A governed run's result: the settled transaction and the upstream's JSON, unchanged
+    (replayed from the ledger for an idempotent retry)."""
+
+    transaction: Transaction
+    result: Any
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"transaction": self.transaction.to_json(), "result": self.result, "replayed": self.replayed}
+
+
+def runnable(quote: Quote, body: Mapping[str, Any]) -> None:
+    """A run needs everything FAL requires (pricing alone does not): raise InvalidRequest if not."""
+    require_runnable(quote.operation, validate_request(quote.operation, body))
+
+
+def answer_facts(answer: UpstreamResult, cost_facts_: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts a settled run records: latency, upstream status, FAL's billable units, sizes."""
+    facts: dict[str, Any] = {"latency_ms": answer.latency_ms, "upstream_status": answer.status, **cost_facts_}
+    if answer.billable_units is not None:
+        facts["x-fal-billable-units"] = answer.billable_units
+    return facts
+
+
+def run_governed(
+    gov: Governor,
+    upstream: Upstream,
+    *,
+    agent: str,
+    quote: Quote,
+    body: Mapping[str, Any],
+    fal_key: str,
+    idempotency_key: str | None = None,
+    after_authorize: Callable[[Authorization], None] | None = None,
+) -> RunOutcome:
+    """Authorize, forward and settle one request. Raises Denied, UpstreamError, InProgress or
+    InvalidRequest.
+
+    Whatever happens after the hold is written — an upstream failure, a bug, an interrupt — the
+    transaction ends in a documented state before the exception leaves: `failed` when nothing
+    was sent, `unknown` when the request may have been served (its estimate stays counted)."""
+    started = begin(
+        gov,
+        agent=agent,
+        quote=quote,
+        body=body,
+        fal_key=fal_key,
+        idempotency_key=idempotency_key,
+        after_authorize=after_authorize,
+    )
+    if isinstance(started, RunOutcome):
+        return started
+    tx_id, stage = started.transaction.id, "while sending"
+    try:
+        try:
+            answer = upstream.call(quote.endpoint, upstream_body(body), fal_key)
+        except UpstreamFailure as failure:
+            conclude_failure(gov, tx_id, quote, failure)
+        stage = "after the answer"
+        return conclude(gov, tx_id, quote, answer)
+    except (UpstreamError, Denied):
+        raise
+    except BaseException as exc:
+        interrupted(gov, tx_id, stage, exc)
+        raise
+
+
+async def run_governed_async(
+    gov: Governor,
+    upstream: AsyncUpstream,
+    *,
+    agent: str,
+    quote: Quote,
+    body: Mapping[str, Any],
+    fal_key: str,
+    idempotency_key: str | None = None,
+    in_thread: Callable[..., Awaitable[Any]] | None = None,
+) -> RunOutcome:
+    """`run_governed` for an event loop: the ledger's short transactions run through `in_thread`
+    (default `asyncio.to_thread`; a server passes its bounded pool), the upstream call is awaited,
+    so a slow answer holds no thread. The same steps and the same guarantees."""
+    import asyncio
+
+    run = in_thread or asyncio.to_thread
+    started = await run(
+        partial(begin, gov, agent=agent, quote=quote, body=body, fal_key=fal_key, idempotency_key=idempotency_key)
+    )
+    if isinstance(started, RunOutcome):
+        return started
+    tx_id, stage = started.transaction.id, "while sending"
+    try:
+        try:
+            answer = await upstream.call(quote.endpoint, upstream_body(body), fal_key)
+        except UpstreamFailure as failure:
+            await run(partial(conclude_failure, gov, tx_id, quote, failure))
+        stage = "after the answer"
+        outcome: RunOutcome = await run(partial(conclude, gov, tx_id, quote, answer))
+        return outcome
+    except (UpstreamError, Denied):
+        raise
+    except BaseException as exc:
+        # An interrupt (a cancelled request, a shutdown) still ends the transaction.
+        await asyncio.shield(run(partial(interrupted, gov, tx_id, stage, exc)))
+        raise
+
+
+def begin(
+    gov: Governor,
+    *,
+    agent: str,
+    quote: Quote,
+    body: Mapping[str, Any],
+    fal_key: str,
+    idempotency_key: str | None = None,
+    after_authorize: Callable[[Authorization], None] | None = None,
+) -> Authorization | RunOutcome:
+    """A run's first step: check the request can run, authorize (the hold). Returns the pending
+    authorization to forward, or the replayed outcome of an idempotent retry; raises Denied,
+    InProgress, UpstreamError (a replayed failure) or InvalidRequest. An exception in
+    `after_authorize` fails the transaction (nothing was sent)."""
+    runnable(quote, body)
+    check_fal_key(fal_key)
+    auth = gov.authorize(agent, quote, body, idempotency_key=idempotency_key)
+    tx = auth.transaction
+    if auth.replayed:
+        return _replay(gov, tx, agent, idempotency_key)
+    try:
+        if after_authorize:
+            after_authorize(auth)
+    except BaseException as exc:
+        if auth.allowed:
+            interrupted(gov, tx.id, "before sending", exc)
+        raise
+    if not auth.allowed:
+        raise denial_error(tx, tx.denials, agent)
+    return auth
+
+
+def conclude_failure(gov: Governor, tx_id: int, quote: Quote, failure: UpstreamFailure) -> NoReturn:
+    """Record an upstream failure by what it means for money and raise UpstreamError: `failed`
+    (unreachable or refused: nothing spent) or `unknown` (no answer: the estimate stays counted)."""
+    if isinstance(failure, Refused):
+        done = gov.fail(
+            tx_id,
+            failure.message,
+            upstream_status=failure.status,
+            facts={"upstream_status": failure.status, "latency_ms": failure.latency_ms},
+        )
+        raise UpstreamError(
+            f"{failure.message}; transaction {tx_id} failed, nothing spent",
+            upstream_status=failure.status,
+            transaction=done,
+        ) from None
+    if isinstance(failure, NoAnswer):
+        done = gov.mark_unknown(
+            tx_id, failure.message, facts={"upstream_outcome": "no answer", "latency_ms": failure.latency_ms}
+        )
+        raise UpstreamError(
+            f"{failure.message}; transaction {tx_id} is unknown: its estimate {usd_str(quote.amount)} stays "
+            "counted until it is settled or voided",
+            transaction=done,
+            reason="unknown",
+        ) from None
+    done = gov.fail(tx_id, failure.message, facts={"upstream_outcome": "unreachable"})
+    raise UpstreamError(f"{failure.message}; transaction {tx_id} failed, nothing spent", transaction=done) from None
+
+
+def conclude(gov: Governor, tx_id: int, quote: Quote, answer: UpstreamResult) -> RunOutcome:
+    """Settle a paid answer (see `_settle`)."""
+    return RunOutcome(_settle(gov, tx_id, quote, answer), answer.body)
+
+
+def _replay(gov: Governor, tx: Transaction, agent: str, key: str | None) -> RunOutcome:
+    """An idempotent retry: the first attempt's outcome, failures included; nothing is sent."""
+    if tx.status == TxStatus.denied:
+        raise denial_error(tx, tx.denials, agent)
+    if tx.status == TxStatus.pending:
+        raise InProgress(
+            f"idempotency key {key!r}: transaction {tx.id} is still in progress; retry later (nothing sent)",
+            transaction=tx,
+        )
+    if tx.status != TxStatus.completed:
+        # Never a success without a result.
+        raise UpstreamError(
+            f"idempotency key {key!r} was already used by transaction {tx.id}, "
+            f"which is {tx.status.value}" + (f": {tx.outcome}" if tx.outcome else "") + "; nothing sent",
+            upstream_status=tx.upstream_status,
+            transaction=tx,
+        )
+    detail = gov.transaction(tx.id, detail=True).detail
+    return RunOutcome(tx, detail.result if detail else None, replayed=True)
+
+
+def _settle(gov: Governor, tx_id: int, quote: Quote, answer: UpstreamResult) -> Transaction:
+    """Settle a paid answer at its actual cost; an answer whose cost cannot be believed (sizes beyond
+    what the price book allows, an amount the ledger cannot hold, a response that cannot be priced)
+    is an anomaly: recorded as facts and an alert, settled at the estimate — never dropped."""
+    try:
+        cost = actual_cost(quote, answer.body)
+        anomaly = _anomaly(gov, cost)
+    except Exception as exc:  # noqa: BLE001 - a paid answer is recorded whatever it holds
+        cost, anomaly = None, f"the response could not be priced ({type(exc).__name__})"
+    if anomaly is None and cost is not None:
+        return gov.settle(
+            tx_id,
+            cost.amount,
+            facts=answer_facts(answer, cost_facts(cost)),
+            upstream_request_id=answer.request_id,
+            upstream_status=answer.status,
+            response=answer.body,
+            allow_expired=True,
+        )
+    facts = answer_facts(answer, {"actual_source": "estimate (anomalous response)"})
+    facts["anomaly"] = anomaly
+    reported = _reported_sizes(answer.body)
+    if reported:
+        facts["reported_sizes"] = reported
+    return gov.settle(
+        tx_id,
+        quote.amount,
+        facts=facts,
+        upstream_request_id=answer.request_id,
+        upstream_status=answer.status,
+        response=answer.body,
+        allow_expired=True,
+        alert=f"transaction {tx_id}: anomalous upstream answer ({anomaly}); settled at the estimate",
+    )
+
+
+def _anomaly(gov: Governor, cost: ActualCost) -> str | None:
+    book = gov.book
+    for w, h in cost.sizes:
+        if w > book.max_side or h > book.max_side:
+            return f"an image of {w}x{h} is beyond the price book's largest side ({book.max_side})"
+    if cost.amount > MAX_USD:
+        return f"an actual cost of {usd_str(cost.amount)} USD is more than the ledger can hold"
+    return None
+
+
+def _reported_sizes(body: Any) -> str | None:
+    """The sizes an answer reported, as text (bounded), whatever their type."""
+    if not isinstance(body, Mapping):
+        return None
+    images = body.get("images")
+    items: list[Any] = images if isinstance(images, list) else [body.get("image")]
+    sizes = [f"{i.get('width')}x{i.get('height')}" for i in items if isinstance(i, Mapping)]
+    return ",".join(sizes)[:500] if sizes else None
+
+
+def interrupted(gov: Governor, tx_id: int, stage: str, exc: BaseException) -> None:
+    """End a transaction a run could not finish: `failed` if nothing was sent, else `unknown`."""
+    reason = f"the run was interrupted {stage} ({type(exc).__name__})"
+    try:
+        if stage == "before sending":
+            gov.fail(tx_id, reason, facts={"upstream_outcome": "not sent"})
+        else:
+            gov.mark_unknown(tx_id, reason, facts={"upstream_outcome": "interrupted"})
+    except Exception:  # noqa: BLE001, S110 - the original error matters more; the hold TTL remains
+        pass
