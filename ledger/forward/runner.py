@@ -19,8 +19,8 @@ from pricing.money import MAX_USD, usd_str
 
 from ..errors import Denied, InProgress, UpstreamError, denial_error
 from ..policy.governor import Governor
+from ..policy.settlement import cost_facts
 from ..records import Authorization, Transaction, TxStatus
-from .settlement import cost_facts
 from .upstream import AsyncUpstream, NoAnswer, Refused, Upstream, UpstreamFailure, UpstreamResult, check_fal_key
 
 

@@ -54,7 +54,7 @@ from ..records import (
 )
 from ..settings import DEFAULT_HOLD_TTL
 from ..store.db import dialect_insert, reading, writing
-from ..store.hotpath import SQL, Driver, KeyRow, RuleCache, TxRow, tx_row
+from ..store.hotpath import SQL, Driver, KeyRow, TxRow, rule_row, tx_row
 from ..store.models import alerts, holds, spending_rules, transactions
 from ..store.queries import (
     by_idempotency_key,
@@ -62,7 +62,7 @@ from ..store.queries import (
     has_stale_holds,
     list_transactions,
     load_transaction,
-    rules_in_scope,
+    rule_rows_in_scope,
     stale_held,
     transaction_record,
 )
@@ -141,6 +141,26 @@ def storable(amount: Decimal, field: str) -> Decimal:
     return amount
 
 
+class RuleCache:
+    """Rules decoded once per distinct stored version: a row is an immutable tuple keyed by every
+    column, so a changed rule is simply a new key. One per `Governor` (per `Ledger`)."""
+
+    __slots__ = ("_rules",)
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._rules: dict[tuple[Any, ...], Rule] = {}
+
+    def get(self, raw: Sequence[Any]) -> Rule:
+        key = tuple(raw)
+        rule = self._rules.get(key)
+        if rule is None:
+            if len(self._rules) >= self.LIMIT:
+                self._rules.clear()
+            rule = self._rules[key] = Rule.from_row(rule_row(key))
+        return rule
+
+
 class _StaleHolds(Exception):
     """Raised inside an authorization to roll it back and expire stale holds first."""
 
@@ -199,7 +219,7 @@ class Governor:
                 if not self.auto_create:
                     raise _unknown_agent(agent_name)
                 agent = AgentRef(None, agent_name, AgentStatus.active)
-                rules = rules_in_scope(conn, None)
+                rules = [Rule.from_row(r) for r in rule_rows_in_scope(conn, None)]
             decision = self._decide(d, agent, rules, quote, now)
             if not decision.allowed and has_stale_holds(conn, self._cutoff(now)):
                 # authorize would expire those holds first: predict what it will decide.
@@ -472,7 +492,7 @@ class Governor:
         else:
             tx = self.transaction(tx_id, detail=response is not None)
             if response is not None:
-                from ..forward.settlement import actual_from_response
+                from .settlement import actual_from_response
 
                 assert tx.detail is not None
                 amount, facts = actual_from_response(tx, tx.detail.request, response, book=self.book)

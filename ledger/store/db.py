@@ -8,6 +8,7 @@ COMMITTED with bounded connect and lock timeouts.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -174,13 +175,19 @@ def check_schema(engine: Engine, *, migrate: bool = False) -> None:
     )
 
 
+def migrations_dir() -> Path:
+    """The Alembic script directory (the `migrations` package). Found by its import spec, not
+    imported: the migrations read the store's models, so the store must not import them."""
+    spec = importlib.util.find_spec("migrations")
+    assert spec is not None and spec.submodule_search_locations, "the migrations package is not installed"
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
-    import migrations
-
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(next(iter(migrations.__path__)))))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 

@@ -23,7 +23,6 @@ from sqlalchemy import Boolean, Connection, Enum, exc
 
 from pricing.money import from_nano
 
-from ..policy.rules import Rule
 from .models import Money, UTCDateTime, spending_rules, transactions
 
 Params = Mapping[str, Any]
@@ -184,24 +183,9 @@ def tx_row(raw: Sequence[Any]) -> Any:
     return TxRow(*decode(raw, TX_DECODERS))
 
 
-class RuleCache:
-    """Rules decoded once per distinct stored version: a row is an immutable tuple keyed by every
-    column, so a changed rule is simply a new key. One per `Governor` (per `Ledger`)."""
-
-    __slots__ = ("_rules",)
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._rules: dict[tuple[Any, ...], Rule] = {}
-
-    def get(self, raw: Sequence[Any]) -> Rule:
-        key = tuple(raw)
-        rule = self._rules.get(key)
-        if rule is None:
-            if len(self._rules) >= self.LIMIT:
-                self._rules.clear()
-            rule = self._rules[key] = Rule.from_row(_RuleRow(*decode(key, _RULE_DECODERS)))
-        return rule
+def rule_row(raw: Sequence[Any]) -> Any:
+    """A raw rule row (the `RULE_COLUMNS`, in order) decoded as the column types would decode it."""
+    return _RuleRow(*decode(raw, _RULE_DECODERS))
 
 
 # --- the statements ---------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, func, or_, select
 
 from ..errors import InvalidRequest, NotFound
-from ..policy.rules import Rule
 from ..records import AgentRef, AgentStatus, CostLine, Fact, Transaction, TransactionDetail, TxStatus
 from ..validation import validate_agent_name
 from .models import agents, cost_lines, facts, holds, spending_rules, transactions
@@ -112,15 +111,15 @@ def by_idempotency_key(conn: Connection, agent_id: int, key: str) -> Any:
     ).first()
 
 
-def rules_in_scope(conn: Connection, agent_id: int | None) -> list[Rule]:
-    """Every enabled rule of the agent and every global rule, by id."""
+def rule_rows_in_scope(conn: Connection, agent_id: int | None) -> list[Any]:
+    """The rows of every enabled rule of the agent and of every global rule, by id."""
     scope: ColumnElement[bool] = spending_rules.c.agent_id.is_(None)
     if agent_id is not None:
         scope = or_(scope, spending_rules.c.agent_id == agent_id)
     rows = conn.execute(
         select(spending_rules).where(spending_rules.c.enabled.is_(True), scope).order_by(spending_rules.c.id)
     )
-    return [Rule.from_row(r) for r in rows]
+    return list(rows)
 
 
 def has_stale_holds(conn: Connection, cutoff: datetime) -> bool:

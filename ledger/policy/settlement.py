@@ -1,7 +1,9 @@
 """The actual cost of an upstream response, and the facts recorded from it.
 
 One place for both, used by `Governor.complete(response=...)` (a caller that forwarded
-by itself) and by a governed run (`ledger.forward.runner`).
+by itself) and by a governed run (`ledger.forward.runner`). A recorded request is re-priced
+from the parameters the ledger stored, which hold an upscale's input size as it was priced,
+so settling never reads an image again.
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from pricing import ActualCost, PriceBook, actual_cost
+from pricing import ActualCost, PriceBook, actual_cost, quote
 from pricing.money import usd_str
 
 from ..errors import InvalidRequest
 from ..records import Transaction
-from .quoting import quote_body
 
 
 def cost_facts(cost: ActualCost) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def actual_from_response(
     response is not a JSON object."""
     if not isinstance(response, Mapping):
         raise InvalidRequest("response: must be a JSON object", field="response")
-    estimate = quote_body(tx.endpoint, request, book=book)
+    estimate = quote(tx.endpoint, request, book=book)
     cost = actual_cost(estimate, response)
     facts = cost_facts(cost)
     if estimate.amount != tx.estimated_cost:
