@@ -25,7 +25,7 @@ from .store.db import check_schema, default_url, make_engine
 if TYPE_CHECKING:
     from .policy.admin import Admin
     from .policy.governor import Governor
-    from .reports.reader import Reports
+    from .reports import Reports
 
 
 class Ledger:
@@ -90,7 +90,7 @@ class Ledger:
     @cached_property
     def reports(self) -> Reports:
         """Finance reports: summary, spend, leaderboards, charts, statements, FOCUS export."""
-        from .reports.reader import Reports
+        from .reports import Reports
 
         return Reports(self.engine, clock=self.clock, book=self.book)
 

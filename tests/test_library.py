@@ -56,7 +56,7 @@ def _public_members(cls: type) -> list[tuple[str, object]]:
 def test_every_public_class_and_method_has_a_docstring() -> None:
     from ledger.policy.admin import Admin
     from ledger.policy.governor import Governor
-    from ledger.reports.reader import Reports
+    from ledger.reports import Reports
 
     classes = [obj for obj in (getattr(ledger, n) for n in ledger.__all__) if inspect.isclass(obj)]
     missing = []

@@ -15,7 +15,8 @@ from report_data import DAY, LedgerWriter, recount, total, utc, via_governor
 
 from ledger.errors import InvalidRequest, NotFound
 from ledger.records import TxStatus
-from ledger.reports.reader import Reports, Totals, from_nano, usd_text
+from ledger.reports import Reports
+from ledger.reports.records import Totals, from_nano, usd_text
 from ledger.store.spend import counted
 from pricing.money import usd_str
 

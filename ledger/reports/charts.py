@@ -18,7 +18,7 @@ from pricing.money import usd_str
 
 from ..clock import iso
 from ..errors import InvalidRequest
-from .reader import Chart
+from .records import Chart
 
 FORMATS = ("png", "svg")
 SPEND_COLOR = "#1f6feb"
@@ -99,7 +99,7 @@ def render(chart: Chart, out: Any, *, fmt: str, width: int = 1000, height: int =
 
 def write(chart: Chart, path: str | Path, *, fmt: str, width: int = 1000, height: int = 500) -> ChartImage:
     """Render `chart` to `path`, whole or not at all (a temporary file renamed into place)."""
-    from .reader import atomic_output
+    from .output import atomic_output
 
     target = Path(path)
     with atomic_output(target, "path", binary=True) as out:

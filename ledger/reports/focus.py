@@ -42,7 +42,7 @@ from ..clock import iso
 from ..records import TxStatus
 from ..store.models import cost_lines, transactions
 from ..store.spend import SPENT_AS, counted, sql_spent
-from .reader import agent_names
+from .filters import agent_names
 
 PROVIDER = "fal.ai"
 SERVICE_NAME = "fal.ai image generation"

@@ -28,7 +28,7 @@ from ..store.db import reading
 from ..store.hotpath import TX_FIELDS
 from ..store.models import agents, transactions
 from ..store.queries import transaction_record
-from .reader import Filter, check_filter, transaction_terms
+from .filters import Filter, check_filter, transaction_terms
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500

@@ -241,7 +241,7 @@ def chart(
     images = [(kind, path) for kind, path in (("png", png), ("svg", svg)) if path is not None]
     if images:
         from ledger.reports.charts import check_size
-        from ledger.reports.reader import check_writable
+        from ledger.reports.output import check_writable
 
         check_size(width, height)
         for _kind, path in images:
@@ -329,7 +329,7 @@ def statement(ctx: click.Context, month: str, agent: str | None, fmt: str) -> No
 
 
 def _totals_columns() -> list[str]:
-    from ledger.reports.reader import TOTALS_COLUMNS
+    from ledger.reports.records import TOTALS_COLUMNS
 
     return list(TOTALS_COLUMNS)
 

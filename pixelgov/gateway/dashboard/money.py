@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from ledger.reports.reader import percent_change
+from ledger.reports.records import percent_change
 from pricing.money import usd_str
 
 

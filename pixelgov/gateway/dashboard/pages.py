@@ -25,8 +25,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from ledger.errors import InvalidRequest, NotFound
 from ledger.policy.budgets import Budgets
 from ledger.records import Transaction, TxStatus
+from ledger.reports.filters import OPERATIONS, bucket_start, next_bucket
 from ledger.reports.history import History, TransactionFilter
-from ledger.reports.reader import OPERATIONS, bucket_start, next_bucket
 
 from ..service import Gateway
 from . import router

@@ -10,7 +10,7 @@ from html import escape
 
 from markupsafe import Markup
 
-from ledger.reports.reader import ChartPoint
+from ledger.reports.records import ChartPoint
 
 from .money import usd
 
