@@ -128,8 +128,6 @@ class Admin:
         self.engine = engine
         self.clock = clock
 
-    # --- agents ---------------------------------------------------------------------------------
-
     def create_agent(self, name: str, description: str | None = None, *, with_key: bool = True) -> Agent:
         """Create an agent; with `with_key` its new API key is on the returned record (stored hashed)."""
         validate_agent_name(name)
@@ -222,8 +220,6 @@ class Admin:
 
     def _agent_row(self, conn: Connection, agent_id: int) -> Any:
         return conn.execute(select(agents).where(agents.c.id == agent_id)).one()
-
-    # --- rules ----------------------------------------------------------------------------------
 
     def create_rule(self, spec: RuleSpec) -> SpendingRule:
         """Create a spending rule; it counts the matching spend already in its current period."""
@@ -412,8 +408,6 @@ class Admin:
         ).one()
         return rule_record(Rule.from_row(row), row.agent_name)
 
-    # --- alerts and audit -----------------------------------------------------------------------
-
     def alerts(self, *, limit: int = 100) -> list[Alert]:
         """Alerts, newest first."""
         with reading(self.engine) as conn:
@@ -501,8 +495,6 @@ class Admin:
                 conn.execute(update(service_keys).where(service_keys.c.id == row.id).values(revoked_at=now))
                 write_audit(conn, "service-key", row.id, name, "revoke", None, None, now)
             return ServiceKey(row.id, row.name, row.key_prefix, row.created_at, row.revoked_at or now)
-
-    # --- dashboard sessions ----------------------------------------------------------------------
 
     def end_dashboard_session(self, session_id: str, expires_at: datetime) -> None:
         """Record a dashboard logout, so that every gateway worker and host refuses the session from

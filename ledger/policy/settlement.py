@@ -1,6 +1,7 @@
-"""The actual cost of an upstream response, and the facts recorded from it.
+"""Settlement: a transaction completed at its actual cost, which is priced from the upstream's
+response as its estimate was from the request, with the facts that say where it came from.
 
-One place for both, used by `Governor.complete(response=...)` (a caller that forwarded
+The pricing of an answer is one place, used by `Governor.complete(response=...)` (a caller that forwarded
 by itself) and by a governed run (`ledger.forward.runner`). A recorded request is re-priced
 from the parameters the ledger stored, which hold an upscale's input size as it was priced,
 so settling never reads an image again.
@@ -8,15 +9,24 @@ so settling never reads an image again.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from pricing import ActualCost, PriceBook, actual_cost, quote
-from pricing.money import usd_str
+from sqlalchemy import select
 
-from ..errors import InvalidRequest
-from ..records import Transaction
+from pricing import ActualCost, PriceBook, actual_cost, quote
+from pricing.money import from_nano, to_nano, usd_str
+
+from ..errors import InvalidRequest, NotFound
+from ..records import Transaction, TxStatus
+from ..store.db import writing
+from ..store.hotpath import Driver
+from ..store.models import alerts, transactions
+from ..store.queries import load_transaction, transaction_record
+from ..store.spend import counted, movement
+from .transitions import Transitions, parse_amount, storable
 
 
 def cost_facts(cost: ActualCost) -> dict[str, Any]:
@@ -44,3 +54,125 @@ def actual_from_response(
         facts["repriced_estimate"] = usd_str(estimate.amount)
     amount = cost.amount if cost.sizes_known else tx.estimated_cost
     return amount, facts
+
+
+class Settling(Transitions):
+    """Settlement at an actual cost, and the notes added to a transaction afterwards."""
+
+    def complete(self, tx_id: int, *, actual: Decimal | str | None = None, response: Any = None) -> Transaction:
+        """Settle a pending (or unknown) transaction, choosing its actual cost: `actual` (USD) when
+        given; else priced from an upstream `response`'s image sizes (the estimate when the response
+        has none); else the estimate. Records where the actual came from as the `actual_source` fact.
+
+        Raises InvalidRequest (both given, a bad amount or response), NotFound, Conflict."""
+        if actual is not None and response is not None:
+            raise InvalidRequest("actual: give an actual cost or a response, not both", field="actual")
+        facts: dict[str, Any] = {}
+        if actual is not None:
+            amount = parse_amount(actual, "actual")
+            facts["actual_source"] = "given"
+        else:
+            tx = self.transaction(tx_id, detail=response is not None)
+            if response is not None:
+                assert tx.detail is not None
+                amount, facts = actual_from_response(tx, tx.detail.request, response, book=self.book)
+            else:
+                amount = tx.estimated_cost
+                facts["actual_source"] = "estimate (no actual given)"
+        return self.settle(tx_id, amount, facts=facts)
+
+    def settle(
+        self,
+        tx_id: int,
+        actual: Decimal,
+        *,
+        facts: Mapping[str, Any] | None = None,
+        upstream_request_id: str | None = None,
+        upstream_status: int | None = None,
+        response: Any = None,
+        allow_expired: bool = False,
+        alert: str | None = None,
+    ) -> Transaction:
+        """Complete a transaction at its `actual` cost (USD): the hold is released and the actual
+        counted as spent; an actual above the estimate is recorded as a `variance` fact. `alert`
+        records an alert (kind "anomaly") in the same database transaction.
+
+        Settles `pending` and `unknown` transactions (and `expired` ones with `allow_expired`: a run
+        whose answer came after its hold expired). Raises InvalidRequest, NotFound, Conflict."""
+        if actual < 0:
+            raise InvalidRequest("actual: must not be negative", field="actual")
+        storable(actual, "actual")
+        allowed = (TxStatus.pending, TxStatus.unknown, *((TxStatus.expired,) if allow_expired else ()))
+        now = self.clock()
+        with writing(self.engine) as conn:
+            d = Driver(conn)
+            row = self._lock_tx(d, tx_id, allowed, "complete")
+            est = row.estimated_cost
+            notes = [("variance", usd_str(actual - est))] if actual > est else []
+            notes += (facts or {}).items()
+            moved = movement(counted(row.status, est), counted(TxStatus.completed, est, actual))
+            row = self._set_status(
+                d,
+                row,
+                TxStatus.completed,
+                now,
+                line=("actual", actual),
+                notes=notes,
+                actual_cost=actual,
+                completed_at=now,
+                upstream_request_id=upstream_request_id,
+                upstream_status=upstream_status,
+                response_json=json.dumps(response) if response is not None else None,
+            )
+            self._move_counters(d, tx_id, moved, locked=self._pg)
+            if alert is not None:
+                conn.execute(
+                    alerts.insert().values(
+                        rule_id=None,
+                        rule_name="(anomaly)",
+                        agent_id=row.agent_id,
+                        transaction_id=tx_id,
+                        kind="anomaly",
+                        dedupe_key=None,
+                        message=alert,
+                        created_at=now,
+                    )
+                )
+            return transaction_record(row, row.agent_name)
+
+    def add_cost(
+        self, tx_id: int, amount: Decimal, *, kind: str = "adjustment", note: str | None = None
+    ) -> Transaction:
+        """An adjustment (USD, positive or negative) to a completed transaction: a new cost line,
+        counted in its budgets as `ledger.store.spend` says (a credit never takes it below zero)."""
+        if kind != "adjustment":
+            raise InvalidRequest(f"kind: only adjustment cost lines can be added (got {kind!r})", field="kind")
+        storable(amount, "amount")
+        now = self.clock()
+        with writing(self.engine) as conn:
+            d = Driver(conn)
+            row = self._lock_tx(d, tx_id, (TxStatus.completed,), "adjust")
+            before = from_nano(int(d.one(self._sql.adjustments, {"tx_id": tx_id})[0]))  # type: ignore[index]
+            storable(before + amount, "amount")
+            est, actual = row.estimated_cost, row.actual_cost
+            moved = movement(
+                counted(TxStatus.completed, est, actual, before),
+                counted(TxStatus.completed, est, actual, before + amount),
+            )
+            self._move_counters(d, tx_id, moved)  # rules before the line: its trigger writes a rollup row
+            d.execute(
+                self._sql.insert_line,
+                {"tx_id": tx_id, "kind": kind, "amount": to_nano(amount), "note": note, "created_at": d.ts(now)},
+            )
+            return transaction_record(row, row.agent_name)
+
+    def add_fact(self, tx_id: int, key: str, value: Any) -> Transaction:
+        """Attach a key/value note (1–100 character key) to any transaction."""
+        if not key or len(key) > 100:
+            raise InvalidRequest("fact: the key must be 1–100 characters", field="key")
+        now = self.clock()
+        with writing(self.engine) as conn:
+            if conn.execute(select(transactions.c.id).where(transactions.c.id == tx_id)).first() is None:
+                raise NotFound(f"no transaction {tx_id}", id=tx_id)
+            self._add_facts(Driver(conn), tx_id, {key: value}, now)
+            return load_transaction(conn, tx_id)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    Connection,
-    select,
-)
+from sqlalchemy import Connection, select
 
 from ..store.models import cost_lines, transactions
 from .filters import Filter, check_filter, parse_month, transaction_terms

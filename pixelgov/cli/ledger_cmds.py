@@ -91,7 +91,7 @@ def authorize(
     pixelgov authorize fal-ai/flux/dev --agent bot --prompt "a fox" --idempotency-key job-42
     pixelgov tx complete 17 --response fal-response.json
     """
-    from ledger.policy.governor import validate_idempotency_key
+    from ledger.policy.authorize import validate_idempotency_key
 
     validate_idempotency_key(idempotency_key)
     body = pop_request_options(options)
@@ -235,7 +235,7 @@ def tx_add_cost(ctx: click.Context, tx_id: int, amount: str, kind: str, note: st
     \b
     pixelgov tx add-cost 17 -0.002 --note "FAL credit"
     """
-    from ledger.policy.governor import parse_amount
+    from ledger.policy.transitions import parse_amount
 
     emit_transaction(
         governor(ctx).add_cost(tx_id, parse_amount(amount, "amount", allow_negative=True), kind=kind, note=note), fmt

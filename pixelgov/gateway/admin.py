@@ -128,7 +128,7 @@ async def delete_rule(rule: RuleRef, gw: GW) -> JSONResponse:
 
 @router.post("/transactions/{tx_id}/costs", response_model=TransactionOut, summary="Add an adjustment line")
 async def add_cost(tx_id: TxId, payload: CostIn, gw: GW) -> JSONResponse:
-    from ledger.policy.governor import parse_amount
+    from ledger.policy.transitions import parse_amount
 
     amount = parse_amount(payload.amount, "amount", allow_negative=True)
     tx = await gw.db(gw.ledger.governor.add_cost, tx_id, amount, kind=payload.kind, note=payload.note)
