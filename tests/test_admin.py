@@ -17,10 +17,11 @@ from support import rule_usage as usage
 
 from ledger import Settings
 from ledger.errors import Conflict, InvalidRequest, NotFound
-from ledger.policy.admin import Admin, validate_agent_name
+from ledger.policy.admin import Admin
 from ledger.policy.governor import Governor
 from ledger.records import Agent, AgentStatus, Alert, AuditEntry, RuleAction, RuleType, SpendingRule, TxStatus
 from ledger.store.models import agents, audit_log, holds, spending_rules
+from ledger.validation import validate_agent_name
 from pricing import quote
 
 DEV = quote("fal-ai/flux/dev", {})

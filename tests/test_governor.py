@@ -22,10 +22,10 @@ from support import rule_usage as usage
 
 from ledger import Ledger, Settings
 from ledger.errors import Conflict, InvalidRequest, NotFound
-from ledger.policy.admin import validate_agent_name
 from ledger.policy.governor import Governor
 from ledger.records import CostLine, SpendingRule, Transaction, TxStatus
 from ledger.store.models import agents, cost_lines, facts, holds, rule_counters, transactions
+from ledger.validation import validate_agent_name
 from pricing import quote
 
 DEV = quote("fal-ai/flux/dev", {})  # 0.01185

@@ -251,7 +251,7 @@ class Authorizing(Deciding, Releasing):
         if not self.auto_create:
             raise unknown_agent(name)
         from ..store.models import agents
-        from .admin import write_audit
+        from .audit import write_audit
 
         created = conn.execute(
             self._upsert(agents)

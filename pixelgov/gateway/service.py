@@ -39,7 +39,8 @@ from ledger.core import Ledger
 from ledger.errors import Denied, InProgress, InvalidRequest, NotFound, RateLimited, UpstreamError
 from ledger.forward.runner import RunOutcome, begin, conclude, conclude_failure, interrupted, run_governed_async
 from ledger.forward.upstream import AsyncUpstream, UpstreamConfig, UpstreamFailure
-from ledger.policy.admin import SERVICE_KEY_PREFIX, hash_api_key
+from ledger.policy.access import SERVICE_KEY_PREFIX
+from ledger.policy.agents import hash_api_key
 from ledger.records import Decision, Transaction, TxStatus
 from ledger.validation import validate_agent_name
 from pricing import Quote, upstream_body
