@@ -14,7 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from .errors import Unauthorized
-from .service import Gateway, Identity
+from .identity import Identity
+from .service import Gateway
 
 
 def gateway(request: Request) -> Gateway:

@@ -29,10 +29,11 @@ from pricing.jsondoc import parse_json
 
 from .auth import AgentIdentity, Caller, _key, gateway
 from .errors import error_body, transaction_headers
+from .queue import queue_error
 from .routing import GatewayRoute
 from .schemas import CancelOut, FalRequest, QueueStatus, QueueSubmitted
 from .seed import IdempotencyKey
-from .service import Gateway, queue_error
+from .service import Gateway
 
 QUEUE_PREFIX = "/queue"
 #: FAL app namespaces whose ids have three segments (`workflows/owner/alias`).

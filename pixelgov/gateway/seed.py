@@ -22,6 +22,7 @@ from ledger.records import Transaction
 
 from .auth import AgentIdentity, Caller, gateway
 from .errors import transaction_headers
+from .identity import Identity
 from .routing import GatewayRoute
 from .schemas import (
     AuthorizeIn,
@@ -34,7 +35,7 @@ from .schemas import (
     TransactionPage,
     VoidIn,
 )
-from .service import Gateway, Identity
+from .service import Gateway
 
 router = APIRouter(prefix="/v1", route_class=GatewayRoute, tags=["agents"])
 
