@@ -44,15 +44,22 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .core import Ledger
+    from .policy.admin import Admin
+    from .policy.budgets import Budgets
+    from .policy.governor import Governor
     from .policy.rules import RuleSpec
+    from .reports import Reports
+    from .reports.history import History
 
 __all__ = [
+    "Admin",
     "Agent",
     "AgentRef",
     "AgentStatus",
     "Alert",
     "AuditEntry",
     "Authorization",
+    "Budgets",
     "Conflict",
     "CostLine",
     "DatabaseUnavailable",
@@ -60,6 +67,8 @@ __all__ = [
     "Denial",
     "Denied",
     "Fact",
+    "Governor",
+    "History",
     "ImageTooLarge",
     "InvalidRequest",
     "Ledger",
@@ -68,6 +77,7 @@ __all__ = [
     "PixelgovError",
     "PriceBookError",
     "RateLimited",
+    "Reports",
     "RuleAction",
     "RuleSpec",
     "RuleType",
@@ -81,13 +91,22 @@ __all__ = [
 ]
 
 
+#: Loaded on first use (each imports SQLAlchemy): name → the module that defines it.
+_LAZY = {
+    "Ledger": "ledger.core",
+    "RuleSpec": "ledger.policy.rules",
+    "Governor": "ledger.policy.governor",
+    "Admin": "ledger.policy.admin",
+    "Budgets": "ledger.policy.budgets",
+    "Reports": "ledger.reports",
+    "History": "ledger.reports.history",
+}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "Ledger":
-        from .core import Ledger
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ledger' has no attribute {name!r}")
+    import importlib
 
-        return Ledger
-    if name == "RuleSpec":
-        from .policy.rules import RuleSpec
-
-        return RuleSpec
-    raise AttributeError(f"module 'ledger' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -24,7 +24,7 @@ What it does:
 Counting: killed = the selection failed (timeouts are counted as killed too, and shown separately);
 survived = the selection passed, or no selected test runs the function ("no tests"); a survivor
 listed in EQUIVALENT counts as equivalent, not as survived. Rate = killed / (mutants - equivalent).
-Only the functions in SCOPE are counted (pricing/book.py: the rounding and limits; ledger/rules.py:
+Only the functions in SCOPE are counted (pricing/book.py: the rounding and limits; ledger/policy/rules.py:
 evaluate and validate_spec and the helpers they call); the others are mutated but reported only as
 "out of scope".
 
@@ -57,11 +57,11 @@ MODULES = [
     "pricing/money.py",
     "pricing/quote.py",
     "pricing/book.py",
-    "ledger/spend.py",
-    "ledger/rules.py",
-    "ledger/periods.py",
+    "ledger/store/spend.py",
+    "ledger/policy/rules.py",
+    "ledger/policy/periods.py",
 ]
-QUICK_MODULES = ["pricing/money.py", "ledger/spend.py", "ledger/periods.py"]
+QUICK_MODULES = ["pricing/money.py", "ledger/store/spend.py", "ledger/policy/periods.py"]
 
 #: The targeted selection: pure and SQLite-only tests that exercise the modules above. mutmut
 #: narrows it further per function to the tests that actually execute that function.
@@ -89,8 +89,8 @@ SCOPE: dict[str, set[str] | None] = {
     "pricing/money.py": None,
     "pricing/quote.py": None,
     "pricing/book.py": {"PriceBook.endpoint", "PriceBook.area", "_area", "_build"},
-    "ledger/spend.py": None,
-    "ledger/rules.py": {
+    "ledger/store/spend.py": None,
+    "ledger/policy/rules.py": {
         "evaluate",
         "validate_spec",
         "_glob",
@@ -99,7 +99,7 @@ SCOPE: dict[str, set[str] | None] = {
         "Rule.describe_limit",
         "Rule.counted",
     },
-    "ledger/periods.py": None,
+    "ledger/policy/periods.py": None,
 }
 
 #: Surviving mutants that cannot change any observable outcome, keyed by
@@ -167,40 +167,40 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         'text = format(amount, "F")',
     ): "'F' differs from 'f' only in spelling NAN/INF; money amounts are finite (parse_usd refuses the others)",
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "return total if total > 0 else ZERO",
         "return total if total >= 0 else ZERO",
     ): "at exactly zero it returns total (== 0) instead of ZERO: the same value",
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "return case((total > 0, total), else_=zero)",
         "return case((total >= 0, total), else_=zero)",
     ): "at exactly zero the CASE yields total (= 0) instead of 0: the same value",
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "return Counted(_term(HELD_AS[s], estimate, actual, adjustments),"
         " _term(SPENT_AS[s], estimate, actual, adjustments))",
         "return Counted(_term(HELD_AS[s], estimate, None, adjustments),"
         " _term(SPENT_AS[s], estimate, actual, adjustments))",
     ): _HELD_ONLY_ESTIMATES,
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "return Counted(_term(HELD_AS[s], estimate, actual, adjustments),"
         " _term(SPENT_AS[s], estimate, actual, adjustments))",
         "return Counted(_term(HELD_AS[s], estimate, actual, None), _term(SPENT_AS[s], estimate, actual, adjustments))",
     ): _HELD_ONLY_ESTIMATES,
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "return _sql_case(HELD_AS, status, estimate, actual, adjustments)",
         "return _sql_case(HELD_AS, status, estimate, None, adjustments)",
     ): _HELD_ONLY_ESTIMATES,
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "return _sql_case(HELD_AS, status, estimate, actual, adjustments)",
         "return _sql_case(HELD_AS, status, estimate, actual, None)",
     ): _HELD_ONLY_ESTIMATES,
     (
-        "ledger/rules.py",
+        "ledger/policy/rules.py",
         "f\"{rule.period or 'rolling ' + (format_window(rule.window_seconds) or '')}\"",
         "f\"{rule.period or 'rolling ' + (format_window(rule.window_seconds) or 'XXXX')}\"",
     ): "the fallback is for a spend-limit with neither period nor window, which validate_spec never accepts",
@@ -214,49 +214,49 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("pricing/book.py", "if len(self._areas) > 65536:", "if len(self._areas) >= 65536:"): _CACHE_BOUND,
     ("pricing/book.py", "if len(self._areas) > 65536:", "if len(self._areas) > 65537:"): _CACHE_BOUND,
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "return case(*whens, else_=literal(0, BigInteger))",
         "return case(*whens, else_=literal(0, None))",
     ): _SQL_TYPE_ONLY,
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "return case(*whens, else_=literal(0, BigInteger))",
         "return case(*whens, else_=literal(0, ))",
     ): _SQL_TYPE_ONLY,
-    ("ledger/spend.py", "zero = literal(0, BigInteger)", "zero = literal(0, None)"): _SQL_TYPE_ONLY,
-    ("ledger/spend.py", "zero = literal(0, BigInteger)", "zero = literal(0, )"): _SQL_TYPE_ONLY,
+    ("ledger/store/spend.py", "zero = literal(0, BigInteger)", "zero = literal(0, None)"): _SQL_TYPE_ONLY,
+    ("ledger/store/spend.py", "zero = literal(0, BigInteger)", "zero = literal(0, )"): _SQL_TYPE_ONLY,
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "total = func.coalesce(type_coerce(actual, BigInteger), zero) + func.coalesce(",
         "total = func.coalesce(type_coerce(actual, None), zero) + func.coalesce(",
     ): _SQL_TYPE_ONLY,
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "type_coerce(adjustments, BigInteger), zero",
         "type_coerce(adjustments, None), zero",
     ): _SQL_TYPE_ONLY,
     (
-        "ledger/spend.py",
+        "ledger/store/spend.py",
         "return type_coerce(estimate, BigInteger)",
         "return type_coerce(estimate, None)",
     ): _SQL_TYPE_ONLY,
     (
-        "ledger/rules.py",
+        "ledger/policy/rules.py",
         'values["limit_amount"] = parse_usd(str(raw), allow_zero=False)',
         'values["limit_amount"] = parse_usd(str(raw), allow_zero=None)',
     ): "allow_zero is only tested for truth: None refuses zero exactly as False does",
     (
-        "ledger/rules.py",
+        "ledger/policy/rules.py",
         'if not str(name).strip(" ").isprintable():',
         'if not str(name).strip("XX XX").isprintable():',
     ): "stripping more printable characters (X) off the ends cannot change whether the rest is printable",
     (
-        "ledger/periods.py",
+        "ledger/policy/periods.py",
         "if window_seconds // g >= 24:",
         "if window_seconds / g >= 24:",
     ): "for integers, floor(w / g) >= 24 exactly when w / g >= 24",
     (
-        "ledger/periods.py",
+        "ledger/policy/periods.py",
         'match = _WINDOW.match(text or "")',
         'match = _WINDOW.match(text or "XXXX")',
     ): "neither '' nor 'XXXX' matches the window pattern: the same error, which quotes the original text",
@@ -322,7 +322,7 @@ def prepare(scratch: Path, modules: list[str], tests: list[str]) -> None:
         text
         + f"""
 [tool.mutmut]
-source_paths = ["pricing", "ledger"]
+source_paths = ["pricing", "ledger", "pixelgov"]
 only_mutate = {_toml_list(modules)}
 also_copy = ["migrations", "alembic.ini", "_mutation_hypothesis.py"]
 pytest_add_cli_args = {_toml_list(PYTEST_ARGS)}
