@@ -39,8 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ledger import Ledger, Settings
-from ledger.policy.authorize import request_hash
 from ledger.policy.governor import Governor
+from ledger.policy.requests import request_hash
 from ledger.policy.rules import RuleSpec
 from ledger.store import db as ledger_db
 from pricing import quote

@@ -17,6 +17,7 @@ __all__ = [
     "Conflict",
     "DatabaseUnavailable",
     "Denied",
+    "Forbidden",
     "ImageTooLarge",
     "InProgress",
     "InvalidRequest",
@@ -26,6 +27,7 @@ __all__ = [
     "PriceBookError",
     "RateLimited",
     "SchemaBehind",
+    "SettledByGateway",
     "UpstreamError",
     "denial_error",
     "exit_code",
@@ -42,6 +44,20 @@ class Conflict(InvalidRequest):
     """A state transition that is not allowed (completing a voided transaction, a duplicate name)."""
 
     code = "invalid_request"
+
+
+class Forbidden(PixelgovError):
+    """A credential that is known but may not do this: a pre-authorization already used, expired,
+    cancelled, denied, or for another request (HTTP 403)."""
+
+    code = "forbidden"
+
+
+class SettledByGateway(PixelgovError):
+    """A transaction the gateway forwarded: the gateway settles it from the upstream's answer, and
+    no caller may complete, void or re-cost it (HTTP 409)."""
+
+    code = "conflict"
 
 
 class InProgress(PixelgovError):
@@ -92,6 +108,7 @@ EXIT_CODES = {
     "model_not_found": 2,
     "image_too_large": 2,
     "not_found": 2,
+    "forbidden": 2,
     "denied": 3,
     "rate_limited": 3,
     "upstream_error": 1,
@@ -114,6 +131,7 @@ HTTP_STATUS = {
     "database_unavailable": 503,
     "schema_behind": 503,
     "unauthorized": 401,
+    "forbidden": 403,
     "conflict": 409,
     # The gateway's own: a body over its size limit, an upstream that never answered (the
     # transaction is `unknown`), the result of a queued request that was cancelled, a submit to a

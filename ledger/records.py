@@ -370,6 +370,69 @@ class Authorization:
         return self.transaction.status != TxStatus.denied
 
 
+class PreAuthState(StrEnum):
+    """Where a pre-authorization stands: `authorized` (unused, valid), `denied` (at creation),
+    `used` (its request came: see its transaction), `cancelled` (closed unused, or expired)."""
+
+    authorized = "authorized"
+    denied = "denied"
+    used = "used"
+    cancelled = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class PreAuthorization:
+    """A decision made before a request's body is known, used at most once by that request.
+
+    The money is its `transaction`'s (None until the request came): a pre-authorization holds
+    nothing. `outcome`, `response_facts` and `facts` are what the caller reported; they never move
+    money."""
+
+    id: str
+    agent: str
+    endpoint: str
+    decision: str  #: authorized | denied (at creation)
+    decline_reason: str | None
+    denials: tuple[Denial, ...]
+    request: Mapping[str, Any]  #: what the caller said of its request, secrets dropped
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None
+    closed_at: datetime | None
+    outcome: str | None
+    response_facts: Any
+    facts: tuple[Any, ...]
+    service_key_id: int | None  #: the service key that asked (None: the agent's own key)
+    transaction: Transaction | None = None  #: with its cost lines and facts
+
+    def state(self, now: datetime) -> PreAuthState:
+        """Where it stands at `now` (an unused one past `expires_at` is cancelled)."""
+        if self.decision == "denied":
+            return PreAuthState.denied
+        if self.used_at is not None:
+            return PreAuthState.used
+        if self.closed_at is not None or now >= self.expires_at:
+            return PreAuthState.cancelled
+        return PreAuthState.authorized
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        """pixelgov's own JSON shape (the gateway's Sapiom-compatible API has its own)."""
+        return {
+            "id": self.id,
+            "agent": self.agent,
+            "endpoint": self.endpoint,
+            "state": self.state(now).value,
+            "decline_reason": self.decline_reason,
+            "denials": [d.to_json() for d in self.denials],
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "used_at": iso(self.used_at),
+            "closed_at": iso(self.closed_at),
+            "outcome": self.outcome,
+            "transaction": self.transaction.to_json() if self.transaction else None,
+        }
+
+
 __all__ = [
     "Agent",
     "AgentRef",
@@ -381,6 +444,8 @@ __all__ = [
     "Decision",
     "Denial",
     "Fact",
+    "PreAuthState",
+    "PreAuthorization",
     "RuleAction",
     "RuleType",
     "SpendingRule",

@@ -98,6 +98,13 @@ def gateway_server(
         opened.close()
 
 
+def ssl_context(cafile: str) -> Any:
+    """A client TLS context that trusts `cafile` (a test's self-signed certificate)."""
+    import ssl
+
+    return ssl.create_default_context(cafile=cafile)
+
+
 def self_signed_cert(directory: Path) -> tuple[str, str]:
     """A certificate for 127.0.0.1 and localhost, made by openssl: (certfile, keyfile)."""
     cert, key = directory / "cert.pem", directory / "key.pem"
@@ -135,8 +142,10 @@ def serve_subprocess(
     workers: int = 1,
     env: Mapping[str, str] | None = None,
     args: tuple[str, ...] = (),
+    ssl: tuple[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    """`pixelgov serve` as a subprocess (its stderr, the access log, in a file): (url, process, log)."""
+    """`pixelgov serve` as a subprocess (its stderr, the access log, in a file): (url, process, log).
+    `ssl`: (certfile, keyfile) to serve HTTPS with."""
     import tempfile
 
     port = free_port()
@@ -160,12 +169,13 @@ def serve_subprocess(
             str(port),
             "--workers",
             str(workers),
+            *(("--ssl-certfile", ssl[0], "--ssl-keyfile", ssl[1]) if ssl else ()),
             *args,
         ]
         proc = subprocess.Popen(command, env=full_env, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if ssl else 'http'}://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc, log)
+        wait_healthy(url, proc, log, verify=ssl_context(ssl[0]) if ssl else True)
         yield url, proc, log
     finally:
         if proc.poll() is None:
@@ -177,13 +187,13 @@ def serve_subprocess(
                 proc.wait(10)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30, verify: Any = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"pixelgov serve exited {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/healthz", timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -15,6 +15,7 @@ from ledger.store.models import (
     cost_lines,
     facts,
     holds,
+    pre_authorizations,
     rule_counters,
     spending_rules,
     transactions,
@@ -31,6 +32,7 @@ LEDGER_TABLES: tuple[Table, ...] = (
     rule_counters,
     alerts,
     audit_log,
+    pre_authorizations,
 )
 
 

@@ -291,13 +291,16 @@ def test_check_answers_the_decision_and_writes_nothing(gw: RunningGateway, bot: 
     assert snapshot(gw.ledger.engine) == before
 
 
-def test_v1_run_answers_the_transaction_and_the_result(gw: RunningGateway, bot: str) -> None:
+def test_v1_run_answers_the_upstreams_body_with_the_transaction_in_headers(gw: RunningGateway, bot: str) -> None:
     with gw.client(bot) as client:
         r = client.post(f"/v1/run/{FLUX}", json=BODY)
     assert r.status_code == 200
     doc = r.json()
-    assert doc["transaction"]["status"] == "completed" and doc["transaction"]["actual_cost"] == "0.01185"
-    assert doc["result"]["images"] and doc["replayed"] is False
+    assert doc["images"][0]["url"].startswith("http") and "transaction" not in doc  # the seed's data.images[0].url
+    tx = gw.ledger.governor.transaction(int(r.headers["X-Pixelgov-Transaction"]), detail=True)
+    assert tx.status.value == "completed" and tx.actual_cost == Decimal("0.01185")
+    assert r.headers["X-Pixelgov-Estimated-Cost"] == r.headers["X-Pixelgov-Actual-Cost"] == "0.01185"
+    assert tx.detail.result == doc  # exactly what the upstream answered
 
 
 def test_a_self_forwarding_agent_holds_settles_and_sees_only_its_own(gw: RunningGateway, bot: str) -> None:

@@ -34,6 +34,7 @@ TABLES = {
     "service_keys",
     "queue_requests",
     "dashboard_logouts",
+    "pre_authorizations",
 }
 MONEY_COLUMNS = [
     ("transactions", "estimated_cost"),

@@ -103,6 +103,7 @@ async def run_governed_async(
     fal_key: str,
     idempotency_key: str | None = None,
     in_thread: Callable[..., Awaitable[Any]] | None = None,
+    preauthorization: str | None = None,
 ) -> RunOutcome:
     """`run_governed` for an event loop: the ledger's short transactions run through `in_thread`
     (default `asyncio.to_thread`; a server passes its bounded pool), the upstream call is awaited,
@@ -111,7 +112,16 @@ async def run_governed_async(
 
     run = in_thread or asyncio.to_thread
     started = await run(
-        partial(begin, gov, agent=agent, quote=quote, body=body, fal_key=fal_key, idempotency_key=idempotency_key)
+        partial(
+            begin,
+            gov,
+            agent=agent,
+            quote=quote,
+            body=body,
+            fal_key=fal_key,
+            idempotency_key=idempotency_key,
+            preauthorization=preauthorization,
+        )
     )
     if isinstance(started, RunOutcome):
         return started
@@ -141,14 +151,16 @@ def begin(
     fal_key: str,
     idempotency_key: str | None = None,
     after_authorize: Callable[[Authorization], None] | None = None,
+    preauthorization: str | None = None,
 ) -> Authorization | RunOutcome:
     """A run's first step: check the request can run, authorize (the hold). Returns the pending
     authorization to forward, or the replayed outcome of an idempotent retry; raises Denied,
     InProgress, UpstreamError (a replayed failure) or InvalidRequest. An exception in
-    `after_authorize` fails the transaction (nothing was sent)."""
+    `after_authorize` fails the transaction (nothing was sent). `preauthorization`: the id of a
+    pre-authorization this run uses (Forbidden, nothing written, if it may not)."""
     runnable(quote, body)
     check_fal_key(fal_key)
-    auth = gov.authorize(agent, quote, body, idempotency_key=idempotency_key)
+    auth = gov.authorize(agent, quote, body, idempotency_key=idempotency_key, preauthorization=preauthorization)
     tx = auth.transaction
     if auth.replayed:
         return _replay(gov, tx, agent, idempotency_key)

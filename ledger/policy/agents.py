@@ -118,6 +118,14 @@ class AgentBook(Administration):
         with reading(self.engine) as conn:
             return agent_record(self._agent_by_name(conn, name))
 
+    def agent_by_id(self, agent_id: int) -> Agent:
+        """One agent by id; NotFound."""
+        with reading(self.engine) as conn:
+            row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
+        if row is None:
+            raise NotFound(f"unknown agent id {agent_id}", agent_id=agent_id)
+        return agent_record(row)
+
     def agents(self) -> list[Agent]:
         """Every agent, by name."""
         with reading(self.engine) as conn:

@@ -4,7 +4,6 @@ same database transaction as the decision, or the denial recorded; idempotent re
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from datetime import datetime
@@ -16,70 +15,18 @@ from sqlalchemy.exc import IntegrityError
 from pricing import Quote
 from pricing.money import from_nano, to_nano
 
-from ..errors import Conflict, InvalidRequest
-from ..records import AgentRef, AgentStatus, Authorization, Decision, Transaction, TxStatus
+from ..errors import Conflict
+from ..records import AgentRef, Authorization, Decision, Transaction, TxStatus
 from ..store.db import reading, writing
 from ..store.hotpath import Driver, KeyRow
 from ..store.models import alerts
 from ..store.queries import by_idempotency_key, find_agent, has_stale_holds, load_transaction
 from ..validation import validate_agent_name
-from .decision import Deciding, unknown_agent
+from .decision import Deciding
 from .periods import buckets
+from .preauthorize import use_preauthorization
 from .release import Releasing
-
-MAX_KEY_LENGTH = 200  #: the idempotency_key column's width
-
-
-#: Request fields whose name contains one of these are never stored (at any depth; `headers` whole).
-_SECRET_HINTS = (
-    "key",
-    "token",
-    "secret",
-    "password",
-    "passwd",
-    "authorization",
-    "auth",
-    "credential",
-    "cookie",
-    "session",
-    "headers",
-    "signature",
-)
-
-
-def validate_idempotency_key(key: str | None) -> str | None:
-    """The key, if the ledger can store it (1–200 characters); InvalidRequest otherwise."""
-    if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
-        raise InvalidRequest(
-            f"idempotency_key: 1–{MAX_KEY_LENGTH} characters (got {len(key)})", field="idempotency_key"
-        )
-    return key
-
-
-def request_hash(endpoint: str, body: Mapping[str, Any]) -> str:
-    """The digest that tells an idempotent retry from a different request with the same key."""
-    canonical = json.dumps({"endpoint": endpoint, "body": body}, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def stored_request(body: Mapping[str, Any], quote: Quote) -> dict[str, Any]:
-    """Request parameters as the ledger keeps them: secrets dropped, data: URIs summarized,
-    and an upscale's input size (as priced) recorded so the request can be re-priced."""
-    kept: dict[str, Any] = _without_secrets(body)
-    if quote.operation == "upscale":
-        kept["input_size"] = f"{quote.input_width}x{quote.input_height}"
-    return kept
-
-
-def _without_secrets(value: Any) -> Any:
-    """`value` with secret-like keys dropped at every depth and long data: URIs summarized."""
-    if isinstance(value, Mapping):
-        return {k: _without_secrets(v) for k, v in value.items() if not any(h in str(k).lower() for h in _SECRET_HINTS)}
-    if isinstance(value, list | tuple):
-        return [_without_secrets(v) for v in value]
-    if isinstance(value, str) and value.startswith("data:") and len(value) > 200:
-        return f"{value[: value.find(',') + 1]}…({len(value)} chars)"
-    return value
+from .requests import request_hash, stored_request, validate_idempotency_key
 
 
 class _StaleHolds(Exception):
@@ -90,23 +37,37 @@ class Authorizing(Deciding, Releasing):
     """Authorization: the decision and the hold, in one database transaction."""
 
     def authorize(
-        self, agent_name: str, quote: Quote, body: Mapping[str, Any], *, idempotency_key: str | None = None
+        self,
+        agent_name: str,
+        quote: Quote,
+        body: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        preauthorization: str | None = None,
     ) -> Authorization:
         """Record a transaction and hold its estimate in every matching budget, or record the denial.
 
         A retry with an `idempotency_key` the agent already used returns the first transaction
         (`replayed=True`) and writes nothing; the same key with a different request raises Conflict.
+        With `preauthorization` (an id `preauthorize` gave), the transaction uses it, in the same
+        database transaction: it must be the agent's, for this endpoint, authorized, unused and
+        unexpired, else Forbidden and nothing is written.
+
         Raises InvalidRequest (bad key or agent name) and NotFound (unknown agent, no auto-create)."""
         validate_idempotency_key(idempotency_key)
         validate_agent_name(agent_name)
         digest = request_hash(quote.endpoint, body)
         try:
             try:
-                return self._authorize(agent_name, quote, body, idempotency_key, digest, may_expire=True)
+                return self._authorize(
+                    agent_name, quote, body, idempotency_key, digest, preauthorization, may_expire=True
+                )
             except _StaleHolds:
                 # A denial while stale holds exist: release them in their own transaction, decide again.
                 self.expire()
-                return self._authorize(agent_name, quote, body, idempotency_key, digest, may_expire=False)
+                return self._authorize(
+                    agent_name, quote, body, idempotency_key, digest, preauthorization, may_expire=False
+                )
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -128,7 +89,15 @@ class Authorizing(Deciding, Releasing):
             return bool(agent and agent.id and by_idempotency_key(conn, agent.id, key) is not None)
 
     def _authorize(
-        self, agent_name: str, quote: Quote, body: Mapping[str, Any], key: str | None, digest: str, *, may_expire: bool
+        self,
+        agent_name: str,
+        quote: Quote,
+        body: Mapping[str, Any],
+        key: str | None,
+        digest: str,
+        preauthorization: str | None,
+        *,
+        may_expire: bool,
     ) -> Authorization:
         now = self.clock()
         sql = self._sql
@@ -179,6 +148,8 @@ class Authorizing(Deciding, Releasing):
             else:
                 d.execute(sql.insert_tx, values)
                 tx_id = d.lastrowid
+            if preauthorization is not None:
+                use_preauthorization(conn, preauthorization, tx_id, agent.id, quote.endpoint, now)
             # The record from the values just written (they are what a re-select would read back).
             tx = Transaction(
                 tx_id,
@@ -246,33 +217,6 @@ class Authorizing(Deciding, Releasing):
                 created_at=now,
             )
             conn.execute(ins.on_conflict_do_nothing() if dedupe else ins)
-
-    def _create_agent_on_first_use(self, conn: Connection, name: str, now: datetime) -> AgentRef:
-        if not self.auto_create:
-            raise unknown_agent(name)
-        from ..store.models import agents
-        from .audit import write_audit
-
-        created = conn.execute(
-            self._upsert(agents)
-            .values(name=name, status=AgentStatus.active, created_at=now, updated_at=now)
-            .on_conflict_do_nothing()
-            .returning(agents.c.id)
-        ).first()
-        agent = find_agent(conn, name)
-        assert agent is not None and agent.id is not None
-        if created is not None:  # not when a concurrent first use created it (PostgreSQL waits for that one)
-            write_audit(
-                conn,
-                "agent",
-                agent.id,
-                name,
-                "create",
-                None,
-                {"name": name, "status": "active", "created": "on first use"},
-                now,
-            )
-        return agent
 
     def _replay(self, conn: Connection, existing: Any, digest: str, key: str) -> Authorization:
         if existing.request_hash != digest:

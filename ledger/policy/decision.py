@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 
+from sqlalchemy import Connection
+
 from pricing import Quote
 from pricing.money import ZERO, from_nano, usd_str
 
@@ -16,8 +18,10 @@ from ..errors import NotFound
 from ..records import AgentRef, AgentStatus, Decision, Denial, RuleAction
 from ..store.db import reading
 from ..store.hotpath import Driver
-from ..store.queries import has_stale_holds, rule_rows_in_scope, stale_held
+from ..store.models import agents
+from ..store.queries import find_agent, has_stale_holds, rule_rows_in_scope, stale_held
 from ..validation import validate_agent_name
+from .audit import write_audit
 from .periods import buckets
 from .rules import Rule, Usage, Verdict, evaluate
 from .transitions import Transitions
@@ -142,3 +146,27 @@ class Deciding(Transitions):
                 rows.append((rule.id, buckets(rule.period, rule.window_seconds, now)[0]))
         rows.sort()
         return rows
+
+    def _create_agent_on_first_use(self, conn: Connection, name: str, now: datetime) -> AgentRef:
+        if not self.auto_create:
+            raise unknown_agent(name)
+        created = conn.execute(
+            self._upsert(agents)
+            .values(name=name, status=AgentStatus.active, created_at=now, updated_at=now)
+            .on_conflict_do_nothing()
+            .returning(agents.c.id)
+        ).first()
+        agent = find_agent(conn, name)
+        assert agent is not None and agent.id is not None
+        if created is not None:  # not when a concurrent first use created it (PostgreSQL waits for that one)
+            write_audit(
+                conn,
+                "agent",
+                agent.id,
+                name,
+                "create",
+                None,
+                {"name": name, "status": "active", "created": "on first use"},
+                now,
+            )
+        return agent

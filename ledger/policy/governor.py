@@ -36,10 +36,11 @@ from ..records import Transaction
 from ..store.db import reading, writing
 from ..store.queries import list_transactions, load_transaction
 from .authorize import Authorizing
+from .preauthorize import PreAuthorizing
 from .settlement import Settling
 
 
-class Governor(Authorizing, Settling):
+class Governor(Authorizing, Settling, PreAuthorizing):
     """Decides, holds and settles spend for one ledger database.
 
     Every method is one short database transaction and returns typed records

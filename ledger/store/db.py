@@ -22,7 +22,7 @@ from ..errors import DatabaseUnavailable, InvalidRequest, PixelgovError, SchemaB
 from ..settings import DEFAULT_DB_TIMEOUT
 
 #: The newest migration; `tests/test_migrations.py` checks it equals Alembic's head.
-SCHEMA_HEAD = "0005_dashboard_logouts"
+SCHEMA_HEAD = "0006_pre_authorizations"
 READONLY = "pixelgov_readonly"
 
 

@@ -355,3 +355,34 @@ class DashboardLogout(Base):
 
 
 dashboard_logouts = cast(Table, DashboardLogout.__table__)
+
+
+class PreAuthorization(Base):
+    """A decision made before the request's body is known (the seed platform's SDK asks first,
+    then sends): authorized or denied from what needs no price, valid until `expires_at`, used at
+    most once by the request it names (`transaction_id`, set in the same database transaction as
+    that request's hold). Holds no money: the hold is the transaction's."""
+
+    __tablename__ = "pre_authorizations"
+    __table_args__ = (Index(None, "agent_name", "created_at"), Index(None, "service_key_id", "created_at"))
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  #: opaque, ≥ 192 random bits
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))  #: None: an unknown agent, denied
+    agent_name: Mapped[str] = mapped_column(String(200))
+    service_key_id: Mapped[int | None] = mapped_column(ForeignKey("service_keys.id"))  #: who asked, if not the agent
+    endpoint: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[str] = mapped_column(String(16))  #: authorized | denied
+    decline_reason: Mapped[str | None] = mapped_column(Text)
+    denial_json: Mapped[str | None] = mapped_column(Text)
+    request_json: Mapped[str] = mapped_column(Text)  #: what the caller said of its request (secrets dropped)
+    transaction_id: Mapped[int | None] = mapped_column(ForeignKey("transactions.id"), unique=True)
+    outcome: Mapped[str | None] = mapped_column(String(16))  #: as the caller reported it (success | error)
+    response_json: Mapped[str | None] = mapped_column(Text)  #: the caller's response facts
+    facts_json: Mapped[str | None] = mapped_column(Text)  #: facts the caller added
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  #: the caller completed it
+
+
+pre_authorizations = cast(Table, PreAuthorization.__table__)

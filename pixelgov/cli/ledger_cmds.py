@@ -91,7 +91,7 @@ def authorize(
     pixelgov authorize fal-ai/flux/dev --agent bot --prompt "a fox" --idempotency-key job-42
     pixelgov tx complete 17 --response fal-response.json
     """
-    from ledger.policy.authorize import validate_idempotency_key
+    from ledger.policy.requests import validate_idempotency_key
 
     validate_idempotency_key(idempotency_key)
     body = pop_request_options(options)

@@ -65,7 +65,7 @@ def run(
     pixelgov run fal-ai/flux/dev --agent bot --prompt "a red fox" --dry-run
     FAL_KEY=... pixelgov run fal-ai/flux/dev --agent bot --prompt "a red fox" --out images/
     """
-    from ledger.policy.authorize import validate_idempotency_key
+    from ledger.policy.requests import validate_idempotency_key
 
     body = pop_request_options(options)
     validate_idempotency_key(idempotency_key)

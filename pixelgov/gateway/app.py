@@ -76,10 +76,11 @@ def create_app(
     app.state.gateway = gw
     errors.install(app)
 
-    from . import admin, dashboard, fal, seed, status
+    from . import admin, dashboard, fal, sapiom, seed, status
 
     app.include_router(status.router)
     app.include_router(seed.router)
+    app.include_router(sapiom.router)
     app.include_router(admin.router)
     app.include_router(dashboard.router)
     app.include_router(fal.queue)

@@ -27,6 +27,7 @@ class Identity:
     agent: str | None  #: None: a service or admin key without an agent header
     kind: str  #: "agent" | "service" | "admin"
     key_name: str | None = None  #: the service key's name
+    key_id: int | None = None  #: the service key's id
 
     def may_see(self, tx: Transaction) -> bool:
         """An agent sees its own transactions only; a service or admin key speaks for any agent."""
@@ -59,7 +60,7 @@ class Identities(Worker):
         cached = self._keys.get(digest)
         now = time.monotonic()
         if cached is not None and cached[1] >= now:
-            found: tuple[str, str] | None = cached[0]
+            found: tuple[str, str, int] | None = cached[0]
         else:
             found = await self._lookup(key)
             if found is None:
@@ -70,19 +71,19 @@ class Identities(Worker):
                     self._keys.clear()
                 self._keys[digest] = (found, now + self.config.key_cache_seconds)
         assert found is not None
-        kind, name = found
+        kind, name, key_id = found
         if kind == "service":
-            return Identity(self._agent_name(agent_header), "service", name)
+            return Identity(self._agent_name(agent_header), "service", name, key_id)
         if agent_header is not None and agent_header != name:
             raise Unauthorized(f"X-Pixelgov-Agent: this key belongs to agent {name!r}, not {agent_header!r}")
         return Identity(name, "agent")
 
-    async def _lookup(self, key: str) -> tuple[str, str] | None:
+    async def _lookup(self, key: str) -> tuple[str, str, int] | None:
         if key.startswith(SERVICE_KEY_PREFIX):
             service = await self.db(self.ledger.admin.service_key_by_secret, key)
-            return ("service", service.name) if service is not None else None
+            return ("service", service.name, service.id) if service is not None else None
         agent = await self.db(self.ledger.admin.agent_by_api_key, key)
-        return ("agent", agent.name) if agent is not None else None
+        return ("agent", agent.name, agent.id) if agent is not None else None
 
     @staticmethod
     def _agent_name(header: str | None) -> str | None:

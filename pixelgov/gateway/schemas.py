@@ -169,12 +169,6 @@ class TransactionPage(Out):
     has_more: bool
 
 
-class RunOut(Out):
-    transaction: TransactionOut
-    result: Any
-    replayed: bool
-
-
 class AgentOut(Out):
     id: int
     name: str

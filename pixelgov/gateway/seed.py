@@ -2,7 +2,9 @@
 
 POST /v1/price/run/{endpoint}            the quote (no key: prices are public)
 POST /v1/check/{endpoint}                the rule decision, writes nothing
-POST /v1/run/{endpoint}                  a governed run: {"transaction", "result", "replayed"}
+POST /v1/run/{endpoint}                  a governed run: the upstream's answer, body and status as it
+                                         gave them; the transaction and costs in headers. With
+                                         `X-Sapiom-Transaction-Id` (no key): the seed SDK's service call
 POST /v1/transactions                    a hold (201; an idempotent retry 200)
 GET  /v1/transactions[/{id}]             an agent's own transactions (admin: everyone's)
 POST /v1/transactions/{id}/complete      settle: {"actual"} or {"response"} or the estimate
@@ -20,7 +22,7 @@ from fastapi.responses import JSONResponse
 from ledger.errors import InvalidRequest, NotFound
 from ledger.records import Transaction
 
-from .auth import AgentIdentity, Caller, gateway
+from .auth import AgentHeader, AgentIdentity, AuthorizationHeader, Caller, caller, gateway
 from .errors import transaction_headers
 from .identity import Identity
 from .routing import GatewayRoute
@@ -28,9 +30,9 @@ from .schemas import (
     AuthorizeIn,
     CompleteIn,
     DecisionOut,
+    ErrorBody,
     FalRequest,
     QuoteOut,
-    RunOut,
     TransactionOut,
     TransactionPage,
     VoidIn,
@@ -71,18 +73,45 @@ async def check(endpoint: str, body: RequestBody, identity: AgentIdentity, gw: G
     return JSONResponse(decision.to_json())
 
 
-@router.post("/run/{endpoint:path}", response_model=RunOut, summary="A governed run")
+SapiomTransaction = Annotated[
+    str | None,
+    Header(
+        alias="X-Sapiom-Transaction-Id",
+        max_length=10_000,
+        description="the seed SDK's authorization (POST /sapiom/v1/transactions), instead of a key: used once",
+    ),
+]
+
+
+@router.post(
+    "/run/{endpoint:path}",
+    response_model=dict[str, Any],
+    responses={403: {"model": ErrorBody, "description": "a transaction id used, expired or for another request"}},
+    summary="A governed run: the upstream's answer, unchanged",
+)
 async def run(
     endpoint: str,
     body: RequestBody,
-    identity: AgentIdentity,
     gw: GW,
     request: Request,
+    authorization: AuthorizationHeader = None,
+    x_pixelgov_agent: AgentHeader = None,
+    sapiom_transaction: SapiomTransaction = None,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    outcome = await gw.run(identity.require_agent(), endpoint, body, idempotency_key=idempotency_key)
-    request.state.tx = outcome.transaction.id
-    response = transaction_response(outcome.transaction, doc=outcome.to_json())
+    if sapiom_transaction is not None:
+        if authorization is not None:
+            raise InvalidRequest(
+                "give an API key or X-Sapiom-Transaction-Id, not both", field="X-Sapiom-Transaction-Id"
+            )
+        outcome = await gw.run_preauthorized(sapiom_transaction, endpoint, body)
+    else:
+        identity = await caller(request, authorization, x_pixelgov_agent)
+        outcome = await gw.run(identity.require_agent(), endpoint, body, idempotency_key=idempotency_key)
+    tx = outcome.transaction
+    request.state.tx = tx.id
+    request.state.agent = tx.agent
+    response = JSONResponse(outcome.result, status_code=tx.upstream_status or 200, headers=transaction_headers(tx))
     if outcome.replayed:
         response.headers["X-Pixelgov-Replayed"] = "true"
     return response

@@ -20,13 +20,15 @@ import anyio
 import httpx
 
 from ledger.core import Ledger
-from ledger.errors import Denied, InvalidRequest, RateLimited, UpstreamError
+from ledger.errors import Denied, Forbidden, InvalidRequest, NotFound, RateLimited, UpstreamError
 from ledger.forward.runner import RunOutcome, run_governed_async
 from ledger.forward.upstream import AsyncUpstream, UpstreamConfig, UpstreamFailure
-from ledger.records import Decision, Transaction, TxStatus
+from ledger.policy.preauthorize import check_preauthorization_id
+from ledger.records import Decision, PreAuthState, Transaction, TxStatus
 from pricing import Quote
 
 from .config import GatewayConfig
+from .errors import Unauthorized
 from .metrics import Metrics
 
 log = logging.getLogger("pixelgov.gateway")
@@ -98,7 +100,7 @@ class Worker:
         self._queued: dict[str, Queued] = {}
         self._places = 0  #: queued runs held (and submits being authorized): at most `max_queued`
         self._tasks: set[asyncio.Task[None]] = set()
-        self._keys: dict[str, tuple[tuple[str, str], float]] = {}
+        self._keys: dict[str, tuple[tuple[str, str, int], float]] = {}
         self.started_at = datetime.now(UTC)
 
     async def start(self) -> None:
@@ -186,9 +188,16 @@ class Worker:
         return self.config.fal_key
 
     async def run(
-        self, agent: str, endpoint: str, body: Mapping[str, Any], *, idempotency_key: str | None = None
+        self,
+        agent: str,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        preauthorization: str | None = None,
     ) -> RunOutcome:
-        """Authorize, forward and settle (`run_governed_async`). Raises what it raises."""
+        """Authorize, forward and settle (`run_governed_async`). Raises what it raises.
+        `preauthorization`: the run uses that pre-authorization (Forbidden if it may not)."""
         fal_key = self.require_fal_key()
         quote = await self.quote(endpoint, body)
         try:
@@ -201,6 +210,7 @@ class Worker:
                 fal_key=fal_key,
                 idempotency_key=idempotency_key,
                 in_thread=self.in_thread,
+                preauthorization=preauthorization,
             )
         except Denied as exc:
             await self._denied(exc)
@@ -214,6 +224,30 @@ class Worker:
             self.metrics.observe_decision("allowed", quote.amount)
             self.metrics.observe_transaction(outcome.transaction)
         return outcome
+
+    async def run_preauthorized(self, pre_id: str, endpoint: str, body: Mapping[str, Any]) -> RunOutcome:
+        """The seed SDK's service call: a run whose only credential is a pre-authorization's id
+        (`X-Sapiom-Transaction-Id`). Unauthorized for an id that is not one; Forbidden for one that
+        may not run this (used, expired, cancelled, denied, another endpoint) — checked here before
+        pricing, and again, atomically with the hold, by the governor."""
+        try:
+            check_preauthorization_id(pre_id)
+            pre = await self.db(self.ledger.governor.preauthorization, pre_id)
+        except (InvalidRequest, NotFound):
+            raise Unauthorized(
+                "unknown X-Sapiom-Transaction-Id: authorize first (POST /sapiom/v1/transactions)"
+            ) from None
+        state = pre.state(self.ledger.clock())
+        if state != PreAuthState.authorized:
+            why = {
+                PreAuthState.denied: f"transaction {pre_id} was denied: {pre.decline_reason}",
+                PreAuthState.used: f"transaction {pre_id} was already used (one request per authorization)",
+                PreAuthState.cancelled: f"transaction {pre_id} was completed unused or expired: authorize again",
+            }[state]
+            raise Forbidden(why, id=pre_id)
+        if pre.endpoint != endpoint:
+            raise Forbidden(f"transaction {pre_id} authorizes {pre.endpoint!r}, not {endpoint!r}", id=pre_id)
+        return await self.run(pre.agent, endpoint, body, preauthorization=pre_id)
 
     async def authorize(
         self, agent: str, endpoint: str, body: Mapping[str, Any], *, idempotency_key: str | None = None
