@@ -7,6 +7,7 @@ Never use floating point for money. Every amount enters through `D()` or
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Context, Decimal, InvalidOperation
 
 ZERO = Decimal(0)
@@ -26,11 +27,26 @@ def D(value: str | int | Decimal) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(value)
 
 
+#: The one grammar of an amount a user writes: ASCII digits, at most 9 decimals, no exponent, no
+#: spaces; an optional leading `$`, and a `-` where a negative amount is allowed (adjustments).
+USD_TEXT = re.compile(r"\$?-?[0-9]{1,19}(\.[0-9]{1,19})?")
+
+
 def parse_usd(text: str | int | Decimal, *, allow_zero: bool = True, allow_negative: bool = False) -> Decimal:
-    """Parse a user-supplied USD amount; raise ValueError with a clear reason."""
+    """Parse a user-supplied USD amount; raise ValueError with a clear reason.
+
+    Text must match `USD_TEXT` (`0.05`, `12`, `$5.5`, `-0.01` where negatives are allowed): other
+    digits (`١`, `²`), exponents (`1e-3`), signs (`+1`), spaces and bare points (`1.`, `.5`) are
+    refused, never read as a number. An `int` or a `Decimal` from code is taken as it is."""
     if isinstance(text, bool) or isinstance(text, float):
         raise ValueError("amounts must be decimal strings, not floats")
-    raw = str(text).strip().removeprefix("$")
+    if isinstance(text, str):
+        if len(text) > 40 or not USD_TEXT.fullmatch(text):
+            shown = text if len(text) <= 40 else text[:40] + "…"
+            raise ValueError(f"{shown!r} is not a decimal amount: ASCII digits like 0.05 (no exponent, sign or space)")
+        raw = text.removeprefix("$")
+    else:
+        raw = str(text)
     try:
         amount = Decimal(raw)
     except InvalidOperation:
