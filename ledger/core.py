@@ -94,12 +94,14 @@ class Ledger:
 
         return Reports(self.engine, clock=self.clock, book=self.book)
 
-    def quote(self, endpoint: str, body: Mapping[str, Any], *, remote: bool = False) -> Quote:
+    def quote(self, endpoint: str, body: Mapping[str, Any], *, remote: bool = False, measure: bool = False) -> Quote:
         """The exact price of a request from this ledger's price book (reads an upscale input's
         size from its image when `input_size` is not given). `remote`: the request came from the
         network, so its `image_url` may name neither a local file nor a non-public host. Raises
-        ModelNotFound, InvalidRequest, ImageTooLarge."""
-        return quote_body(endpoint, body, book=self.book, remote=remote)
+        ModelNotFound, InvalidRequest, ImageTooLarge. `measure`: price an upscale from its image's
+        own size even when `input_size` is given (a claim that disagrees is refused): for requests
+        pixelgov forwards itself."""
+        return quote_body(endpoint, body, book=self.book, remote=remote, measure=measure)
 
     @property
     def url(self) -> str:

@@ -153,7 +153,14 @@ class Transaction:
     upstream_request_id: str | None
     upstream_status: int | None
     outcome: str | None
+    #: Who forwards its request: "gateway" or "run" (pixelgov, which alone settles it); None: the caller.
+    forwarder: str | None = None
     detail: TransactionDetail | None = None
+
+    @property
+    def forwarded_by_pixelgov(self) -> bool:
+        """Whether pixelgov itself forwarded the request (then only pixelgov settles it)."""
+        return self.forwarder is not None
 
     @property
     def denials(self) -> tuple[Denial, ...]:
@@ -182,6 +189,7 @@ class Transaction:
             "upstream_request_id": self.upstream_request_id,
             "upstream_status": self.upstream_status,
             "outcome": self.outcome,
+            "forwarder": self.forwarder,
         }
         if self.detail is not None:
             doc["request"] = self.detail.request

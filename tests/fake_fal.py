@@ -70,7 +70,9 @@ PRESETS: dict[str, tuple[int, int]] = {
 DEFAULT_IMAGE_SIZE = "landscape_4_3"
 DEFAULT_UPSCALE = 2
 
-MODES = frozenset({"status", "slow", "drop", "malformed", "wrong_size", "no_size", "fail_times", "echo"})
+MODES = frozenset(
+    {"status", "slow", "drop", "malformed", "wrong_size", "no_size", "fail_times", "echo", "extra_images"}
+)
 
 _DEFAULT_DETAILS: dict[int, str] = {
     400: "Bad request",
@@ -247,6 +249,7 @@ class FakeFal:
         ``"wrong_size", width=, height=``       every image is (and reports) W×H
         ``"no_size"``                           image objects omit width/height
         ``"fail_times", times=1, status=503, detail=``  next N POSTs fail, then normal
+        ``"extra_images", count=1000``           a hostile answer: `count` images (of the requested size)
 
         ``once=True`` applies the mode to the next POST only.
         """
@@ -429,6 +432,7 @@ def _normalise_options(mode: str, options: dict[str, Any]) -> dict[str, Any]:
         "no_size": (),
         "fail_times": ("times", "status", "detail", "retry_after"),
         "echo": ("status",),
+        "extra_images": ("count",),
     }
     unexpected = set(options) - set(allowed[mode])
     if unexpected:
@@ -447,6 +451,10 @@ def _normalise_options(mode: str, options: dict[str, Any]) -> dict[str, Any]:
         out["times"] = int(options.get("times", 1))
         if out["times"] < 0:
             raise ValueError("times must be >= 0")
+    if mode == "extra_images":
+        out["count"] = int(options.get("count", 1000))
+        if out["count"] < 1:
+            raise ValueError("count must be >= 1")
     if mode == "slow":
         out["delay"] = float(options.get("delay", 2.0))
         if out["delay"] < 0:
@@ -633,6 +641,8 @@ class _Handler(BaseHTTPRequestHandler):
             with_size = mode != "no_size"
             if path.endswith("/image-to-image") or "upscale" not in path:
                 payload, units = self._generate(body, override, with_size)
+                if mode == "extra_images":  # the same image, listed `count` times
+                    payload["images"] = payload["images"][:1] * options["count"]
             else:
                 payload, units = self._upscale(body, override, with_size)
         except _InputError as exc:

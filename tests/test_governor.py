@@ -97,6 +97,7 @@ def test_a_transaction_has_the_promised_wire_shape(gov) -> None:
         "upstream_request_id": None,
         "upstream_status": None,
         "outcome": None,
+        "forwarder": None,
         "request": BODY,
         "cost_lines": [{"kind": "estimate", "amount": "0.01185", "note": None, "created_at": "2026-11-25T12:00:00Z"}],
         "facts": [],

@@ -180,7 +180,7 @@ def test_an_exception_at_any_step_of_a_run_ends_its_transaction(
 
             monkeypatch.setattr(gov, "settle", settle)
         elif step == "pricing":
-            monkeypatch.setattr("ledger.forward.runner.actual_cost", lambda *_a, **_k: (_ for _ in ()).throw(exc))
+            monkeypatch.setattr("ledger.policy.settlement.actual_cost", lambda *_a, **_k: (_ for _ in ()).throw(exc))
         quote = ledger.quote(DEV, BODY)
         # A bug while pricing a paid answer is an anomaly (settled at the estimate); an interrupt is not.
         absorbed = step == "pricing" and not isinstance(exc, KeyboardInterrupt)

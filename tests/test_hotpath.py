@@ -48,6 +48,7 @@ def _values(agent_id: int, amount: Decimal, moment: datetime, n: int) -> dict[st
         "created_at": moment,
         "images": 1,
         "billable_mp_nano": 790_000_000,
+        "forwarder": "gateway",
     }
 
 

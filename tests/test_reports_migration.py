@@ -45,7 +45,7 @@ def test_upgrading_fills_images_and_megapixels_of_earlier_transactions(old_url: 
         "fal-ai/topaz/upscale/image": {"image_url": "https://example.com/a.png", "scale": 2, "input_size": "1024x768"},
         "fal-ai/retired-model": {"prompt": "x"},
     }
-    columns = [c for c in transactions.c if c.name not in ("id", "images", "billable_mp_nano")]
+    columns = [c for c in transactions.c if c.name not in ("id", "images", "billable_mp_nano", "forwarder")]
     with scratch_engine(old_url) as engine, engine.begin() as conn:
         now = utc(2026, 11, 1)
         agent_id = conn.execute(

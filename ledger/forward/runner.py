@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn
 
-from pricing import ActualCost, Quote, actual_cost, require_runnable, upstream_body, validate_request
-from pricing.money import MAX_USD, usd_str
+from pricing import Quote, require_runnable, upstream_body, validate_request
+from pricing.money import usd_str
 
 from ..errors import Denied, InProgress, UpstreamError, denial_error
 from ..policy.governor import Governor
-from ..policy.settlement import cost_facts
+from ..policy.settlement import answer_terms
 from ..records import Authorization, Transaction, TxStatus
 from .upstream import AsyncUpstream, NoAnswer, Refused, Upstream, UpstreamFailure, UpstreamResult, check_fal_key
 
@@ -60,6 +60,7 @@ def run_governed(
     fal_key: str,
     idempotency_key: str | None = None,
     after_authorize: Callable[[Authorization], None] | None = None,
+    forwarder: str = "run",
 ) -> RunOutcome:
     """Authorize, forward and settle one request. Raises Denied, UpstreamError, InProgress or
     InvalidRequest.
@@ -75,6 +76,7 @@ def run_governed(
         fal_key=fal_key,
         idempotency_key=idempotency_key,
         after_authorize=after_authorize,
+        forwarder=forwarder,
     )
     if isinstance(started, RunOutcome):
         return started
@@ -104,6 +106,7 @@ async def run_governed_async(
     idempotency_key: str | None = None,
     in_thread: Callable[..., Awaitable[Any]] | None = None,
     preauthorization: str | None = None,
+    forwarder: str = "gateway",
 ) -> RunOutcome:
     """`run_governed` for an event loop: the ledger's short transactions run through `in_thread`
     (default `asyncio.to_thread`; a server passes its bounded pool), the upstream call is awaited,
@@ -121,6 +124,7 @@ async def run_governed_async(
             fal_key=fal_key,
             idempotency_key=idempotency_key,
             preauthorization=preauthorization,
+            forwarder=forwarder,
         )
     )
     if isinstance(started, RunOutcome):
@@ -152,15 +156,24 @@ def begin(
     idempotency_key: str | None = None,
     after_authorize: Callable[[Authorization], None] | None = None,
     preauthorization: str | None = None,
+    forwarder: str = "run",
 ) -> Authorization | RunOutcome:
     """A run's first step: check the request can run, authorize (the hold). Returns the pending
     authorization to forward, or the replayed outcome of an idempotent retry; raises Denied,
     InProgress, UpstreamError (a replayed failure) or InvalidRequest. An exception in
     `after_authorize` fails the transaction (nothing was sent). `preauthorization`: the id of a
-    pre-authorization this run uses (Forbidden, nothing written, if it may not)."""
+    pre-authorization this run uses (Forbidden, nothing written, if it may not). `forwarder`: who
+    sends it ("run" or "gateway"): pixelgov alone settles it."""
     runnable(quote, body)
     check_fal_key(fal_key)
-    auth = gov.authorize(agent, quote, body, idempotency_key=idempotency_key, preauthorization=preauthorization)
+    auth = gov.authorize(
+        agent,
+        quote,
+        body,
+        idempotency_key=idempotency_key,
+        preauthorization=preauthorization,
+        forwarder=forwarder,
+    )
     tx = auth.transaction
     if auth.replayed:
         return _replay(gov, tx, agent, idempotency_key)
@@ -232,59 +245,23 @@ def _replay(gov: Governor, tx: Transaction, agent: str, key: str | None) -> RunO
 
 
 def _settle(gov: Governor, tx_id: int, quote: Quote, answer: UpstreamResult) -> Transaction:
-    """Settle a paid answer at its actual cost; an answer whose cost cannot be believed (sizes beyond
-    what the price book allows, an amount the ledger cannot hold, a response that cannot be priced)
-    is an anomaly: recorded as facts and an alert, settled at the estimate — never dropped."""
-    try:
-        cost = actual_cost(quote, answer.body)
-        anomaly = _anomaly(gov, cost)
-    except Exception as exc:  # noqa: BLE001 - a paid answer is recorded whatever it holds
-        cost, anomaly = None, f"the response could not be priced ({type(exc).__name__})"
-    if anomaly is None and cost is not None:
-        return gov.settle(
-            tx_id,
-            cost.amount,
-            facts=answer_facts(answer, cost_facts(cost)),
-            upstream_request_id=answer.request_id,
-            upstream_status=answer.status,
-            response=answer.body,
-            allow_expired=True,
-        )
-    facts = answer_facts(answer, {"actual_source": "estimate (anomalous response)"})
-    facts["anomaly"] = anomaly
-    reported = _reported_sizes(answer.body)
-    if reported:
-        facts["reported_sizes"] = reported
+    """Settle a paid answer at its actual cost; an answer whose cost cannot be believed (more images
+    than asked for, sizes beyond what the price book allows, an amount the ledger cannot hold, a
+    response that cannot be priced) is an anomaly: recorded as facts and an alert, settled at the
+    estimate — never dropped (`ledger.policy.settlement.answer_terms`)."""
+    amount, facts, why = answer_terms(gov.book, quote, quote.amount, answer.body)
     return gov.settle(
         tx_id,
-        quote.amount,
-        facts=facts,
+        amount,
+        facts=answer_facts(answer, facts),
         upstream_request_id=answer.request_id,
         upstream_status=answer.status,
         response=answer.body,
         allow_expired=True,
-        alert=f"transaction {tx_id}: anomalous upstream answer ({anomaly}); settled at the estimate",
+        alert=None
+        if why is None
+        else f"transaction {tx_id}: anomalous upstream answer ({why}); settled at the estimate",
     )
-
-
-def _anomaly(gov: Governor, cost: ActualCost) -> str | None:
-    book = gov.book
-    for w, h in cost.sizes:
-        if w > book.max_side or h > book.max_side:
-            return f"an image of {w}x{h} is beyond the price book's largest side ({book.max_side})"
-    if cost.amount > MAX_USD:
-        return f"an actual cost of {usd_str(cost.amount)} USD is more than the ledger can hold"
-    return None
-
-
-def _reported_sizes(body: Any) -> str | None:
-    """The sizes an answer reported, as text (bounded), whatever their type."""
-    if not isinstance(body, Mapping):
-        return None
-    images = body.get("images")
-    items: list[Any] = images if isinstance(images, list) else [body.get("image")]
-    sizes = [f"{i.get('width')}x{i.get('height')}" for i in items if isinstance(i, Mapping)]
-    return ",".join(sizes)[:500] if sizes else None
 
 
 def interrupted(gov: Governor, tx_id: int, stage: str, exc: BaseException) -> None:

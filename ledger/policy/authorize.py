@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from pricing import Quote
 from pricing.money import from_nano, to_nano
 
-from ..errors import Conflict
+from ..errors import Conflict, InvalidRequest
 from ..records import AgentRef, Authorization, Decision, Transaction, TxStatus
 from ..store.db import reading, writing
 from ..store.hotpath import Driver, KeyRow
@@ -26,7 +26,7 @@ from .decision import Deciding
 from .periods import buckets
 from .preauthorize import use_preauthorization
 from .release import Releasing
-from .requests import request_hash, stored_request, validate_idempotency_key
+from .requests import FORWARDERS, request_hash, stored_request, validate_idempotency_key
 
 
 class _StaleHolds(Exception):
@@ -44,11 +44,16 @@ class Authorizing(Deciding, Releasing):
         *,
         idempotency_key: str | None = None,
         preauthorization: str | None = None,
+        forwarder: str | None = None,
     ) -> Authorization:
         """Record a transaction and hold its estimate in every matching budget, or record the denial.
 
         A retry with an `idempotency_key` the agent already used returns the first transaction
         (`replayed=True`) and writes nothing; the same key with a different request raises Conflict.
+        `forwarder`: "gateway" or "run" when pixelgov itself forwards the request (then pixelgov alone
+        settles it, and an unsettled hold expires to `unknown`, still counted); None for a caller
+        that forwards by itself (its hold expires to released).
+
         With `preauthorization` (an id `preauthorize` gave), the transaction uses it, in the same
         database transaction: it must be the agent's, for this endpoint, authorized, unused and
         unexpired, else Forbidden and nothing is written.
@@ -56,17 +61,19 @@ class Authorizing(Deciding, Releasing):
         Raises InvalidRequest (bad key or agent name) and NotFound (unknown agent, no auto-create)."""
         validate_idempotency_key(idempotency_key)
         validate_agent_name(agent_name)
+        if forwarder not in FORWARDERS:
+            raise InvalidRequest(f"forwarder: one of {', '.join(map(str, FORWARDERS))}", field="forwarder")
         digest = request_hash(quote.endpoint, body)
         try:
             try:
                 return self._authorize(
-                    agent_name, quote, body, idempotency_key, digest, preauthorization, may_expire=True
+                    agent_name, quote, body, idempotency_key, digest, preauthorization, forwarder, may_expire=True
                 )
             except _StaleHolds:
                 # A denial while stale holds exist: release them in their own transaction, decide again.
                 self.expire()
                 return self._authorize(
-                    agent_name, quote, body, idempotency_key, digest, preauthorization, may_expire=False
+                    agent_name, quote, body, idempotency_key, digest, preauthorization, forwarder, may_expire=False
                 )
         except IntegrityError:
             if idempotency_key is None:
@@ -96,6 +103,7 @@ class Authorizing(Deciding, Releasing):
         key: str | None,
         digest: str,
         preauthorization: str | None,
+        forwarder: str | None,
         *,
         may_expire: bool,
     ) -> Authorization:
@@ -138,6 +146,7 @@ class Authorizing(Deciding, Releasing):
                 # what reports sum instead of re-pricing every request (megapixels in nano-MP, exact)
                 "images": quote.images,
                 "billable_mp_nano": to_nano(quote.billable_megapixels),
+                "forwarder": forwarder,
             }
             if decision.allowed:
                 tx_id = self._insert_held(d, values, self._hold_rows(decision.verdicts, now))
@@ -168,6 +177,7 @@ class Authorizing(Deciding, Releasing):
                 None,
                 None,
                 None,
+                forwarder,
             )
         return Authorization(tx, decision)
 

@@ -29,9 +29,15 @@ class Releasing(Transitions):
         """The upstream refused or errored before generating: hold released, nothing spent."""
         return self._release(tx_id, TxStatus.failed, (TxStatus.pending,), reason, upstream_status, facts)
 
-    def void(self, tx_id: int, reason: str | None = None) -> Transaction:
-        """Release a pending hold (or an unknown outcome's counted estimate) by hand."""
-        return self._release(tx_id, TxStatus.voided, (TxStatus.pending, TxStatus.unknown), reason, None, None)
+    def void(self, tx_id: int, reason: str | None = None, *, by_agent: bool = False) -> Transaction:
+        """Release a pending hold (or an unknown outcome's counted estimate) by hand.
+
+        `by_agent`: the agent itself asks (the gateway's agent routes): it may void only a hold it
+        forwards by itself; one pixelgov forwarded is SettledByGateway (409). An admin may void any,
+        but one pixelgov forwarded only with a `reason` (it may have been served and billed)."""
+        return self._release(
+            tx_id, TxStatus.voided, (TxStatus.pending, TxStatus.unknown), reason, None, None, by_agent=by_agent
+        )
 
     def mark_unknown(self, tx_id: int, reason: str, *, facts: Mapping[str, Any] | None = None) -> Transaction:
         """No answer after sending: the estimate stays counted as spent until settled or voided."""
@@ -45,13 +51,20 @@ class Releasing(Transitions):
         reason: str | None,
         upstream_status: int | None,
         facts: Mapping[str, Any] | None,
+        *,
+        by_agent: bool = False,
     ) -> Transaction:
         now = self.clock()
+        verb = {"failed": "fail", "voided": "void", "unknown": "mark unknown"}[to.value]
         with writing(self.engine) as conn:
             d = Driver(conn)
-            row = self._lock_tx(
-                d, tx_id, allowed, {"failed": "fail", "voided": "void", "unknown": "mark unknown"}[to.value]
-            )
+            row = self._lock_tx(d, tx_id, allowed, verb, by_agent=by_agent)
+            if to == TxStatus.voided and row.forwarder is not None and not (reason or "").strip():
+                raise InvalidRequest(
+                    f"reason: transaction {tx_id} was forwarded by pixelgov ({row.forwarder}) and may have been "
+                    "served and billed; voiding it needs a reason",
+                    field="reason",
+                )
             est = row.estimated_cost
             moved = movement(counted(row.status, est), counted(to, est))
             row = self._set_status(
@@ -68,7 +81,12 @@ class Releasing(Transitions):
             return transaction_record(row, row.agent_name)
 
     def expire(self, older_than: float | None = None) -> list[int]:
-        """Release every pending hold older than the hold TTL (or `older_than` seconds); the ids expired."""
+        """Resolve every pending hold older than the hold TTL (or `older_than` seconds); the ids resolved.
+
+        A caller's own hold (no forwarder) is released: `expired`. One pixelgov forwarded itself (the
+        gateway, `pixelgov run`) that nobody settled — its process was killed, say — becomes `unknown`:
+        the request may have been served and billed, so its estimate stays counted until an admin
+        settles or voids it."""
         if older_than is not None and not 0 <= older_than < float("inf"):
             raise InvalidRequest("older_than: a finite number of seconds ≥ 0", field="older_than")
         now = self.clock()
@@ -92,14 +110,26 @@ class Releasing(Transitions):
                 .with_for_update(key_share=True)
             )
             stale = [t.id.in_(ids), t.status == TxStatus.pending]
-        rows = conn.execute(
+        released = conn.execute(
             update(transactions)
-            .where(*stale)
+            .where(*stale, t.forwarder.is_(None))
             .values(status=TxStatus.expired, completed_at=now, outcome="hold expired (older than the hold TTL)")
             .returning(t.id, t.estimated_cost)
         ).all()
+        unsettled = conn.execute(
+            update(transactions)
+            .where(*stale, t.forwarder.is_not(None))
+            .values(
+                status=TxStatus.unknown,
+                outcome="not settled within the hold TTL (the forwarding process stopped?): it may have been "
+                "served, so its estimate stays counted until settled or voided",
+            )
+            .returning(t.id, t.estimated_cost)
+        ).all()
         d = Driver(conn)
-        for tx_id, est in sorted(rows):
-            moved = movement(counted(TxStatus.pending, est), counted(TxStatus.expired, est))
+        resolved = [(tx_id, est, TxStatus.expired) for tx_id, est in released]
+        resolved += [(tx_id, est, TxStatus.unknown) for tx_id, est in unsettled]
+        for tx_id, est, to in sorted(resolved):
+            moved = movement(counted(TxStatus.pending, est), counted(to, est))
             self._move_counters(d, tx_id, moved, locked=True)
-        return sorted(r[0] for r in rows)
+        return sorted(r[0] for r in resolved)

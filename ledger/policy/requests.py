@@ -65,3 +65,7 @@ def without_secrets(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("data:") and len(value) > 200:
         return f"{value[: value.find(',') + 1]}…({len(value)} chars)"
     return value
+
+
+#: Who may forward a transaction's request: pixelgov's gateway, `pixelgov run`, or (None) the caller.
+FORWARDERS = ("gateway", "run", None)

@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from pricing import ActualCost, PriceBook, actual_cost, quote
-from pricing.money import from_nano, to_nano, usd_str
+from pricing import ActualCost, PriceBook, Quote, actual_cost, quote
+from pricing.money import MAX_USD, from_nano, to_nano, usd_str
 
 from ..errors import InvalidRequest, NotFound
 from ..records import Transaction, TxStatus
@@ -39,35 +39,97 @@ def cost_facts(cost: ActualCost) -> dict[str, Any]:
     return facts
 
 
+def anomaly(book: PriceBook, estimate: Quote, cost: ActualCost) -> str | None:
+    """Why an answer's cost cannot be believed, or None. An answer is bounded by what its request
+    could produce: no more images than it asked for, none beyond the price book's limits, and an
+    amount the ledger can hold. Outside those bounds the answer is not the request's cost."""
+    if len(cost.sizes) > estimate.images:
+        return f"the answer has {len(cost.sizes)} images for a request of {estimate.images}"
+    for w, h in cost.sizes:
+        if w > book.max_side or h > book.max_side:
+            return f"an image of {w}x{h} is beyond the price book's largest side ({book.max_side})"
+        too_large = book.area(w, h).too_large
+        if too_large:
+            return f"an image of {w}x{h} is beyond the price book's limits ({too_large})"
+    if cost.amount > MAX_USD:
+        return f"an actual cost of {usd_str(cost.amount)} USD is more than the ledger can hold"
+    return None
+
+
+def answer_terms(
+    book: PriceBook, estimate: Quote, estimated: Decimal, body: Any
+) -> tuple[Decimal, dict[str, Any], str | None]:
+    """(the amount to settle at, the facts to record, the anomaly or None) for an upstream answer to
+    a request priced `estimate` and held at `estimated`. An answer with sizes settles at their price;
+    one without, at the estimate; one that cannot be believed or priced (`anomaly`) at the estimate,
+    its reported sizes kept as facts: it never books more than the request could cost."""
+    try:
+        cost = actual_cost(estimate, body)
+        why = anomaly(book, estimate, cost)
+    except Exception as exc:  # noqa: BLE001 - a paid answer is recorded whatever it holds
+        cost, why = None, f"the response could not be priced ({type(exc).__name__})"
+    if why is None and cost is not None:
+        return (cost.amount if cost.sizes_known else estimated), cost_facts(cost), None
+    facts: dict[str, Any] = {"actual_source": "estimate (anomalous response)", "anomaly": why}
+    reported = reported_sizes(body)
+    if reported:
+        facts["reported_sizes"] = reported
+    return estimated, facts, why
+
+
+def anomaly_alert(tx_id: int, why: str | None) -> str | None:
+    """The alert an anomalous answer raises (None for a believable one)."""
+    return None if why is None else f"transaction {tx_id}: anomalous upstream answer ({why}); settled at the estimate"
+
+
+def reported_sizes(body: Any) -> str | None:
+    """The sizes an answer reported, as text (bounded), whatever their type."""
+    if not isinstance(body, Mapping):
+        return None
+    images = body.get("images")
+    items: list[Any] = images if isinstance(images, list) else [body.get("image")]
+    sizes = [f"{i.get('width')}x{i.get('height')}" for i in items[:1000] if isinstance(i, Mapping)]
+    return ",".join(sizes)[:500] if sizes else None
+
+
 def actual_from_response(
     tx: Transaction, request: Mapping[str, Any], response: Any, *, book: PriceBook
-) -> tuple[Decimal, dict[str, Any]]:
-    """(actual cost, facts) for a recorded transaction from the upstream's response, priced like
-    its estimate (from `request`, the parameters the ledger stored). InvalidRequest if the
-    response is not a JSON object."""
+) -> tuple[Decimal, dict[str, Any], str | None]:
+    """(actual cost, facts, anomaly or None) for a recorded transaction from the upstream's response,
+    priced like its estimate (from `request`, the parameters the ledger stored; see `answer_terms`).
+    InvalidRequest if the response is not a JSON object."""
     if not isinstance(response, Mapping):
         raise InvalidRequest("response: must be a JSON object", field="response")
     estimate = quote(tx.endpoint, request, book=book)
-    cost = actual_cost(estimate, response)
-    facts = cost_facts(cost)
+    amount, facts, why = answer_terms(book, estimate, tx.estimated_cost, response)
     if estimate.amount != tx.estimated_cost:
         facts["repriced_estimate"] = usd_str(estimate.amount)
-    amount = cost.amount if cost.sizes_known else tx.estimated_cost
-    return amount, facts
+    return amount, facts, why
 
 
 class Settling(Transitions):
     """Settlement at an actual cost, and the notes added to a transaction afterwards."""
 
-    def complete(self, tx_id: int, *, actual: Decimal | str | None = None, response: Any = None) -> Transaction:
+    def complete(
+        self,
+        tx_id: int,
+        *,
+        actual: Decimal | str | None = None,
+        response: Any = None,
+        by_agent: bool = False,
+    ) -> Transaction:
         """Settle a pending (or unknown) transaction, choosing its actual cost: `actual` (USD) when
         given; else priced from an upstream `response`'s image sizes (the estimate when the response
         has none); else the estimate. Records where the actual came from as the `actual_source` fact.
+
+        `by_agent`: the agent itself asks: it may complete only a hold it forwards by itself (one
+        pixelgov forwarded is SettledByGateway, 409: pixelgov settles it from the upstream's answer).
 
         Raises InvalidRequest (both given, a bad amount or response), NotFound, Conflict."""
         if actual is not None and response is not None:
             raise InvalidRequest("actual: give an actual cost or a response, not both", field="actual")
         facts: dict[str, Any] = {}
+        alert = None
         if actual is not None:
             amount = parse_amount(actual, "actual")
             facts["actual_source"] = "given"
@@ -75,11 +137,12 @@ class Settling(Transitions):
             tx = self.transaction(tx_id, detail=response is not None)
             if response is not None:
                 assert tx.detail is not None
-                amount, facts = actual_from_response(tx, tx.detail.request, response, book=self.book)
+                amount, facts, why = actual_from_response(tx, tx.detail.request, response, book=self.book)
+                alert = anomaly_alert(tx_id, why)
             else:
                 amount = tx.estimated_cost
                 facts["actual_source"] = "estimate (no actual given)"
-        return self.settle(tx_id, amount, facts=facts)
+        return self.settle(tx_id, amount, facts=facts, by_agent=by_agent, alert=alert)
 
     def settle(
         self,
@@ -92,6 +155,7 @@ class Settling(Transitions):
         response: Any = None,
         allow_expired: bool = False,
         alert: str | None = None,
+        by_agent: bool = False,
     ) -> Transaction:
         """Complete a transaction at its `actual` cost (USD): the hold is released and the actual
         counted as spent; an actual above the estimate is recorded as a `variance` fact. `alert`
@@ -106,7 +170,7 @@ class Settling(Transitions):
         now = self.clock()
         with writing(self.engine) as conn:
             d = Driver(conn)
-            row = self._lock_tx(d, tx_id, allowed, "complete")
+            row = self._lock_tx(d, tx_id, allowed, "complete", by_agent=by_agent)
             est = row.estimated_cost
             notes = [("variance", usd_str(actual - est))] if actual > est else []
             notes += (facts or {}).items()

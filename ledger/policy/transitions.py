@@ -16,7 +16,7 @@ from pricing import PriceBook, default_book
 from pricing.money import MAX_USD, from_nano, parse_usd, to_nano, usd_str
 
 from ..clock import Clock, utcnow
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound, SettledByGateway
 from ..records import Transaction, TxStatus
 from ..settings import DEFAULT_HOLD_TTL
 from ..store.db import dialect_insert, reading
@@ -95,12 +95,22 @@ class Transitions:
         with reading(self.engine) as conn:
             return load_transaction(conn, tx_id, detail=detail)
 
-    def _lock_tx(self, d: Driver, tx_id: int, allowed: tuple[TxStatus, ...], verb: str) -> Any:
-        """The transaction's row (with its agent's name), locked (PostgreSQL: FOR UPDATE)."""
+    def _lock_tx(
+        self, d: Driver, tx_id: int, allowed: tuple[TxStatus, ...], verb: str, *, by_agent: bool = False
+    ) -> Any:
+        """The transaction's row (with its agent's name), locked (PostgreSQL: FOR UPDATE).
+        `by_agent`: the agent asks, and may move only a hold it forwards by itself."""
         raw = d.one(self._sql.lock_tx, {"tx_id": tx_id})
         if raw is None:
             raise NotFound(f"no transaction {tx_id}", id=tx_id)
         row = tx_row(raw)
+        if by_agent and row.forwarder is not None:
+            raise SettledByGateway(
+                f"cannot {verb} transaction {tx_id}: pixelgov forwarded it ({row.forwarder}) and settles it from "
+                f"the upstream's answer (it is {row.status.value})",
+                id=tx_id,
+                status=row.status.value,
+            )
         if row.status not in allowed:
             raise Conflict(
                 f"cannot {verb} transaction {tx_id}: it is {row.status.value}, not "

@@ -22,7 +22,7 @@ from ..errors import DatabaseUnavailable, InvalidRequest, PixelgovError, SchemaB
 from ..settings import DEFAULT_DB_TIMEOUT
 
 #: The newest migration; `tests/test_migrations.py` checks it equals Alembic's head.
-SCHEMA_HEAD = "0006_pre_authorizations"
+SCHEMA_HEAD = "0007_forwarder"
 READONLY = "pixelgov_readonly"
 
 

@@ -167,6 +167,7 @@ TX_FIELDS = (
     "upstream_request_id",
     "upstream_status",
     "outcome",
+    "forwarder",
 )
 TxRow: Any = namedtuple("TxRow", (*TX_FIELDS, "agent_name"))  # type: ignore[misc]
 KeyRow: Any = namedtuple("KeyRow", ("id", "request_hash"))
@@ -205,6 +206,7 @@ INSERT_TX_COLUMNS = (
     "created_at",
     "images",
     "billable_mp_nano",
+    "forwarder",
 )
 
 

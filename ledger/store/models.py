@@ -142,6 +142,9 @@ class Transaction(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     images: Mapped[int | None] = mapped_column(Integer)  #: output images as priced (for reports)
     billable_mp_nano: Mapped[int | None] = mapped_column(BigInteger)  #: billable megapixels × 10^9, as priced
+    #: Who forwards the request: "gateway" or "run" (pixelgov itself, which alone settles it, and whose
+    #: unsettled holds expire to `unknown`, still counted); None: the caller forwards it (a hold).
+    forwarder: Mapped[str | None] = mapped_column(String(16))
 
 
 class CostLine(Base):

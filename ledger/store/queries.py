@@ -37,6 +37,7 @@ def transaction_record(row: Any, agent_name: str, detail: TransactionDetail | No
         upstream_request_id=row.upstream_request_id,
         upstream_status=row.upstream_status,
         outcome=row.outcome,
+        forwarder=row.forwarder,
         detail=detail,
     )
 
@@ -132,12 +133,12 @@ def has_stale_holds(conn: Connection, cutoff: datetime) -> bool:
 
 def stale_held(conn: Connection, cutoff: datetime) -> dict[tuple[int, int], Decimal]:
     """The estimates of pending holds created before `cutoff`, per (rule, bucket): what an expiry
-    would release."""
+    would release (a hold pixelgov forwarded expires to `unknown` and stays counted: not these)."""
     t = transactions.c
     rows = conn.execute(
         select(holds.c.rule_id, holds.c.bucket, func.sum(t.estimated_cost))
         .join(transactions, t.id == holds.c.transaction_id)
-        .where(t.status == TxStatus.pending, t.created_at < cutoff)
+        .where(t.status == TxStatus.pending, t.created_at < cutoff, t.forwarder.is_(None))
         .group_by(holds.c.rule_id, holds.c.bucket)
     )
     return {(r[0], r[1]): r[2] for r in rows}

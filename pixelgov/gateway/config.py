@@ -20,6 +20,7 @@ DEFAULT_UPSTREAM_CONNECTIONS = 100
 DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_KEY_CACHE_SECONDS = 5.0
 DEFAULT_MAX_QUEUED = 10_000
+DEFAULT_MAX_QUEUED_PER_AGENT = 1_000
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -50,6 +51,8 @@ class GatewayConfig:
       a rotated or revoked key may keep working that long on a worker that saw it.
     - `PIXELGOV_MAX_QUEUED` (default 10,000): queued runs a worker keeps (waiting or in flight); a
       submit beyond it is refused with 429 and `Retry-After` before anything is authorized.
+    - `PIXELGOV_MAX_QUEUED_PER_AGENT` (default 1,000): the same, for one agent's queued runs on a
+      worker, so one agent cannot take every place.
     """
 
     admin_token: str | None = field(default=None, repr=False)
@@ -60,6 +63,7 @@ class GatewayConfig:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS
     max_queued: int = DEFAULT_MAX_QUEUED
+    max_queued_per_agent: int = DEFAULT_MAX_QUEUED_PER_AGENT
     access_log: bool = True
 
     @classmethod
@@ -78,6 +82,9 @@ class GatewayConfig:
             "db_threads": _int(env, "PIXELGOV_DB_THREADS", DEFAULT_DB_THREADS, 1, 256),
             "upstream_connections": _int(env, "PIXELGOV_UPSTREAM_CONNECTIONS", DEFAULT_UPSTREAM_CONNECTIONS, 1, 10000),
             "max_queued": _int(env, "PIXELGOV_MAX_QUEUED", DEFAULT_MAX_QUEUED, 1, 1_000_000),
+            "max_queued_per_agent": _int(
+                env, "PIXELGOV_MAX_QUEUED_PER_AGENT", DEFAULT_MAX_QUEUED_PER_AGENT, 1, 1_000_000
+            ),
             "shutdown_grace": parse_seconds(grace, "PIXELGOV_SHUTDOWN_GRACE", maximum=3600, allow_zero=True)
             if grace
             else DEFAULT_SHUTDOWN_GRACE,

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from ledger.errors import InvalidRequest
 from ledger.policy.access import SERVICE_KEY_PREFIX
 from ledger.policy.agents import hash_api_key
-from ledger.records import Transaction
 from ledger.validation import validate_agent_name
 
 from .errors import Unauthorized
@@ -29,9 +28,20 @@ class Identity:
     key_name: str | None = None  #: the service key's name
     key_id: int | None = None  #: the service key's id
 
-    def may_see(self, tx: Transaction) -> bool:
-        """An agent sees its own transactions only; a service or admin key speaks for any agent."""
-        return self.kind != "agent" or tx.agent == self.agent
+    def owns(self, agent: str) -> bool:
+        """Whether an object of `agent` is the caller's: an agent's key owns its agent's objects, a
+        service key those of the agent it names (`X-Pixelgov-Agent`; naming none, none), the admin
+        token every agent's. Every route that reads or moves a transaction, a queue request or a
+        Sapiom transaction asks this, and answers 404 when not, as for a missing object."""
+        if self.kind == "admin":
+            return True
+        return self.agent is not None and agent == self.agent
+
+    @property
+    def is_agent_side(self) -> bool:
+        """The agent asks (its key, or a service key for it), not the admin: it may move only the
+        holds it forwards by itself."""
+        return self.kind != "admin"
 
     def require_agent(self) -> str:
         if self.agent is None:

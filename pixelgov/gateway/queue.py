@@ -29,23 +29,35 @@ class QueuedRuns(Worker):
         """Authorize a queued run and start forwarding it in the background: (request id, the
         pending transaction). An idempotent retry answers the first submit's request id."""
         fal_key = self.require_fal_key()
-        quote = await self.quote(endpoint, body)
+        quote = await self.quote(endpoint, body, forwarded=True)
         gov = self.ledger.governor
-        if self._places >= self.config.max_queued and not (
+        full = self._places >= self.config.max_queued
+        agent_full = self._agent_places.get(agent, 0) >= self.config.max_queued_per_agent
+        if (full or agent_full) and not (
             idempotency_key is not None and await self.db(gov.used_idempotency_key, agent, idempotency_key)
         ):  # (a retry of a submit already made is answered below: it takes no new place)
+            which = (
+                f"{self._places} queued requests (PIXELGOV_MAX_QUEUED)"
+                if full
+                else f"{self._agent_places[agent]} queued requests of agent {agent!r} (PIXELGOV_MAX_QUEUED_PER_AGENT)"
+            )
             raise QueueFull(
-                f"this gateway worker already keeps {self._places} queued requests "
-                f"(PIXELGOV_MAX_QUEUED); retry later: nothing was authorized",
-                retry_after=1,
+                f"this gateway worker already keeps {which}; retry later: nothing was authorized", retry_after=1
             )
         # The place is taken before the first await, so a burst of submits cannot all pass the check.
-        self._places += 1
+        self._take_place(agent)
         entry: Queued | None = None
         try:
             try:
                 started = await self.db(
-                    begin, gov, agent=agent, quote=quote, body=body, fal_key=fal_key, idempotency_key=idempotency_key
+                    begin,
+                    gov,
+                    agent=agent,
+                    quote=quote,
+                    body=body,
+                    fal_key=fal_key,
+                    idempotency_key=idempotency_key,
+                    forwarder="gateway",
                 )
             except InProgress as exc:  # the same key still in flight: the same request
                 tx = exc.details["transaction"]
@@ -63,7 +75,7 @@ class QueuedRuns(Worker):
             except BaseException as exc:
                 await asyncio.shield(self.in_thread(partial(interrupted, gov, tx.id, "before sending", exc)))
                 raise
-            entry = Queued(tx.id)  # the place is the entry's from here
+            entry = Queued(tx.id, agent)  # the place is the entry's from here
             self._queued[request_id] = entry
             task = asyncio.create_task(self._forward(request_id, entry, quote, body, fal_key))
             entry.task = task
@@ -73,13 +85,25 @@ class QueuedRuns(Worker):
             return request_id, tx
         finally:
             if entry is None:
-                self._places -= 1
+                self._give_place(agent)
+
+    def _take_place(self, agent: str) -> None:
+        self._places += 1
+        self._agent_places[agent] = self._agent_places.get(agent, 0) + 1
+
+    def _give_place(self, agent: str) -> None:
+        self._places -= 1
+        left = self._agent_places.get(agent, 1) - 1
+        if left > 0:
+            self._agent_places[agent] = left
+        else:
+            self._agent_places.pop(agent, None)
 
     def _free_place(self, entry: Queued | None) -> None:
-        """A queued run ended or was cancelled: its place in `PIXELGOV_MAX_QUEUED` is free (once)."""
+        """A queued run ended or was cancelled: its places (the worker's, its agent's) are free (once)."""
         if entry is not None and entry.counted:
             entry.counted = False
-            self._places -= 1
+            self._give_place(entry.agent)
 
     async def _forward(
         self, request_id: str, entry: Queued, quote: Quote, body: Mapping[str, Any], fal_key: str
@@ -119,7 +143,7 @@ class QueuedRuns(Worker):
         if not 1 <= len(request_id) <= 64:
             raise NotFound(f"no request {request_id!r}", request_id=request_id)
         tx = await self.db(self.ledger.governor.queued_transaction, request_id, detail=detail)
-        if not identity.may_see(tx):
+        if not identity.owns(tx.agent):
             raise NotFound(f"no request {request_id!r}", request_id=request_id)
         return tx
 

@@ -110,11 +110,9 @@ Caller = Annotated[Identity, Depends(sapiom_caller)]
 
 def owns(identity: Identity, pre: PreAuthorization) -> bool:
     """An agent's key sees its agent's transactions; a service key those asked through it; the admin all."""
-    if identity.kind == "agent":
-        return pre.agent == identity.agent
     if identity.kind == "service":
         return pre.service_key_id == identity.key_id
-    return identity.kind == "admin"
+    return identity.owns(pre.agent)
 
 
 async def own(gw: Gateway, identity: Identity, pre_id: str) -> PreAuthorization:

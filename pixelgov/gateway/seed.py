@@ -190,7 +190,7 @@ def _utc(ts: datetime | None) -> datetime | None:
 
 async def own_transaction(gw: Gateway, identity: Identity, tx_id: int, *, detail: bool = False) -> Transaction:
     tx = await gw.db(gw.ledger.governor.transaction, tx_id, detail=detail)
-    if not identity.may_see(tx) or (identity.kind == "service" and identity.agent not in (None, tx.agent)):
+    if not identity.owns(tx.agent):
         raise NotFound(f"no transaction {tx_id}", id=tx_id)  # another agent's: as if it did not exist
     return tx
 
@@ -206,7 +206,13 @@ async def complete(
 ) -> JSONResponse:
     await own_transaction(gw, identity, tx_id)
     payload = payload or CompleteIn()
-    tx = await gw.db(gw.ledger.governor.complete, tx_id, actual=payload.actual, response=payload.response)
+    tx = await gw.db(
+        gw.ledger.governor.complete,
+        tx_id,
+        actual=payload.actual,
+        response=payload.response,
+        by_agent=identity.is_agent_side,
+    )
     gw.metrics.observe_transaction(tx)
     return transaction_response(tx)
 
@@ -214,5 +220,5 @@ async def complete(
 @router.post("/transactions/{tx_id}/void", response_model=TransactionOut, summary="Release a hold")
 async def void(tx_id: TxId, identity: Caller, gw: GW, payload: Annotated[VoidIn | None, Body()] = None) -> JSONResponse:
     await own_transaction(gw, identity, tx_id)
-    tx = await gw.db(gw.ledger.governor.void, tx_id, (payload or VoidIn()).reason)
+    tx = await gw.db(gw.ledger.governor.void, tx_id, (payload or VoidIn()).reason, by_agent=identity.is_agent_side)
     return transaction_response(tx)

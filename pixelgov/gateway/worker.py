@@ -50,6 +50,7 @@ class Queued:
     """A queued run this worker holds: not sent yet while it waits for an upstream slot."""
 
     tx_id: int
+    agent: str
     sent: bool = False
     cancelled: bool = False
     #: Whether it takes one of the worker's `PIXELGOV_MAX_QUEUED` places (until it ends or is cancelled).
@@ -99,6 +100,7 @@ class Worker:
         self._slots: asyncio.Semaphore | None = None
         self._queued: dict[str, Queued] = {}
         self._places = 0  #: queued runs held (and submits being authorized): at most `max_queued`
+        self._agent_places: dict[str, int] = {}  #: the same per agent: at most `max_queued_per_agent`
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: dict[str, tuple[tuple[str, str, int], float]] = {}
         self.started_at = datetime.now(UTC)
@@ -162,16 +164,19 @@ class Worker:
         assert pool is not None, "the gateway is not started"
         return await _hop(pool, fn)
 
-    async def quote(self, endpoint: str, body: Mapping[str, Any]) -> Quote:
+    async def quote(self, endpoint: str, body: Mapping[str, Any], *, forwarded: bool = False) -> Quote:
         """The exact quote; an upscale whose input size must be read from its image is read in a
-        thread (bounded in bytes and seconds), anything else is priced on the event loop."""
+        thread (bounded in bytes and seconds), anything else is priced on the event loop.
+        `forwarded`: the gateway will send this request with the server's key, so an upscale is
+        priced from its image's measured size, whatever `input_size` claims."""
         check_image_url(body)
         entry = self.ledger.book.endpoint(endpoint)  # ModelNotFound before anything else
-        if entry.operation == "upscale" and body.get("input_size") is None:
+        if entry.operation == "upscale" and (forwarded or body.get("input_size") is None):
             # Its own threads: a slow image host (up to the probe's bound) never holds a database slot.
             # `remote`: an agent's URL may not point the server at its own network (or files).
             return await anyio.to_thread.run_sync(
-                partial(self.ledger.quote, endpoint, body, remote=True), limiter=self._probe_limiter
+                partial(self.ledger.quote, endpoint, body, remote=True, measure=forwarded),
+                limiter=self._probe_limiter,
             )
         return self.ledger.quote(endpoint, body, remote=True)
 
@@ -199,7 +204,7 @@ class Worker:
         """Authorize, forward and settle (`run_governed_async`). Raises what it raises.
         `preauthorization`: the run uses that pre-authorization (Forbidden if it may not)."""
         fal_key = self.require_fal_key()
-        quote = await self.quote(endpoint, body)
+        quote = await self.quote(endpoint, body, forwarded=True)
         try:
             outcome = await run_governed_async(
                 self.ledger.governor,
