@@ -364,7 +364,24 @@ def test_a_remote_request_may_not_read_a_local_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1", "localhost", "10.1.2.3", "192.168.0.9", "169.254.169.254", "[::1]", "0.0.0.0"]
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "10.1.2.3",
+        "192.168.0.9",
+        "169.254.169.254",
+        "[::1]",
+        "0.0.0.0",
+        "0.1.2.3",
+        "100.64.0.1",  # CGNAT
+        "224.0.0.1",  # multicast
+        "240.0.0.1",  # reserved
+        "[::ffff:127.0.0.1]",  # IPv4-mapped loopback
+        "[::ffff:10.0.0.1]",
+        "[fe80::1]",
+        "[fc00::1]",
+    ],
 )
 def test_a_remote_request_may_not_reach_a_non_public_host(host):
     err = refused(f"http://{host}:9/meta-data/image.png", remote=True)
@@ -400,6 +417,35 @@ def test_the_public_address_check_runs_before_connecting():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch):
+    """DNS rebinding: a host that resolves to a public address for the check and to a private one a
+    moment later is still connected at the checked address (Host and TLS name kept)."""
+    import socket
+
+    import httpx
+
+    from ledger.forward.imageprobe import PinnedAddresses
+
+    answers = iter(["93.184.216.34", "127.0.0.1"])
+
+    def resolve(host, *_args, **_kwargs):  # type: ignore[no-untyped-def]
+        address = next(answers)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    pins = PinnedAddresses()
+    request = httpx.Request("GET", "https://images.example.test/a.png")
+    pins.request(request)
+    assert request.url.host == "93.184.216.34"  # the checked address, whatever DNS says next
+    assert request.headers["Host"] == "images.example.test"
+    assert request.extensions["sni_hostname"] == "images.example.test"
+    pins.response(httpx.Response(302, headers={"Location": "/b.png"}, request=request))
+    assert request.url.host == "images.example.test"  # a relative redirect resolves against the host
+    again = httpx.Request("GET", "https://images.example.test/b.png")
+    with pytest.raises(InvalidRequest, match="not a public address"):
+        pins.request(again)  # the redirect's own check sees the private answer
 
 
 def test_a_remote_request_still_reads_a_data_uri():

@@ -16,6 +16,7 @@ import ipaddress
 import os
 import socket
 import time
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pricing.errors import InvalidRequest
@@ -69,26 +70,61 @@ def _refuse(reason: str) -> InvalidRequest:
     )
 
 
-def check_public_host(host: str | None) -> None:
-    """InvalidRequest unless every address `host` resolves to is a public (global) one."""
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Global, and none of the ranges `is_global` lets through (224/4 multicast counts as global)."""
+    return address.is_global and not (
+        address.is_multicast or address.is_reserved or address.is_loopback or address.is_link_local
+    )
+
+
+def check_public_host(host: str | None) -> str:
+    """The address to connect to for `host`: InvalidRequest unless every address it resolves to is
+    a public (global) one — not private, loopback, link-local, CGNAT (100.64/10), 0/8, multicast,
+    reserved, nor an IPv4-mapped IPv6 form of those."""
     if not host:
         raise _refuse("the URL names no host")
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
         raise _refuse(f"cannot resolve {host!r}") from None
+    addresses = []
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_global:
+        if not all(_public(a) for a in (address, getattr(address, "ipv4_mapped", None)) if a is not None):
             raise _refuse(f"{host!r} is not a public address; requests from the network may not read it")
+        addresses.append(str(address))
+    if not addresses:
+        raise _refuse(f"cannot resolve {host!r}")
+    return addresses[0]
+
+
+class PinnedAddresses:
+    """httpx hooks for the URL and every redirect: the request hook checks the host's addresses and
+    sends the request to the address it checked (the Host header and the TLS name stay the host's),
+    so a second DNS answer between check and connection (DNS rebinding) cannot redirect it; the
+    response hook puts the host back, so a relative redirect is resolved against the host again."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[int, Any] = {}
+
+    def request(self, request: Any) -> None:
+        host = request.url.host
+        address = check_public_host(host)
+        if address != host:
+            self._hosts[id(request)] = request.url
+            request.extensions["sni_hostname"] = host  # TLS: server name and certificate check
+            request.url = request.url.copy_with(host=address)
+
+    def response(self, response: Any) -> None:
+        original = self._hosts.pop(id(response.request), None)
+        if original is not None:
+            response.request.url = original
 
 
 def _from_url(url: str, max_bytes: int, timeout: float, max_redirects: int, remote: bool) -> tuple[int, int]:
     import httpx
 
-    def public_only(request: httpx.Request) -> None:  # the URL and every redirect
-        check_public_host(request.url.host)
-
+    pins = PinnedAddresses()
     deadline = time.monotonic() + timeout
     data = b""
     try:
@@ -97,7 +133,7 @@ def _from_url(url: str, max_bytes: int, timeout: float, max_redirects: int, remo
                 follow_redirects=True,
                 max_redirects=max_redirects,
                 timeout=httpx.Timeout(timeout),
-                event_hooks={"request": [public_only]} if remote else None,
+                event_hooks={"request": [pins.request], "response": [pins.response]} if remote else None,
             ) as client,
             client.stream("GET", url, headers={"Range": f"bytes=0-{max_bytes - 1}"}) as resp,
         ):
