@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_CODES",
     "HTTP_STATUS",
+    "CannotWrite",
     "Conflict",
     "DatabaseUnavailable",
     "Denied",
@@ -58,6 +59,12 @@ class SettledByGateway(PixelgovError):
     no caller may complete, void or re-cost it (HTTP 409)."""
 
     code = "conflict"
+
+
+class CannotWrite(PixelgovError):
+    """An output file (a report, a chart, a download) that cannot be written: exit 1, the ledger as it was."""
+
+    code = "cannot_write"
 
 
 class InProgress(PixelgovError):
@@ -119,6 +126,8 @@ EXIT_CODES = {
     "upstream_timeout": 1,
     "cancelled": 2,
     "queue_full": 1,
+    "cannot_write": 1,
+    "cannot_start": 1,
 }
 HTTP_STATUS = {
     "invalid_request": 400,

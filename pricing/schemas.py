@@ -19,6 +19,7 @@ from typing import Any
 from pydantic_core import CoreSchema, SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
+from . import grammar
 from .errors import InvalidRequest
 
 #: Keys that pixelgov reads itself and never forwards upstream.
@@ -95,11 +96,9 @@ _ALLOWED = {
 
 
 def parse_size(text: str, *, field: str = "image_size") -> dict[str, int]:
-    """`"1280x720"` → `{"width": 1280, "height": 720}`; anything else is invalid_request."""
-    w, sep, h = text.strip().lower().partition("x")
-    if not sep or not w.isdigit() or not h.isdigit():
-        raise InvalidRequest(f"{field}: {text!r} is not WIDTHxHEIGHT (e.g. 1280x720)", field=field)
-    return {"width": int(w), "height": int(h)}
+    """`"1280x720"` → `{"width": 1280, "height": 720}` (`pricing.grammar`); anything else is invalid_request."""
+    width, height = grammar.parse_size(text, field)
+    return {"width": width, "height": height}
 
 
 def validate_request(operation: str, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -71,7 +71,8 @@ FUZZ_LOG = os.environ.get("PIXELGOV_FUZZ_LOG")
 SHRINK = bool(os.environ.get("PIXELGOV_FUZZ_SHRINK"))
 
 #: SPEC §5's error codes and their exit codes (`conflict`: an idempotent retry in flight is exit 1;
-#: a state conflict may be reported as bad input).
+#: a state conflict may be reported as bad input), and the ones pixelgov adds: an output file that
+#: cannot be written (`cannot_write`, exit 1), a server that cannot start (`cannot_start`, exit 1).
 ERROR_EXITS: dict[str, set[int]] = {
     "invalid_request": {2},
     "model_not_found": {2},
@@ -83,6 +84,8 @@ ERROR_EXITS: dict[str, set[int]] = {
     "conflict": {1, 2},
     "database_unavailable": {1},
     "schema_behind": {1},
+    "cannot_write": {1},
+    "cannot_start": {1},
 }
 PROJECT_DIRS = ("ledger", "pixelgov", "pricing", "migrations")
 

@@ -591,7 +591,7 @@ def _spec(**fields: object) -> RuleSpec:
         (
             {"name": "r", "type": "rate-limit", "limit": "2.5", "period": "day"},
             "limit",
-            "limit: a rate-limit counts requests: a whole number (got '2.5')",
+            "limit: a rate-limit counts requests: a whole number of ASCII digits (got '2.5')",
         ),
         (
             {"name": "r", "type": "rate-limit", "limit": "0", "period": "day"},

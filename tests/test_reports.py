@@ -354,14 +354,27 @@ def test_rule_leaderboard_ranks_rules_by_denials_with_their_scope(writer, admin,
 
 def test_windows_at_the_ends_of_the_calendar_are_reported_not_crashed(writer, reports) -> None:
     writer.add(at=utc(2026, 11, 2))
-    first, last = datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    first, last = datetime(1970, 1, 1, tzinfo=UTC), datetime(8999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
     whole = reports.summary(since=first, until=last)
-    assert whole.totals.transactions == 1 and whole.previous is None  # nothing before year 1
+    assert whole.totals.transactions == 1 and whole.previous is None  # nothing before 1970 to compare with
     assert reports.summary(since=last).totals.transactions == 0
-    assert [p.date.isoformat() for p in reports.chart("month", since=datetime(9999, 11, 5, tzinfo=UTC)).points] == []
-    points = reports.chart("day", since=datetime(9999, 12, 30, tzinfo=UTC), until=last).points
-    assert [p.date.isoformat() for p in points] == ["9999-12-30", "9999-12-31"]
+    assert [p.date.isoformat() for p in reports.chart("month", since=datetime(8999, 11, 5, tzinfo=UTC)).points] == []
+    points = reports.chart("day", since=datetime(8999, 12, 30, tzinfo=UTC), until=last).points
+    assert [p.date.isoformat() for p in points] == ["8999-12-30", "8999-12-31"]
     assert reports.spend(["month"], since=first, until=last).total.transactions == 1
+
+
+@pytest.mark.parametrize(
+    "since",
+    [datetime(1, 1, 1, tzinfo=UTC), datetime(1969, 12, 31, 23, 59, tzinfo=UTC), datetime(9000, 1, 2, tzinfo=UTC)],
+)
+def test_a_window_outside_the_calendar_is_refused_naming_it(reports, since: datetime) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        reports.summary(since=since)
+    assert error.value.field == "since" and "1970 to 8999" in error.value.message
+    for month in ("0001-01", "1969-12", "9000-01", "9999-12"):
+        with pytest.raises(InvalidRequest, match="1970 to 8999"):
+            reports.statement(month)
 
 
 # --- bad input ---------------------------------------------------------------------------------

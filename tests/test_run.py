@@ -704,12 +704,12 @@ def test_an_unsendable_fal_key_exits_2_without_quoting_it(sqlite_url, fake_fal, 
     assert nothing_written(sqlite_url)
 
 
-def test_unwritable_out_exits_2_before_sending(db_url, fake_fal, tmp_path):
+def test_unwritable_out_exits_1_before_sending(db_url, fake_fal, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     result = run_cli(db_url, fake_fal.url, DEV, "--agent", "bot", "--prompt", "fox", "--out", str(blocker / "images"))
-    assert result.exit_code == 2
-    assert "out:" in result.stderr and "not a writable directory" in result.stderr
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: cannot write {blocker / 'images'}: ") and "database" not in result.stderr
     assert fake_fal.count() == 0
     assert nothing_written(db_url)
 

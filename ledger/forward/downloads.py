@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import InvalidRequest
+from ..errors import CannotWrite
 
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
 DOWNLOAD_TIMEOUT = 60.0
@@ -26,9 +26,7 @@ def ensure_writable(directory: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".pixelgov-write-test-"):
             pass
     except OSError as exc:
-        raise InvalidRequest(
-            f"out: {directory} is not a writable directory ({exc.strerror or exc})", field="out"
-        ) from None
+        raise CannotWrite(f"cannot write {directory}: {exc.strerror or exc}", field="out") from None
     return path
 
 

@@ -17,7 +17,7 @@ SPEND_PERIODS = ("hour", "day", "week", "month", "total")
 RATE_PERIODS = ("minute", "hour", "day")
 _GRANULARITIES = (60, 300, 900, 3600, 21600, 86400)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_WINDOW = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_WINDOW = re.compile(r"^ *([0-9]{1,9}) *([smhdw]) *$")
 MIN_WINDOW = 60
 MAX_WINDOW = 366 * 86400
 

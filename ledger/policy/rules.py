@@ -12,6 +12,7 @@ from fnmatch import fnmatchcase
 from typing import Any, NamedTuple, Protocol
 
 from pricing import Quote
+from pricing.grammar import INTEGER
 from pricing.money import ZERO, display_price, parse_usd, usd_str
 
 from ..errors import InvalidRequest
@@ -230,12 +231,11 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
         if raw in (None, ""):
             raise InvalidRequest(f"limit: a {rtype} rule needs a limit", field="limit")
         if rtype == "rate-limit":
-            try:
-                count = int(str(raw))
-            except ValueError:
+            if not (isinstance(raw, int) and not isinstance(raw, bool)) and not INTEGER.fullmatch(str(raw)):
                 raise InvalidRequest(
-                    f"limit: a rate-limit counts requests: a whole number (got {raw!r})", field="limit"
-                ) from None
+                    f"limit: a rate-limit counts requests: a whole number of ASCII digits (got {raw!r})", field="limit"
+                )
+            count = int(str(raw))
             if count <= 0:
                 raise InvalidRequest(f"limit: must be greater than zero (got {raw!r})", field="limit")
             if count > MAX_COUNT:
@@ -270,12 +270,10 @@ def validate_spec(spec: RuleSpec, *, existing: Rule | None = None) -> dict[str, 
             raise InvalidRequest("models: a model-allowlist needs a list of model globs", field="models")
         values["models_json"] = json.dumps(models)
     if merged.get("alert_at") not in (None, ""):
-        try:
-            pct = int(str(merged["alert_at"]).rstrip("%"))
-        except ValueError:
-            raise InvalidRequest(
-                f"alert_at: a percentage 1–100 (got {merged['alert_at']!r})", field="alert_at"
-            ) from None
+        text = str(merged["alert_at"]).removesuffix("%")
+        if not INTEGER.fullmatch(text):
+            raise InvalidRequest(f"alert_at: a percentage 1–100 (got {merged['alert_at']!r})", field="alert_at")
+        pct = int(text)
         if not 1 <= pct <= 100:
             raise InvalidRequest(f"alert_at: a percentage 1–100 (got {pct})", field="alert_at")
         values["alert_at"] = pct

@@ -16,7 +16,7 @@ from sqlalchemy.sql import ColumnElement
 from pricing import PriceBook
 from pricing.errors import ModelNotFound
 
-from ..clock import iso
+from ..clock import EARLIEST, LATEST, iso, within_calendar
 from ..errors import InvalidRequest, NotFound
 from ..records import TxStatus
 from ..store.models import agents, spend_rollups, transactions
@@ -29,7 +29,7 @@ PERIODS = ("day", "week", "month")
 OPERATIONS = ("generate", "transform", "upscale")
 
 
-MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+MONTH = re.compile(r"^([0-9]{4})-([0-9]{2})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +50,20 @@ class Filter:
 
 
 def _utc(value: datetime | None, field_name: str) -> datetime | None:
-    """`value` in UTC (naive: taken as UTC); InvalidRequest if that falls outside the calendar."""
+    """`value` in UTC (naive: taken as UTC); InvalidRequest outside the calendar pixelgov takes
+    (`ledger.clock.EARLIEST`–`LATEST`)."""
     if value is None:
         return None
     try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        ts = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except OverflowError:
+        ts = None
+    if ts is None or not within_calendar(ts):
         raise InvalidRequest(
-            f"{field_name}: {value.isoformat()} is outside the years 1 to 9999 in UTC", field=field_name
+            f"{field_name}: {value.isoformat()} is outside the years {EARLIEST.year} to {LATEST.year - 1} (UTC)",
+            field=field_name,
         ) from None
+    return ts
 
 
 def check_window(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
@@ -179,8 +184,12 @@ def next_bucket(period: str, start: date) -> date:
 def parse_month(text: str, field_name: str = "month") -> tuple[datetime, datetime]:
     """`YYYY-MM` → [first instant, first instant of the next month) in UTC."""
     match = MONTH.match(text.strip()) if isinstance(text, str) else None
-    if not match or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 1:
+    if not match or not 1 <= int(match.group(2)) <= 12:
         raise InvalidRequest(f"{field_name}: {text!r} is not a month like 2026-11", field=field_name)
+    if not EARLIEST.year <= int(match.group(1)) < LATEST.year:
+        raise InvalidRequest(
+            f"{field_name}: {text!r} is outside the years {EARLIEST.year} to {LATEST.year - 1}", field=field_name
+        )
     first = date(int(match.group(1)), int(match.group(2)), 1)
     try:
         return midnight(first), midnight(next_bucket("month", first))

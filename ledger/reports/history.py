@@ -35,7 +35,7 @@ MAX_PAGE = 500
 #: Rows per read transaction when streaming every match.
 BATCH = 2000
 MAX_ID = 2**63 - 1  #: transaction ids are BIGINT
-_CURSOR = re.compile(r"^(\d{1,17})\.(\d{1,19})$")
+_CURSOR = re.compile(r"^([0-9]{1,17})\.([0-9]{1,19})$")
 
 #: The columns a `Transaction` record is built from (never the stored request or result bodies).
 _COLUMNS = tuple(name for name in TX_FIELDS if name != "agent_id")

@@ -9,21 +9,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from ..errors import InvalidRequest
+from ..errors import CannotWrite
 
 
 def check_writable(path: str | os.PathLike[str], field_name: str) -> Path:
-    """`path` if a file can be written there; InvalidRequest naming `field_name` otherwise."""
+    """`path` if a file can be written there; CannotWrite ("cannot write PATH: why", exit 1) otherwise."""
     target = Path(path)
     parent = target.parent
     if str(target) in ("", ".") or target.is_dir():
-        raise InvalidRequest(f"{field_name}: {str(target)!r} is a directory, not a file", field=field_name)
+        raise CannotWrite(f"cannot write {target}: it is a directory, not a file", field=field_name)
     if not parent.is_dir():
-        raise InvalidRequest(
-            f"{field_name}: cannot write {target}: the directory {parent} does not exist", field=field_name
-        )
+        raise CannotWrite(f"cannot write {target}: the directory {parent} does not exist", field=field_name)
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise InvalidRequest(f"{field_name}: cannot write {target}: permission denied", field=field_name)
+        raise CannotWrite(f"cannot write {target}: permission denied", field=field_name)
     return target
 
 
@@ -42,11 +40,14 @@ def atomic_output(path: Path, field_name: str, *, binary: bool = False) -> Itera
                 "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding="utf-8", newline=""
             )
     except OSError as exc:
-        raise InvalidRequest(f"{field_name}: cannot write {path}: {exc.strerror}", field=field_name) from None
+        raise CannotWrite(f"cannot write {path}: {exc.strerror}", field=field_name) from None
     try:
         with handle:
             yield handle
         os.replace(handle.name, path)
+    except OSError as exc:  # a full disk, a file system gone read-only: nothing is left half-written
+        Path(handle.name).unlink(missing_ok=True)
+        raise CannotWrite(f"cannot write {path}: {exc.strerror or exc}", field=field_name) from None
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .common import emit_json, emit_record, emit_rows, ledger_of, output_options, settings_of
+from .common import Integer, emit_json, emit_record, emit_rows, ledger_of, output_options, settings_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 AGENT_COLUMNS = ["id", "name", "status", "has_api_key", "description", "created_at"]
@@ -266,7 +266,7 @@ def alerts() -> None:
 
 
 @alerts.command("list")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--limit", default=100, show_default=True, type=Integer(1, 100000))
 @output_options("table", "json", "csv")
 @click.pass_context
 def alerts_list(ctx: click.Context, limit: int, fmt: str) -> None:
@@ -284,7 +284,7 @@ def alerts_list(ctx: click.Context, limit: int, fmt: str) -> None:
 
 @click.command()
 @click.option("--entity", type=click.Choice(["agent", "rule"]), default=None)
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--limit", default=100, show_default=True, type=Integer(1, 100000))
 @output_options("table", "json", "csv")
 @click.pass_context
 def audit(ctx: click.Context, entity: str | None, limit: int, fmt: str) -> None:

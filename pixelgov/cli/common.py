@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from ledger.clock import EARLIEST, LATEST, within_calendar
 from ledger.errors import NotFound, exit_code
 from pricing.errors import InvalidRequest, PixelgovError
 from pricing.schemas import parse_size
@@ -186,6 +186,49 @@ _INT_FIELDS = {"num_images", "num_inference_steps", "seed", "scale"}
 _NUMBER_FIELDS = {"guidance_scale", "strength"}
 
 
+class Integer(click.ParamType):
+    """An option's integer in pixelgov's grammar (`pricing.grammar`): ASCII digits only, in range.
+    click's own INT reads `int()`'s wider grammar (`١٠` is 10); this refuses it with a usage error."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int | None = None, maximum: int | None = None) -> None:
+        self.minimum, self.maximum = minimum, maximum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value  # a default
+        from pricing import grammar
+
+        try:
+            return grammar.parse_int(
+                str(value), param.name if param and param.name else "value", minimum=self.minimum, maximum=self.maximum
+            )
+        except InvalidRequest as exc:
+            self.fail(exc.message, param, ctx)
+
+
+class Seconds(click.ParamType):
+    """A duration in seconds in pixelgov's grammar: ASCII digits, an optional fraction, ≥ 0."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        from decimal import Decimal
+
+        from pricing import grammar
+
+        try:
+            seconds = grammar.parse_decimal(
+                str(value), param.name if param and param.name else "value", minimum=Decimal(0)
+            )
+        except InvalidRequest as exc:
+            self.fail(exc.message, param, ctx)
+        return float(seconds)
+
+
 def request_options(fn: F) -> F:
     """Add the request options of SPEC §5 and `--params JSON|@file`."""
     for flag, field, help_text in reversed(_REQUEST_OPTIONS):
@@ -223,24 +266,21 @@ def pop_request_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert(field: str, raw: str) -> Any:
+    from pricing import grammar
+
     if field == "image_size":
         text = raw.strip()
-        return parse_size(text, field=field) if "x" in text.lower() and text[:1].isdigit() else text
+        # A preset is a name (it starts with a letter); anything else is read as a size, so a size in
+        # other digits (`١٠٢٤x٧٦٨`, `²x768`) is refused as one rather than taken for a preset.
+        return parse_size(text, field=field) if text[:1] and not text[:1].isalpha() else text
     if field == "input_size":
         return parse_size(raw, field=field)
     if field in _INT_FIELDS:
-        try:
-            return int(raw)
-        except ValueError:
-            raise InvalidRequest(f"{field}: expects an integer (got {raw!r})", field=field) from None
+        return grammar.parse_int(raw.strip(), field)
     if field in _NUMBER_FIELDS:
-        try:
-            value = float(raw)  # a model parameter, not money
-        except ValueError:
-            raise InvalidRequest(f"{field}: expects a number (got {raw!r})", field=field) from None
-        if not math.isfinite(value):
-            raise InvalidRequest(f"{field}: expects a finite number (got {raw!r})", field=field)
-        return int(value) if value.is_integer() and "." not in raw else value
+        value = grammar.parse_decimal(raw.strip(), field)  # a model parameter, not money
+        # FAL takes JSON numbers: an exact decimal of at most 18+18 digits, sent as the nearest float.
+        return int(value) if value == value.to_integral_value() and "." not in raw else float(value)
     return raw
 
 
@@ -327,7 +367,9 @@ def parse_time(value: str | None, field: str) -> Any:
     from ledger.policy.periods import parse_window
 
     text = value.strip()
-    if text and text[-1] in "mhdw" and text[:-1].isdigit():
+    from pricing.grammar import INTEGER
+
+    if text and text[-1] in "mhdw" and INTEGER.fullmatch(text[:-1]):
         try:
             return datetime.now(UTC) - timedelta(seconds=parse_window(text))
         except ValueError as exc:
@@ -342,14 +384,11 @@ def parse_time(value: str | None, field: str) -> Any:
         ) from None
     except OverflowError:
         raise InvalidRequest(f"{field}: {value!r} is outside the calendar", field=field) from None
-    if not EARLIEST <= ts <= LATEST:
-        raise InvalidRequest(f"{field}: {value!r} is outside {EARLIEST.year}–{LATEST.year}", field=field)
+    if not within_calendar(ts):
+        raise InvalidRequest(
+            f"{field}: {value!r} is outside the years {EARLIEST.year} to {LATEST.year - 1}", field=field
+        )
     return ts
-
-
-#: The span of dates the ledger's queries take (far enough for any real ledger, and storable).
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 TX_COLUMNS = ["id", "agent", "endpoint", "status", "estimated_cost", "actual_cost", "created_at"]
@@ -365,7 +404,7 @@ def _known_tx_id(_ctx: click.Context, _param: click.Parameter, value: int | None
 
 def tx_id_argument(fn: F) -> F:
     """The TX_ID argument of the `tx` commands."""
-    return click.argument("tx_id", type=int, callback=_known_tx_id)(fn)
+    return click.argument("tx_id", type=Integer(), callback=_known_tx_id)(fn)
 
 
 def emit_transaction(record: Any, fmt: str) -> None:

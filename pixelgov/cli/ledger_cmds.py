@@ -11,6 +11,8 @@ from pricing.money import usd_str
 
 from .common import (
     TX_COLUMNS,
+    Integer,
+    Seconds,
     emit_json,
     emit_rows,
     emit_transaction,
@@ -119,7 +121,7 @@ def tx() -> None:
 @click.option("--status", default=None, help="pending, completed, failed, voided, expired, unknown, denied")
 @click.option("--since", default=None, help="ISO date/time or a span back from now (24h, 7d).")
 @click.option("--until", default=None)
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--limit", default=100, show_default=True, type=Integer(1, 100000))
 @output_options("table", "json", "csv")
 @click.pass_context
 def tx_list(
@@ -201,7 +203,7 @@ def tx_void(ctx: click.Context, tx_id: int, reason: str | None, fmt: str) -> Non
 @tx.command("expire")
 @click.option(
     "--older-than",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=None,
     metavar="SECONDS",
     help="Default: PIXELGOV_HOLD_TTL (900 s).",

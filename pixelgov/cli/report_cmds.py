@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .common import emit_json, emit_record, emit_rows, ledger_of, output_options, parse_time
+from .common import Integer, emit_json, emit_record, emit_rows, ledger_of, output_options, parse_time
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "json", "csv")
@@ -187,7 +187,7 @@ def spend(
 
 @report.command("leaderboard")
 @click.option("--by", "by", type=click.Choice(["agent", "model", "rule"]), default="agent", show_default=True)
-@click.option("--top", default=10, show_default=True, type=int, help="How many entries (1–1000).")
+@click.option("--top", default=10, show_default=True, type=Integer(), help="How many entries (1–1000).")
 @window_options
 @output_options(*FORMATS)
 @click.pass_context
@@ -215,8 +215,8 @@ def leaderboard(ctx: click.Context, by: str, top: int, since: str | None, until:
 @click.option("--model", default=None, help="Only this model.")
 @click.option("--png", "png", default=None, metavar="FILE", help="Also write the chart as a PNG image.")
 @click.option("--svg", "svg", default=None, metavar="FILE", help="Also write the chart as an SVG image.")
-@click.option("--width", default=1000, show_default=True, type=int, help="Image width in pixels.")
-@click.option("--height", default=500, show_default=True, type=int, help="Image height in pixels.")
+@click.option("--width", default=1000, show_default=True, type=Integer(), help="Image width in pixels.")
+@click.option("--height", default=500, show_default=True, type=Integer(), help="Image height in pixels.")
 @output_options(*FORMATS)
 @click.pass_context
 def chart(

@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from ledger.errors import InvalidRequest
+from ledger.errors import InvalidRequest, PixelgovError
 
-from .common import settings_of
+from .common import Integer, settings_of
 
 #: The ASGI factory uvicorn imports in each worker (`--workers N` starts processes that import it).
 FACTORY = "pixelgov.cli.serve_cmd:worker_app"
@@ -69,12 +69,12 @@ def _log_config(access_log: bool) -> dict[str, Any]:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--port", default=8000, show_default=True, type=Integer(1, 65535), help="Port to listen on.")
 @click.option(
     "--workers",
     default=1,
     show_default=True,
-    type=click.IntRange(1, 64),
+    type=Integer(1, 64),
     help="Worker processes; they share the database, and the budget invariant holds across them.",
 )
 @click.option("--ssl-certfile", default=None, metavar="FILE", help="Serve HTTPS with this certificate (PEM).")
@@ -83,7 +83,7 @@ def _log_config(access_log: bool) -> dict[str, Any]:
     "--graceful-timeout",
     default=30,
     show_default=True,
-    type=click.IntRange(0, 3600),
+    type=Integer(0, 3600),
     help="Seconds a stopping worker (SIGTERM) lets in-flight requests finish; the rest end "
     "failed (not sent) or unknown (sent).",
 )
@@ -121,6 +121,8 @@ def serve(
     for path in (ssl_certfile, ssl_keyfile):
         if path is not None and not os.path.isfile(path):
             raise InvalidRequest(f"cannot read {path}", field="ssl")
+    if ssl_certfile is not None and ssl_keyfile is not None:
+        check_tls(ssl_certfile, ssl_keyfile)
     given_metrics_dir = _operator_metrics_dir()
     settings = settings_of(ctx)
     config = GatewayConfig.from_env()  # validated here, so a bad value stops the start with one line
@@ -132,6 +134,7 @@ def serve(
         os.environ["PIXELGOV_DATABASE_URL"] = where  # every worker opens the same default file
     elif ctx.find_root().obj.get("db_url"):
         os.environ["PIXELGOV_DATABASE_URL"] = settings.database_url  # --db reaches the workers
+    check_bind(host, port)
     scheme = "https" if ssl_certfile else "http"
     click.echo(f"pixelgov gateway on {scheme}://{host}:{port} ({workers} worker(s)), ledger {where}", err=True)
     if not config.admin_token:
@@ -156,6 +159,52 @@ def serve(
             lifespan="on",
         )
     logging.shutdown()
+
+
+class CannotStart(PixelgovError):
+    """The server cannot start (exit 1): its address cannot be bound."""
+
+    code = "cannot_start"
+
+
+def check_tls(certfile: str, keyfile: str) -> None:
+    """InvalidRequest (exit 2), in one line, unless the certificate and key load and match."""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        raise InvalidRequest(
+            f"--ssl-certfile/--ssl-keyfile: {certfile} and {keyfile} are not a certificate and its key ({reason})",
+            field="ssl",
+        ) from None
+    except OSError as exc:
+        raise InvalidRequest(f"--ssl-certfile/--ssl-keyfile: cannot read them: {exc.strerror}", field="ssl") from None
+
+
+def check_bind(host: str, port: int) -> None:
+    """CannotStart (exit 1), in one line, when `host:port` cannot be bound: an unresolvable host, a
+    port in use, no permission. Bound and released at once, as uvicorn will bind it (SO_REUSEADDR)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        raise CannotStart(f"cannot start: --host {host!r} does not resolve to an address of this machine") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            why = {
+                errno.EADDRINUSE: "the port is in use",
+                errno.EACCES: "permission denied (ports below 1024 need privileges)",
+                errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise CannotStart(f"cannot start: cannot listen on {host}:{port}: {why}") from None
 
 
 def _operator_metrics_dir() -> Path | None:

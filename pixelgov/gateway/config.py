@@ -27,13 +27,9 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     raw = env.get(name)
     if not raw:
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise InvalidRequest(f"{name}: {raw!r} is not an integer", field=name) from None
-    if not low <= value <= high:
-        raise InvalidRequest(f"{name}: {value} must be between {low} and {high}", field=name)
-    return value
+    from pricing.grammar import parse_int
+
+    return parse_int(raw.strip(), name, minimum=low, maximum=high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +73,7 @@ class GatewayConfig:
         cache = env.get("PIXELGOV_KEY_CACHE_SECONDS")
         values: dict[str, Any] = {
             "admin_token": (env.get("PIXELGOV_ADMIN_TOKEN") or "").strip() or None,
-            "fal_key": (env.get("FAL_KEY") or "").strip() or None,
+            "fal_key": _fal_key(env.get("FAL_KEY")),
             "max_body_bytes": _int(env, "PIXELGOV_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, MAX_MAX_BODY_BYTES),
             "db_threads": _int(env, "PIXELGOV_DB_THREADS", DEFAULT_DB_THREADS, 1, 256),
             "upstream_connections": _int(env, "PIXELGOV_UPSTREAM_CONNECTIONS", DEFAULT_UPSTREAM_CONNECTIONS, 1, 10000),
@@ -97,3 +93,17 @@ class GatewayConfig:
 
     def with_(self, **changes: Any) -> GatewayConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _fal_key(raw: str | None) -> str | None:
+    """The server's FAL key, if it could go into a header: printable ASCII without spaces (a key with
+    a newline would inject a header line into every upstream call). The key is never shown."""
+    key = (raw or "").strip()
+    if not key:
+        return None
+    if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key) or len(key) > 1024:
+        raise InvalidRequest(
+            "FAL_KEY: the key holds control characters, spaces or non-ASCII characters (its value is not shown)",
+            field="FAL_KEY",
+        )
+    return key

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from ledger.clock import EARLIEST, LATEST, within_calendar
 from ledger.errors import InvalidRequest, NotFound
 from ledger.records import Transaction
 
@@ -168,23 +169,16 @@ async def transactions(
     )
 
 
-#: Time filters are refused outside these years: reports compute the previous period of the same
-#: length (`since - (until - since)`), which must stay a date.
-EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
-
-
 def _utc(ts: datetime | None) -> datetime | None:
     """A time filter as the ledger takes it: aware, UTC when no zone is given (as the CLI reads it),
     between 1970 and 2200 (InvalidRequest otherwise)."""
     if ts is None:
         return None
     ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-    try:
-        inside = EARLIEST <= ts < LATEST
-    except OverflowError:  # a zone offset at the calendar's edge
-        inside = False
-    if not inside:
-        raise InvalidRequest(f"time: {ts.isoformat()} is not between 1970 and 2200", field="since/until")
+    if not within_calendar(ts):
+        raise InvalidRequest(
+            f"time: {ts.isoformat()} is not between {EARLIEST.year} and {LATEST.year}", field="since/until"
+        )
     return ts
 
 

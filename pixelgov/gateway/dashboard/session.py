@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -38,6 +39,9 @@ class Session:
     id: str
     expires: int  #: epoch seconds
     csrf: str  #: the token its forms carry
+
+
+_EXPIRY = re.compile(r"[0-9]{1,12}")  #: a cookie's expiry: Unix seconds, ASCII digits
 
 
 class Signer:
@@ -65,7 +69,7 @@ class Signer:
         if not cookie or len(cookie) > _MAX_COOKIE or not cookie.isascii():
             return None
         parts = cookie.split(".")
-        if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) > 12:
+        if len(parts) != 3 or not _EXPIRY.fullmatch(parts[1]):
             return None
         sid, expiry, mac = parts
         if not hmac.compare_digest(mac, self._mac(self._session_key, f"{sid}.{expiry}")):
