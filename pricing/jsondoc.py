@@ -49,6 +49,18 @@ def _depth(text: str, limit: int) -> int:
     return deepest
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are each given once. A repeated key is refused, not resolved: pixelgov
+    and the upstream could otherwise read different values of one request (the price of one, the
+    images of the other)."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"the key {repeated!r} is given twice in one object")
+    return doc
+
+
 def parse_json(
     data: str | bytes,
     *,
@@ -73,7 +85,12 @@ def parse_json(
     if _depth(text, max_depth) > max_depth:
         raise InvalidRequest(f"{field}: {source} is nested deeper than {max_depth} levels", field=field)
     try:
-        return json.loads(text, parse_float=Decimal if decimals else float, parse_constant=_refuse_constant)
+        return json.loads(
+            text,
+            parse_float=Decimal if decimals else float,
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_unique_keys,
+        )
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             f"{field}: {source} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",

@@ -161,6 +161,18 @@ def test_an_answer_with_more_images_than_asked_settles_at_the_estimate(gw: Runni
     assert [a.kind for a in gw.ledger.admin.alerts()] == ["anomaly"]
 
 
+@pytest.mark.parametrize("path", [f"/{FLUX}", f"/v1/run/{FLUX}", f"/queue/{FLUX}"])
+def test_a_body_with_a_repeated_key_is_refused_not_resolved(gw: RunningGateway, fake_fal: Any, path: str) -> None:
+    """pixelgov would price the last `num_images` and FAL might make the first: neither is read."""
+    key = str(gw.ledger.admin.create_agent("bot").api_key)
+    raw = b'{"prompt": "a fox", "num_images": 1, "num_images": 4}'
+    with gw.client(key) as client:
+        for _ in range(2):  # the second time through the hot route's fast path
+            r = client.post(path, content=raw, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400 and "given twice" in r.text, r.text
+    assert fal_posts(fake_fal) == [] and gw.ledger.governor.transactions() == []
+
+
 def test_a_service_key_sees_only_the_agent_it_names(gw: RunningGateway, fake_fal: Any) -> None:
     a_key = str(gw.ledger.admin.create_agent("a").api_key)
     gw.ledger.admin.create_agent("b")

@@ -56,6 +56,7 @@ def tx_list(db: str) -> str:
         ["--guidance", "٣"],
         ["--params", '{"image_size": {"width": "١٠٢٤", "height": 768}}'],
         ["--params", '{"num_images": "٢"}'],
+        ["--params", '{"num_images": 1, "num_images": 4}'],  # which one? neither: refused
     ],
 )
 @pytest.mark.parametrize("command", ["price", "check"])
